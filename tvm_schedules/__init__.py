@@ -1,0 +1,43 @@
+"""Hand-written TensorIR kernels for the GQSA model, chosen per target and shape.
+
+Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_prefill (CUDA, any M), bsr_cpu (llvm),
+attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax needs to leave it alone.
+"""
+from __future__ import annotations
+
+from .attention import attention_cpu, attention_cuda
+from .bsr_cpu import bsr_matmul_cpu
+from .bsr_decode import bsr_decode_cuda
+from .bsr_prefill import bsr_prefill_cuda
+from .common import BSRShape, is_gpu
+from .embedding import embedding
+from .kv_cache import kv_append
+
+DECODE_MAX_M = 8
+SCHEDULED = {"tirx.is_scheduled": True, "op_pattern": 8}
+
+
+def _finish(func, name: str):
+    return func.with_attrs({**SCHEDULED, "global_symbol": name})
+
+
+def bsr_matmul(s: BSRShape, m: int | None, target):
+    """The kernel for y[M, n] = x[M, k] W^T; ``m`` is the static token count, None when symbolic."""
+    if not is_gpu(target):
+        return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
+    if m is not None and m <= DECODE_MAX_M:
+        return _finish(bsr_decode_cuda(s, m), f"bsr_decode_m{m}_{s.key}")
+    return _finish(bsr_prefill_cuda(s), f"bsr_prefill_{s.key}")
+
+
+def attention(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dtype: str, target):
+    f = attention_cuda if is_gpu(target) else attention_cpu
+    return _finish(f(n_heads, n_kv, head_dim, cache_len, dtype), f"attention_h{n_heads}_kv{n_kv}_{dtype}")
+
+
+def cache_append(n_kv: int, head_dim: int, cache_len: int, dtype: str, target):
+    return _finish(kv_append(n_kv, head_dim, cache_len, dtype, is_gpu(target)), f"kv_append_{dtype}")
+
+
+def embed(s: BSRShape, target):
+    return _finish(embedding(s, is_gpu(target)), f"embed_{s.key}")
