@@ -112,3 +112,21 @@ def has_device_code(so_path: str | Path) -> tuple[bool, bool]:
     """(contains a fatbin, contains CUDA source) for an exported library."""
     data = Path(so_path).read_bytes()
     return FATBIN_MAGIC in data, b"__global__" in data
+
+
+def fatbin_archs(so_path: str | Path) -> set[int]:
+    """SM numbers of the ELF (cubin) entries of every fatbin inside a library, read from the fatbin headers."""
+    import struct
+
+    data = Path(so_path).read_bytes()
+    archs, start = set(), data.find(FATBIN_MAGIC)
+    while start >= 0:
+        _, _, header, size = struct.unpack_from("<IHHQ", data, start)
+        pos, end = start + header, start + header + size
+        while pos < end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, pos)
+            if kind == 2:  # ELF
+                archs.add(struct.unpack_from("<I", data, pos + 28)[0])
+            pos += entry_header + payload
+        start = data.find(FATBIN_MAGIC, end)
+    return archs

@@ -52,9 +52,10 @@ def attention_cuda(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dt: s
                     red[tx] = part[0]
                     T.tvm_storage_sync("shared")
                     if tx == 0:
-                        stat[0] = red[0]
+                        part[0] = red[0]
                         for l in range(1, NT):
-                            stat[0] = T.max(stat[0], red[l])
+                            part[0] = T.max(part[0], red[l])
+                        stat[0] = part[0]
                     T.tvm_storage_sync("shared")
                     part[0] = T.float32(0)
                     for it in range((length + NT - 1 - tx) // NT):
@@ -64,9 +65,10 @@ def attention_cuda(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dt: s
                     red[tx] = part[0]
                     T.tvm_storage_sync("shared")
                     if tx == 0:
-                        stat[1] = T.float32(0)
+                        part[0] = T.float32(0)
                         for l in range(NT):
-                            stat[1] = stat[1] + red[l]
+                            part[0] = part[0] + red[l]
+                        stat[1] = part[0]
                     T.tvm_storage_sync("shared")
                     for it in range((D + NT - 1 - tx) // NT):
                         d = tx + it * NT

@@ -1,0 +1,120 @@
+"""checkpoint -> ONNX -> Relax -> built module -> artifact folder (written atomically).
+
+Artifact layout (docs/format.md):
+    model.so            host code + device code (a fatbin for every requested arch; never CUDA source)
+    weights.safetensors weight inputs in call order (outside the .so)
+    model.onnx          the exported graph (weights are its inputs, so it is small)
+    manifest.json       entry points, input/weight specs, dtypes, G, bits, arch list, checksums
+    tokenizer files
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+
+from training.checkpoint import TOKENIZER_FILES, read_checkpoint
+
+from . import cuda_toolchain
+from .onnx_export import build_graph, cache_names, weight_arrays
+from .onnx_import import LoweringContext, import_model
+
+ARTIFACT_VERSION = 1
+
+
+class CompileError(RuntimeError):
+    pass
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_target(kind: str, archs: list[str]):
+    import tvm
+
+    if kind == "llvm":
+        return tvm.target.Target("llvm")
+    if kind == "cuda":
+        cuda_toolchain.setup(archs)
+        return tvm.target.Target({"kind": "cuda", "arch": archs[0]}, host="llvm")
+    raise CompileError(f"unsupported target {kind!r} (cuda or llvm)")
+
+
+def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
+                  archs: list[str] | None = None, dtype: str | None = None, log=print) -> Path:
+    import tvm
+
+    archs = archs or ["sm_87", "sm_90"]
+    dtype = dtype or ("float16" if target == "cuda" else "float32")
+    if dtype not in ("float16", "float32"):
+        raise CompileError(f"unsupported dtype {dtype!r} (float16 or float32)")
+    t0 = time.time()
+    args, meta, dense, compressed = read_checkpoint(ckpt_dir)
+    tgt = make_target(target, archs)
+    log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices)")
+    model = build_graph(args, dense, compressed, dtype)
+    log("[2/4] import into Relax (prefill: T symbolic, decode: T = 1)")
+    ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len)
+    mod = import_model(model, ctx)
+    log(f"[3/4] build for {target}" + (f" ({', '.join(archs)})" if target == "cuda" else ""))
+    with tgt:
+        executable = tvm.compile(mod, target=tgt)
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        log(f"[4/4] write artifact {out}")
+        executable.export_library(str(tmp / "model.so"))
+        if target == "cuda":
+            fatbin, source = cuda_toolchain.has_device_code(tmp / "model.so")
+            if not fatbin or source:
+                raise CompileError("the CUDA build holds no device code (CUDA source fallback)")
+        weights = weight_arrays(args, dense, compressed, dtype)
+        from safetensors.numpy import save_file
+
+        save_file(weights, str(tmp / "weights.safetensors"))
+        onnx.save(model, str(tmp / "model.onnx"))
+        for f in TOKENIZER_FILES:
+            if (Path(ckpt_dir) / f).is_file():
+                shutil.copy(Path(ckpt_dir) / f, tmp / f)
+        manifest = {
+            "artifact_version": ARTIFACT_VERSION,
+            "format_version": meta["format_version"],
+            "target": target, "archs": archs if target == "cuda" else [], "dtype": dtype,
+            "entry_points": {"prefill": "T symbolic", "decode": "T = 1"},
+            "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["T"]},
+                       {"name": "positions", "dtype": "int32", "shape": ["T"]}],
+            "caches": {"names": cache_names(args), "dtype": dtype,
+                       "shape": [args.max_seq_len, args.n_kv_heads, args.head_dim]},
+            "weights": [{"name": k, "dtype": str(v.dtype), "shape": list(v.shape)} for k, v in weights.items()],
+            "model": {"n_layers": args.n_layers, "dim": args.dim, "n_heads": args.n_heads,
+                      "n_kv_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
+                      "max_seq_len": args.max_seq_len},
+            "compression": {k: meta.get(k) for k in ("bits", "group", "rows", "sparsity", "embed_bits",
+                                                     "bytes_per_weight", "method")},
+            "checksums": {},
+            "compile_seconds": None,
+        }
+        for f in sorted(os.listdir(tmp)):
+            manifest["checksums"][f] = sha256(tmp / f)
+        manifest["compile_seconds"] = round(time.time() - t0, 1)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

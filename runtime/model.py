@@ -1,0 +1,133 @@
+"""Load a compiled GQSA artifact with TVM's runtime library alone and run prefill / decode.
+
+No torch, no TVM compiler: only numpy, the runtime-only ``tvm`` package (``TVM_USE_RUNTIME_LIB=1``) and,
+for CUDA, libcudart plus ``libtvm_runtime_cuda.so`` loaded by hand (runtime-only TVM does not load them).
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+_ST_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8,
+              "U16": np.uint16, "U32": np.uint32}
+
+
+class ArtifactError(RuntimeError):
+    """The artifact folder is missing, incomplete or tampered with; the message is for the user."""
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Minimal reader of the (documented, stable) safetensors layout: u64 header size, JSON header, bytes."""
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    n = int(np.frombuffer(data[:8].tobytes(), "<u8")[0])
+    header = json.loads(data[8:8 + n].tobytes())
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        lo, hi = info["data_offsets"]
+        out[name] = np.frombuffer(data[8 + n + lo: 8 + n + hi], _ST_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _find_cudart() -> str:
+    """libcudart.so.13: a bundle's lib/, $GQSA_CUDART, the nvidia-cuda-runtime wheel, or torch's copy."""
+    candidates = [os.environ.get("GQSA_CUDART", "")]
+    here = Path(__file__).resolve().parent.parent
+    candidates.append(str(here / "lib" / "libcudart.so.13"))
+    for pkg in ("nvidia", "torch"):
+        spec = importlib.util.find_spec(pkg)
+        for base in (spec.submodule_search_locations or []) if spec else []:
+            candidates += [str(p) for p in Path(base).glob("**/libcudart.so.13")]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return c
+    return "libcudart.so.13"  # let the dynamic loader search (a CUDA toolkit on LD_LIBRARY_PATH)
+
+
+def import_tvm(cuda: bool):
+    """Import the runtime-only TVM; for CUDA also load libcudart and TVM's CUDA runtime library."""
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    if cuda:
+        try:
+            ctypes.CDLL(_find_cudart(), mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            raise ArtifactError(f"cannot load libcudart.so.13 ({e}); set GQSA_CUDART") from None
+    import tvm
+    import tvm.runtime.vm  # noqa: F401  (not imported by ``import tvm`` in runtime-only mode)
+
+    if cuda:
+        lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            raise ArtifactError(f"cannot load {lib.name} ({e}); is an NVIDIA driver installed?") from None
+    return tvm
+
+
+class CompiledModel:
+    """Prefill and decode over a KV cache that lives on the device between calls."""
+
+    def __init__(self, artifact_dir: str | Path, verify: bool = True):
+        self.dir = Path(artifact_dir)
+        mpath = self.dir / "manifest.json"
+        if not mpath.is_file():
+            raise ArtifactError(f"{self.dir}: no manifest.json (not a gqsa-compile artifact)")
+        try:
+            self.manifest = m = json.loads(mpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ArtifactError(f"{mpath}: corrupt JSON ({e.msg})") from None
+        for f, digest in m["checksums"].items():
+            p = self.dir / f
+            if not p.is_file():
+                raise ArtifactError(f"{self.dir}: {f} is missing")
+            if verify and _sha256(p) != digest:
+                raise ArtifactError(f"{self.dir}: {f} does not match its checksum (modified or corrupt)")
+        cuda = m["target"] == "cuda"
+        tvm = self.tvm = import_tvm(cuda)
+        self.dev = tvm.cuda(0) if cuda else tvm.cpu(0)
+        if cuda and not self.dev.exist:
+            raise ArtifactError("this artifact needs a CUDA GPU and none is visible")
+        lib = tvm.runtime.load_module(str(self.dir / "model.so"))
+        self.vm = tvm.runtime.vm.VirtualMachine(lib, self.dev)
+        self._prefill, self._decode = self.vm["prefill"], self.vm["decode"]
+        arrays = read_safetensors(self.dir / "weights.safetensors")
+        self.weights = [tvm.runtime.tensor(np.ascontiguousarray(arrays[w["name"]]), self.dev) for w in m["weights"]]
+        c = m["caches"]
+        self.max_seq_len = c["shape"][0]
+        self.caches = [tvm.runtime.tensor(np.zeros(c["shape"], c["dtype"]), self.dev) for _ in c["names"]]
+
+    def _run(self, fn, ids: np.ndarray, start: int) -> np.ndarray:
+        if start + len(ids) > self.max_seq_len:
+            raise ValueError(f"sequence longer than the compiled cache ({self.max_seq_len} tokens)")
+        t = self.tvm.runtime.tensor
+        pos = np.arange(start, start + len(ids), dtype=np.int32)
+        out = fn(t(np.asarray(ids, np.int32), self.dev), t(pos, self.dev), *self.caches, *self.weights)
+        return out.numpy()
+
+    def prefill(self, ids, start: int = 0) -> np.ndarray:
+        """Logits [T, vocab] for ``ids`` placed at positions start..start+T-1 (the cache is written)."""
+        return self._run(self._prefill, np.asarray(ids), start)
+
+    def decode(self, token: int, pos: int) -> np.ndarray:
+        """Logits [vocab] for one token at ``pos``."""
+        return self._run(self._decode, np.array([token]), pos)[0]
+
+    def sync(self):
+        self.dev.sync()
