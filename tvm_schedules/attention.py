@@ -3,6 +3,8 @@
 Query row t sees cache positions 0 .. positions[t]; the cache has already been written at ``positions``
 (kv_cache.py), so prefill and decode are the same kernel with a different T. Softmax in fp32.
 CUDA: one thread block per (row, head); scores live in shared memory (the cache length is static).
+Shared memory is never read-modified-written inside a loop whose trip count depends on the thread:
+TVM would put a __syncthreads() there, which deadlocks (seen on an H100).
 CPU: the same algorithm with plain loops, parallel over rows.
 """
 from __future__ import annotations
@@ -58,10 +60,8 @@ def attention_cuda(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dt: s
                         stat[0] = part[0]
                     T.tvm_storage_sync("shared")
                     part[0] = T.float32(0)
-                    for it in range((length + NT - 1 - tx) // NT):
-                        j = tx + it * NT
-                        scores[j] = T.exp(scores[j] - stat[0])
-                        part[0] = part[0] + scores[j]
+                    for it in range((length + NT - 1 - tx) // NT):  # read-only: no sync inside
+                        part[0] = part[0] + T.exp(scores[tx + it * NT] - stat[0])
                     red[tx] = part[0]
                     T.tvm_storage_sync("shared")
                     if tx == 0:
@@ -74,7 +74,7 @@ def attention_cuda(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dt: s
                         d = tx + it * NT
                         dot[0] = T.float32(0)
                         for j in range(length):
-                            dot[0] = dot[0] + scores[j] * T.Cast("float32", vc[j, kvh, d])
+                            dot[0] = dot[0] + T.exp(scores[j] - stat[0]) * T.Cast("float32", vc[j, kvh, d])
                         o[bt, h, d] = T.Cast(dt, dot[0] / stat[1])
 
     return attention

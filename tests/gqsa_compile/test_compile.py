@@ -1,0 +1,98 @@
+"""The compiled model (llvm) against the torch reference, the ONNX file, CUDA device code, bad input."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from training.checkpoint import load_compressed
+
+
+def _model(artifact):
+    from runtime.model import CompiledModel
+
+    return CompiledModel(artifact)
+
+
+def test_onnx_passes_checker(tiny_artifact):
+    model = onnx.load(tiny_artifact / "model.onnx")
+    onnx.checker.check_model(model, full_check=False)
+    assert {n.op_type for n in model.graph.node if n.domain == "gqsa"} == {
+        "BSRMatMul", "BSREmbedding", "KVAppend", "CachedAttention"}
+
+
+def test_logits_match_reference(tiny_ckpt, tiny_artifact):
+    """Tolerance: 1e-4 absolute on fp32 logits (float32 artifact, same math in a different order)."""
+    ref_model = load_compressed(tiny_ckpt)
+    ids = np.random.default_rng(0).integers(0, 256, 12).astype(np.int32)
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(ids[None]).long())[0].numpy()
+    m = _model(tiny_artifact)
+    got = np.concatenate([m.prefill(ids[:8])] + [m.decode(int(ids[i]), i)[None] for i in range(8, 12)])
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_identical_for_32_tokens(tiny_ckpt, tiny_artifact):
+    from runtime.generate import generate
+
+    prompt = [3, 17, 42, 99]
+    st = generate(_model(tiny_artifact), prompt, max_new_tokens=32)
+    ref_model = load_compressed(tiny_ckpt)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(32):
+            ids.append(int(ref_model(torch.tensor([ids]))[0, -1].argmax()))
+    assert st.tokens == ids[len(prompt):]
+
+
+def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
+    from gqsa_compile.compiler import compile_model
+    from gqsa_compile.cuda_toolchain import fatbin_archs, has_device_code
+
+    out = compile_model(tiny_ckpt, tmp_path / "cuda", "cuda", ["sm_90", "sm_87"], log=lambda *a: None)
+    fatbin, source = has_device_code(out / "model.so")
+    assert fatbin and not source
+    assert fatbin_archs(out / "model.so") == {87, 90}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["archs"] == ["sm_90", "sm_87"] and manifest["compression"]["bits"] == 4
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-c", "import sys; from gqsa_compile.cli import main; "
+                           "from training.cli import compress_main; from runtime.cli import main as run; "
+                           f"sys.exit({args[0]}({list(args[1:])!r}))"], capture_output=True, text=True)
+
+
+def _one_line_error(r, out_dir):
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "error:" in r.stderr, r.stderr
+    assert not out_dir.exists()
+    assert not list(out_dir.parent.glob(f".{out_dir.name}.*"))  # no temp folder left behind
+
+
+def test_bad_inputs_give_one_line_errors(tiny_model, tiny_ckpt, tiny_artifact, tmp_path):
+    out = tmp_path / "out"
+    _one_line_error(_cli("main", str(tmp_path / "missing"), "--target", "llvm", "-o", str(out)), out)
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_ckpt, corrupt)
+    (corrupt / "config.json").write_text("{not json")
+    _one_line_error(_cli("main", str(corrupt), "--target", "llvm", "-o", str(out)), out)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_ckpt, other)
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    _one_line_error(_cli("main", str(other), "--target", "llvm", "-o", str(out)), out)
+    _one_line_error(_cli("main", str(tiny_ckpt), "--target", "cuda", "--arch", "sm_42", "-o", str(out)), out)
+    _one_line_error(_cli("compress_main", str(tiny_model), "-o", str(out), "--bits", "5", "--sparsity", "0"), out)
+    _one_line_error(_cli("compress_main", str(tiny_model), "-o", str(out), "--group", "12", "--sparsity", "0"), out)
+    tampered = tmp_path / "tampered"
+    shutil.copytree(tiny_artifact, tampered)
+    with open(tampered / "weights.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x01\x02\x03\x04")
+    r = _cli("run", str(tampered))
+    assert r.returncode == 2 and "checksum" in r.stderr and len(r.stderr.strip().splitlines()) == 1
