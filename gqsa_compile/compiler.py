@@ -9,16 +9,15 @@ Artifact layout (docs/format.md):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import onnx
 
+from runtime.files import sha256, writing_dir
 from training.checkpoint import TOKENIZER_FILES, read_checkpoint
 
 from . import cuda_toolchain
@@ -30,14 +29,6 @@ ARTIFACT_VERSION = 1
 
 class CompileError(RuntimeError):
     pass
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def make_target(kind: str, archs: list[str]):
@@ -72,10 +63,8 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
         executable = tvm.compile(mod, target=tgt)
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        log(f"[4/4] write artifact {out}")
+    log(f"[4/4] write artifact {out}")
+    with writing_dir(out) as tmp:
         executable.export_library(str(tmp / "model.so"))
         if target == "cuda":
             fatbin, source = cuda_toolchain.has_device_code(tmp / "model.so")
@@ -111,10 +100,4 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
             manifest["checksums"][f] = sha256(tmp / f)
         manifest["compile_seconds"] = round(time.time() - t0, 1)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

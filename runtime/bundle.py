@@ -11,13 +11,15 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
+import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from .files import writing_dir
 
 _TVM_SKIP = {"3rdparty", "src", "include", "lib64", "web", "__pycache__"}
 _TVM_LIBS = {"libtvm_runtime.so", "libtvm_runtime_cuda.so"}
@@ -76,9 +78,7 @@ def make_bundle(artifact_dir: str | Path, dest: str | Path, python: str | None =
     cuda = json.loads((artifact / "manifest.json").read_text())["target"] == "cuda"
     spec = importlib.util.find_spec("tvm")
     tvm_dir = Path(list(spec.submodule_search_locations)[0])
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
+    with writing_dir(dest) as tmp:
         shutil.copytree(artifact, tmp / "artifact")
         shutil.copytree(Path(runtime.__file__).parent, tmp / "runtime",
                         ignore=shutil.ignore_patterns("__pycache__", "bundle.py"))
@@ -97,10 +97,4 @@ def make_bundle(artifact_dir: str | Path, dest: str | Path, python: str | None =
             (tmp / "lib").mkdir()
             shutil.copy2(_find_cudart(), tmp / "lib" / "libcudart.so.13")
         (tmp / "run.py").write_text(RUN_PY)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest

@@ -6,7 +6,6 @@ for CUDA, libcudart plus ``libtvm_runtime_cuda.so`` loaded by hand (runtime-only
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import importlib.util
 import json
 import os
@@ -14,6 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+from .files import sha256
 
 _ST_DTYPES = {"F16": np.float16, "F32": np.float32, "I32": np.int32, "I64": np.int64, "U8": np.uint8,
               "U16": np.uint16, "U32": np.uint32}
@@ -35,14 +36,6 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         lo, hi = info["data_offsets"]
         out[name] = np.frombuffer(data[8 + n + lo: 8 + n + hi], _ST_DTYPES[info["dtype"]]).reshape(info["shape"])
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _find_cudart() -> str:
@@ -97,7 +90,7 @@ class CompiledModel:
             p = self.dir / f
             if not p.is_file():
                 raise ArtifactError(f"{self.dir}: {f} is missing")
-            if verify and _sha256(p) != digest:
+            if verify and sha256(p) != digest:
                 raise ArtifactError(f"{self.dir}: {f} does not match its checksum (modified or corrupt)")
         cuda = m["target"] == "cuda"
         tvm = self.tvm = import_tvm(cuda)

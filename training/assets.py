@@ -13,8 +13,6 @@ from __future__ import annotations
 import bz2
 import importlib.util
 import os
-import shutil
-import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -40,16 +38,11 @@ def _package_dir(name: str, pip_name: str) -> Path:
 
 def _atomic_dir(dest: Path, fill) -> Path:
     """Create ``dest`` by filling a temporary sibling and renaming it: never a half-written folder."""
-    if dest.exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
-    try:
-        fill(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    from runtime.files import writing_dir
+
+    if not dest.exists():
+        with writing_dir(dest) as tmp:
+            fill(tmp)
     return dest
 
 

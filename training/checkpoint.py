@@ -8,13 +8,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from runtime.files import writing_dir
 
 from .bsr import BSREmbedding, BSRLinear, BSRWeight
 from .model import ModelArgs, ModelError, Transformer, rope_tables
@@ -33,13 +33,10 @@ def linear_names(args: ModelArgs) -> list[str]:
 
 def write_checkpoint(out_dir: str | Path, source_dir: str | Path, dense: dict[str, torch.Tensor],
                      compressed: dict[str, BSRWeight], meta: dict) -> Path:
-    """Write atomically: a temp folder beside ``out_dir`` renamed into place once complete."""
+    """Write atomically (runtime.files.writing_dir): never a half-written checkpoint."""
     from safetensors.numpy import save_file
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with writing_dir(out_dir) as tmp:
         tensors = {k: v.detach().cpu().numpy() for k, v in dense.items()}
         layers = {}
         for name, b in compressed.items():
@@ -54,13 +51,7 @@ def write_checkpoint(out_dir: str | Path, source_dir: str | Path, dense: dict[st
                 shutil.copy(src / f, tmp / f)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "layers": layers}
         (tmp / "gqsa.json").write_text(json.dumps(meta, indent=1))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def read_meta(ckpt_dir: str | Path) -> dict:
