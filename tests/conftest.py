@@ -11,6 +11,10 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             rms_norm_eps=1e-5, rope_theta=10000.0)
 
 
+def tiny_windows(count: int = 4, length: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, TINY["vocab_size"], (count, length), generator=torch.Generator().manual_seed(seed))
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
@@ -21,10 +25,9 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tiny_model, tmp_path_factory):
-    """W4, G16, 50% of blocks pruned per row, on random calibration tokens."""
+    """W4, G16, 50% of blocks pruned per row (group OBS + GPTQ, one shot), on random calibration tokens."""
     out = tmp_path_factory.mktemp("ck") / "w4s50"
-    windows = torch.randint(0, TINY["vocab_size"], (2, 32), generator=torch.Generator().manual_seed(1))
-    return compress(tiny_model, out, sparsity=0.5, bits=4, group=16, windows=windows)
+    return compress(tiny_model, out, windows=tiny_windows(), sparsity=0.5, bits=4, group=16, stages=("prune",))
 
 
 @pytest.fixture(scope="session")

@@ -79,22 +79,35 @@ def check_config(shape, bits: int, group: int, rows: int) -> None:
         raise ValueError(f"{k} input columns need more than uint16 block indices")
 
 
-def quantize_groups(w: torch.Tensor, bits: int, symmetric: bool = False):
-    """Asymmetric (min/max) round-to-nearest per last-dim group. w [..., G] -> (q uint8, scale fp16, zero uint8)."""
+def fit_groups(w: torch.Tensor, bits: int, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min/max grid per last-dim group: (scale, zero) as float32, scale already rounded to fp16.
+
+    Asymmetric: the range always contains 0 and the zero point is an integer in [0, 2^bits). Symmetric: zero
+    fixed at the middle code, exact for absmax-scaled codes such as GGUF Q8_0.
+    """
     qmax = 2**bits - 1
     w = w.float()
-    if symmetric:  # zero fixed at the middle: exact for absmax-scaled codes such as GGUF Q8_0
-        zero = torch.full(w.shape[:-1], (qmax + 1) // 2, dtype=torch.float32)
+    if symmetric:
+        zero = torch.full(w.shape[:-1], (qmax + 1) // 2, dtype=torch.float32, device=w.device)
         scale = w.abs().amax(-1) / ((qmax + 1) // 2 - 1)
     else:
         lo, hi = w.amin(-1).clamp(max=0), w.amax(-1).clamp(min=0)
         scale = (hi - lo) / qmax
-        zero = None
-    scale = scale.clamp(min=1e-8).half().float()
-    if zero is None:
+    scale = scale.clamp(min=2**-24).half().float()  # smallest fp16 subnormal: never 0 once stored
+    if not symmetric:
         zero = (-lo / scale).round().clamp(0, qmax)
-    q = (w / scale[..., None] + zero[..., None]).round().clamp(0, qmax)
-    return q.to(torch.uint8), scale.half(), zero.to(torch.uint8)
+    return scale, zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Codes round(w / scale + zero) clamped to [0, 2^bits); scale/zero broadcast over the last dim (float)."""
+    return (w / scale[..., None] + zero[..., None]).round().clamp(0, 2**bits - 1)
+
+
+def quantize_groups(w: torch.Tensor, bits: int, symmetric: bool = False):
+    """Round-to-nearest per last-dim group. w [..., G] -> (q uint8, scale fp16, zero uint8)."""
+    scale, zero = fit_groups(w, bits, symmetric)
+    return quantize(w.float(), scale, zero, bits).to(torch.uint8), scale.half(), zero.to(torch.uint8)
 
 
 def pack(q: np.ndarray, bits: int) -> np.ndarray:
@@ -121,14 +134,28 @@ def compress_matrix(w: torch.Tensor, keep: torch.Tensor, bits: int, group: int, 
     """w [N, K] float, keep [N/R, K/G] bool mask of blocks -> BSRWeight (round-to-nearest)."""
     n, k = w.shape
     check_config((n, k), bits, group, rows)
-    blocks = w.reshape(n // rows, rows, k // group, group).permute(0, 2, 1, 3)  # [BR, BC, R, G]
-    br, bc = keep.nonzero(as_tuple=True)
-    q, scale, zero = quantize_groups(blocks[br, bc], bits, symmetric)  # [nnzb, R, G]
-    counts = keep.sum(1)
+    scale, zero = fit_groups(w.detach().float().reshape(n, k // group, group), bits, symmetric)
+    codes = quantize(w.detach().float().reshape(n, k // group, group), scale, zero, bits).reshape(n, k)
+    return pack_blocks(codes, scale, zero, keep, bits, group, rows)
+
+
+def pack_blocks(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, keep: torch.Tensor, bits: int,
+                group: int, rows: int) -> BSRWeight:
+    """Dense codes [N, K], per-group scale/zero [N, K/G] and a block mask [N/R, K/G] -> BSRWeight.
+
+    Entries of pruned blocks are ignored. Scales are stored as fp16, zeros and codes as integers.
+    """
+    n, k = codes.shape
+    check_config((n, k), bits, group, rows)
+    keep = keep.cpu()
+    br, bc = keep.nonzero(as_tuple=True)  # row-major: sorted by block row, then column
+    blocks = codes.detach().cpu().reshape(n // rows, rows, k // group, group).permute(0, 2, 1, 3)[br, bc]
+    per_row = lambda t: t.detach().cpu().reshape(n // rows, rows, k // group).permute(0, 2, 1)[br, bc]  # noqa: E731
     indptr = np.zeros(n // rows + 1, dtype=np.int32)
-    indptr[1:] = np.cumsum(counts.numpy())
+    indptr[1:] = np.cumsum(keep.sum(1).numpy())
     return BSRWeight((n, k), bits, group, rows, indptr, bc.numpy().astype(np.uint16),
-                     pack(q.numpy(), bits), scale.numpy(), zero.numpy())
+                     pack(blocks.to(torch.uint8).numpy(), bits), per_row(scale).half().numpy(),
+                     per_row(zero).to(torch.uint8).numpy())
 
 
 def dequantize(b: BSRWeight) -> torch.Tensor:

@@ -115,3 +115,25 @@ def load_compressed(ckpt_dir: str | Path) -> Transformer:
         if "embed_tokens" not in compressed:
             model.lm_head.weight = model.embed_tokens.weight
     return model.eval()
+
+
+def write_dense(out_dir: str | Path, source_dir: str | Path, model: Transformer, meta: dict) -> Path:
+    """A plain Hugging Face LLaMA folder (fp16 safetensors, ``model.`` names) for results that BSR cannot hold
+    (N:M and unstructured baselines); ``gqsa_baseline.json`` records how it was made. Written atomically."""
+    from safetensors.torch import save_file
+
+    with writing_dir(out_dir) as tmp:
+        state = {}
+        for k, v in model.state_dict().items():
+            if k.startswith("rope_") or (model.args.tie_embeddings and k == "lm_head.weight"):
+                continue
+            state[k if k.startswith("lm_head") else f"model.{k}"] = v.detach().half().contiguous()
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = json.loads((Path(source_dir) / "config.json").read_text())
+        cfg["torch_dtype"] = "float16"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+        for f in TOKENIZER_FILES:
+            if (Path(source_dir) / f).is_file():
+                shutil.copy(Path(source_dir) / f, tmp / f)
+        (tmp / "gqsa_baseline.json").write_text(json.dumps(meta, indent=1))
+    return Path(out_dir)

@@ -27,6 +27,7 @@ def perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int | None 
     stride = stride or window
     if not 0 < stride <= window:
         raise ValueError(f"stride must be in (0, window], got {stride}")
+    device = next(model.buffers()).device
     nll, scored, prev_end = 0.0, 0, 0
     starts = list(range(0, max(1, len(ids) - 1), stride))
     if max_windows:
@@ -37,6 +38,7 @@ def perplexity(model, ids: torch.Tensor, window: int = 1024, stride: int | None 
         new = end - max(prev_end, begin + 1)  # tokens not scored yet (the first token has no context)
         if new <= 0 or len(chunk) < 2:
             break
+        chunk = chunk.to(device)
         logits = model(chunk[None])[0, :-1].float()
         targets = chunk[1:]
         loss = F.cross_entropy(logits[-new:], targets[-new:], reduction="sum")

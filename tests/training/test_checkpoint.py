@@ -30,7 +30,7 @@ def test_round_trip(tiny_ckpt):
 
 
 def test_8bit_dense_checkpoint_is_near_the_model(tiny_model, tmp_path):
-    ck = compress(tiny_model, tmp_path / "w8", sparsity=0.0, bits=8, group=16)
+    ck = compress(tiny_model, tmp_path / "w8", method="rtn", sparsity=0.0, bits=8, group=16)
     ids = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         ref = load_dense(tiny_model)(ids)
