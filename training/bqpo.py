@@ -5,9 +5,11 @@ what the full-precision block produces from the full-precision stream (``y_fp``)
 kept weights, the scales and the zero points of every :class:`QuantLinear` (rounding straight-through);
 fixed: the masks and everything else in the block. AdamW with a cosine schedule (EfficientQAT's Block-AP).
 
-Learning rates are in units of each Linear's median quantization step, so one setting fits models whose
-weights differ in scale by 10x (SmolLM2's are ~10x LLaMA-7B's; EfficientQAT's absolute 1e-5 / 1e-4 moved
-no code at all on it). Zero points are integers in the format; they move by rounding their trained value.
+Learning rates are relative, so one setting fits models whose weights differ in scale by 10x (SmolLM2's
+are ~10x LLaMA-7B's; EfficientQAT's absolute 1e-5 / 1e-4 moved no code at all on it): the weights' in
+units of the Linear's weight RMS (not of the quantization step, which would freeze 8-bit weights: their step
+is 16x finer), the scales' in units of the median scale. Zero points are integers in the format; they move
+by rounding their trained value.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from .qlinear import QuantLinear
 @dataclass
 class BQPOConfig:
     epochs: int = 2
-    lr_weight: float = 0.1    # x median step, for the continuous weights
-    lr_quant: float = 0.01    # x median step, for scales; zero points get lr_quant x 2^bits / step
+    lr_weight: float = 0.02   # x weight RMS (~0.1 x the median step of W4 g16 on SmolLM2)
+    lr_quant: float = 0.01    # x median scale, for scales; zero points get lr_quant x 2^bits codes
     batch: int = 2
     samples: int | None = None  # calibration windows used (default: all)
 
@@ -50,8 +52,8 @@ def train_block(block: TransformerBlock, x_q: torch.Tensor, y_fp: torch.Tensor, 
         p.requires_grad_(True)
     groups = []
     for m in qlinears:
-        step = m.median_step()
-        groups += [{"params": [m.weight], "lr": cfg.lr_weight * step}, {"params": [m.scale], "lr": cfg.lr_quant * step},
+        groups += [{"params": [m.weight], "lr": cfg.lr_weight * m.weight_rms()},
+                   {"params": [m.scale], "lr": cfg.lr_quant * m.median_step()},
                    {"params": [m.zero], "lr": cfg.lr_quant * 2**m.bits}]
     before = block_loss(block, x_q, y_fp, ctx)
     steps = cfg.epochs * math.ceil(n / cfg.batch)

@@ -47,6 +47,11 @@ class QuantLinear(nn.Module):
         """Median scale over kept groups: the unit the training learning rates are given in."""
         return self.scale[self.element_mask()[:, ::self.group]].median().item()
 
+    @torch.no_grad()
+    def weight_rms(self) -> float:
+        """RMS of the kept weights: the unit of the weights' learning rate, whatever the bit width."""
+        return self.weight[self.element_mask()].pow(2).mean().sqrt().item()
+
     def _grouped(self, t: torch.Tensor) -> torch.Tensor:
         n, k = self.weight.shape
         return t.reshape(n, k // self.group, self.group)
