@@ -6,7 +6,8 @@ Three steps, because the GPU host has no tokenizer data and the build host has n
 
   here:  python benchmarks/quality.py prepare -o out/quality_data.pt      (token ids: calibration + held-out)
   GPU:   python3 benchmarks/quality.py run --data quality_data.pt --device cuda --json rows.json [--only ...]
-  here:  python benchmarks/quality.py report rows.json [...]   -> benchmarks/results/quality.json, docs/quality.md
+  here:  python benchmarks/quality.py report rows.json[=NOTE] ...  -> benchmarks/results/quality.json and the
+         table in docs/quality.md (between its <!-- table --> markers; the text around it is written by hand)
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 # (label, CompressConfig fields, what the row tests). GQSA rows run the whole recipe; "gqsa W4S50" is also
 # evaluated after each stage (the ablation).
 ROWS = [
-    ("rtn W4 g16", dict(method="rtn", bits=4), "int4 alone (lossless-ish here: the model is Q4_1)"),
+    ("rtn W4 g16", dict(method="rtn", bits=4), "int4 alone (not lossless: integer zero points cannot hold Q4_1's "
+     "float minimum)"),
     ("gptq W4 g16", dict(method="gptq", bits=4), "int4 alone, with GPTQ"),
     ("rtn W3 g16", dict(method="rtn", bits=3), "dense 3-bit"),
     ("gptq W3 g16", dict(method="gptq", bits=3), "dense 3-bit"),
@@ -30,7 +32,7 @@ ROWS = [
     ("gptq W2 g16", dict(method="gptq", bits=2), "dense 2-bit: the W2 baseline"),
     ("rtn W2 g32", dict(method="rtn", bits=2, group=32), "dense 2-bit"),
     ("gptq W2 g32", dict(method="gptq", bits=2, group=32), "dense 2-bit"),
-    ("magnitude-group W4S50", dict(method="magnitude-group"), "group pruning by |W|, RTN"),
+    ("magnitude-group W4S50", dict(method="magnitude-group"), "group pruning by block magnitude, RTN"),
     ("wanda-group W4S50", dict(method="wanda-group"), "GQSA ablation step 0: importance + RTN"),
     ("wanda 2:4", dict(method="wanda-2:4"), "2:4 fp16"),
     ("sparsegpt 2:4", dict(method="sparsegpt-2:4"), "2:4 fp16"),
@@ -139,22 +141,58 @@ def run(data: str, device: str, out_json: str, only: list[str] | None, window: i
         save()
 
 
+def _order(row) -> tuple:
+    labels = ["fp32"] + [label for label, _, _ in ROWS]
+    base = row["label"].split(" (")[0]
+    return (labels.index(base) if base in labels else len(labels), "(after" not in row["label"],
+            row.get("note", ""))
+
+
 def report(files: list[str]) -> None:
+    """FILE or FILE=NOTE: the NOTE is attached to that file's rows that ran BQPO (e.g. an older recipe)."""
     rows, info = [], {}
-    for f in files:
+    for spec in files:
+        f, _, note = spec.partition("=")
         d = json.loads(Path(f).read_text())
         info = {k: v for k, v in d.items() if k != "rows"}
-        rows += d["rows"]
+        for r in d["rows"]:
+            if note and r.get("bqpo_cfg"):
+                r["note"] = note
+            r["tests"] = next((t for label, _, t in ROWS if label == r["label"]), r["tests"])
+            if r["label"].endswith("(after bqpo)"):
+                r["tests"] = "GQSA ablation step 2: + BQPO"
+            elif r["label"] == "gqsa W4S50":
+                r["tests"] = "GQSA ablation step 3: + E2E-OQP (the headline configuration)"
+            elif r["label"].startswith("magnitude-group"):
+                r["tests"] = "group pruning by block magnitude, RTN"
+            rows.append(r)
+    rows.sort(key=_order)
     out = ROOT / "benchmarks" / "results" / "quality.json"
     out.write_text(json.dumps({**info, "rows": rows}, indent=1))
-    lines = ["| configuration | perplexity | bits / weight | sparsity | what it tests |", "|---|---:|---:|---:|---|"]
+    lines = [f"Held-out: {info['heldout_tokens']} tokens of Wikipedia articles not in the calibration split, "
+             f"windows of {info['window']}; calibration: {info['calibration'][0]} windows x "
+             f"{info['calibration'][1]} tokens; device: {info['device']}. Bits per weight: the Linears only "
+             "(embedding and lm_head are 8-bit in every row).", "",
+             "| configuration | perplexity | bits / weight | sparsity | what it tests | note |",
+             "|---|---:|---:|---:|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['ppl']:.2f} | {r['bits_per_weight']:.2f} | {r['sparsity']:.2f} | "
-                     f"{r['tests']} |")
-    table = ROOT / "benchmarks" / "results" / "quality_table.md"
-    table.write_text("\n".join(lines) + "\n")
+                     f"{r['tests']} | {r.get('note', '')} |")
+    lines += ["", "Time (s) and peak GPU memory (MiB) of each stage:", "",
+              "| configuration | prune s | bqpo s | e2e s | peak MiB, block stages | peak MiB, e2e |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.get("stage") in ("e2e", "prune") and r["label"].startswith("gqsa"):
+            s, pk = r["seconds"], r["peak_mb"]
+            lines.append(f"| {r['label']} {r.get('note', '')} | {s.get('prune', '')} | {s.get('bqpo', '')} | "
+                         f"{s.get('e2e', '')} | {pk.get('blocks', '')} | {pk.get('e2e', '')} |")
+    doc = ROOT / "docs" / "quality.md"
+    text = doc.read_text() if doc.is_file() else "# Quality\n\n<!-- table -->\n<!-- /table -->\n"
+    head, rest = text.split("<!-- table -->", 1)
+    tail = rest.split("<!-- /table -->", 1)[1]
+    doc.write_text(head + "<!-- table -->\n" + "\n".join(lines) + "\n<!-- /table -->" + tail)
     print("\n".join(lines))
-    print(f"wrote {out} and {table}")
+    print(f"wrote {out} and the table in {doc}")
 
 
 def main() -> None:

@@ -141,6 +141,7 @@ def eval_main(argv=None) -> int:
     p.add_argument("--window", type=int, default=1024)
     p.add_argument("--stride", type=int, default=None, help="default: the window (non-overlapping)")
     p.add_argument("--max-windows", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda ...")
     a = p.parse_args(argv)
     from . import assets
     from .model import ModelError
@@ -152,7 +153,9 @@ def eval_main(argv=None) -> int:
         from .evaluate import load_any, perplexity
 
         model_dir = assets.resolve_model(a.model)
-        model = load_any(model_dir)
+        if a.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"--device {a.device}: torch sees no CUDA device here")
+        model = load_any(model_dir).to(a.device)
         data = a.data or assets.default_text_files()[1]
         text = _text(str(data))
         tok = AutoTokenizer.from_pretrained(model_dir)
