@@ -314,7 +314,12 @@ def compress(model_dir: str | Path, out_dir: str | Path, cfg: CompressConfig | N
     work = None
     if resume and windows is not None:
         work = WorkDir(out_dir.parent / f".{out_dir.name}.work", _fingerprint(model_dir, cfg, windows))
-    model, meta, embeddings = run(model_dir, cfg, windows, work)
+    try:
+        model, meta, embeddings = run(model_dir, cfg, windows, work)
+    except BaseException:
+        if work and not any(work.path.glob("block_*.pt")):  # nothing to resume from: leave nothing behind
+            shutil.rmtree(work.path, ignore_errors=True)
+        raise
     meta.update(linear_stats(model, m, cfg))
     meta.update(source=str(model_dir), total_seconds=round(time.time() - t0, 1))
     if m.bsr:

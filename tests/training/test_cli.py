@@ -50,3 +50,15 @@ def test_fp16_baseline_writes_an_hf_folder_that_evaluates(tiny_with_tokenizer, t
     assert (out / "gqsa_baseline.json").is_file() and not (out / "gqsa.json").exists()
     LlamaForCausalLM.from_pretrained(out)  # a real HF folder
     assert "scored tokens" in _run("eval_main", str(out), "--window", "64", "--max-windows", "1")
+
+
+def test_user_mistakes_are_one_line_errors_and_leave_nothing(tiny_with_tokenizer, tmp_path):
+    out = tmp_path / "bad"
+    for args in (["--stages", "e2e", "--method", "wanda-2:4"], ["--rows", "3"], ["--group", "12"],
+                 ["--sparsity", "1.5"]):
+        r = subprocess.run([sys.executable, "-c", "import sys; from training.cli import compress_main; "
+                            f"sys.exit(compress_main({[str(tiny_with_tokenizer), '-o', str(out), *args]!r}))"],
+                           capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stderr[-500:])
+        assert len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr, r.stderr
+        assert not out.exists() and not list(tmp_path.glob(".bad*")), args
