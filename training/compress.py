@@ -66,6 +66,11 @@ class CompressConfig:
             raise ValueError(f"method {self.method} keeps fp16 weights: only the prune stage applies")
         return tuple(stages)
 
+    @property
+    def block_rows(self) -> int:
+        """R of the stored blocks: the option for group patterns; dense int-k is stored as 1 x G blocks."""
+        return self.rows if get_method(self.method).pattern == "group" else 1
+
     def validate(self, shapes: list[tuple[int, int]]) -> None:
         m = get_method(self.method)
         self.resolved_stages()
@@ -76,7 +81,7 @@ class CompressConfig:
         if self.embed_bits not in (4, 8):
             raise ValueError(f"unsupported embedding bits {self.embed_bits} (4 or 8)")
         for shape in shapes:
-            check_config(shape, self.bits, self.group, self.rows if m.pattern == "group" else 1)
+            check_config(shape, self.bits, self.group, self.block_rows)
             if m.nm and shape[1] % m.nm[1]:
                 raise ValueError(f"{shape[1]} input columns do not split into groups of {m.nm[1]}")
 
@@ -90,7 +95,7 @@ def _peak_mb(device: str) -> float:
 def solve_linear(w: torch.Tensor, h: torch.Tensor, m: Method, cfg: CompressConfig):
     """One Linear: (Solution, block keep-mask [N/R, K/G] or None)."""
     bits = cfg.bits if m.quantized else None
-    rows = cfg.rows if m.pattern == "group" else 1
+    rows = cfg.block_rows
     keep_blocks, mask, nm, sparsity = None, None, None, 0.0
     if m.pattern == "group":
         if m.score == "obs":
@@ -160,9 +165,10 @@ def _set(block, name: str, module) -> None:
     setattr(block.get_submodule(parent), attr, module)
 
 
-def _shell(lin, cfg: CompressConfig, m: Method) -> QuantLinear:
+def _shell(lin, cfg: CompressConfig) -> QuantLinear:
+    """An empty QuantLinear of the right shapes, for a saved block's state to load into."""
     n, k = lin.weight.shape
-    rows = cfg.rows if m.pattern == "group" else 1
+    rows = cfg.block_rows
     z = torch.zeros(n, k // cfg.group)
     return QuantLinear(lin.weight.detach(), z, z, torch.zeros(n // rows, k // cfg.group, dtype=torch.bool),
                        cfg.bits, cfg.group, rows)
@@ -211,7 +217,7 @@ def run(model_dir: str | Path, cfg: CompressConfig, windows: torch.Tensor | None
             state = torch.load(saved, map_location=dev, weights_only=False)
             if m.bsr:
                 for name in BLOCK_LINEARS:
-                    _set(block, name, _shell(block.get_submodule(name), cfg, m))
+                    _set(block, name, _shell(block.get_submodule(name), cfg))
             block.load_state_dict(state["block"])
             block.to(dev)
             stats["blocks"].append(state["stats"])
@@ -224,9 +230,8 @@ def run(model_dir: str | Path, cfg: CompressConfig, windows: torch.Tensor | None
                     lin = block.get_submodule(name)
                     sol, keep = solve_linear(lin.weight.detach(), hess.get(name), m, cfg)
                     if m.bsr:
-                        rows = cfg.rows if m.pattern == "group" else 1
                         _set(block, name, QuantLinear(sol.compensated, sol.scale, sol.zero, keep, cfg.bits,
-                                                      cfg.group, rows).to(dev))
+                                                      cfg.group, cfg.block_rows).to(dev))
                     else:
                         lin.weight.data = sol.weight.half().float() if not m.quantized else sol.weight
                 del hess
@@ -267,7 +272,7 @@ def run(model_dir: str | Path, cfg: CompressConfig, windows: torch.Tensor | None
     stats["seconds"] = {k: round(v, 1) for k, v in stats["seconds"].items()}
     calib = {"windows": windows.shape[0], "length": windows.shape[1]} if needs_data else None
     meta = {"method": cfg.method, "stages": list(stages), "bits": cfg.bits if m.quantized else 16,
-            "group": cfg.group, "rows": cfg.rows if m.pattern == "group" else 1, "allocation": cfg.allocation,
+            "group": cfg.group, "rows": cfg.block_rows, "allocation": cfg.allocation,
             "target_sparsity": cfg.sparsity if m.pattern in ("group", "unstructured") else
             (1 - m.nm[0] / m.nm[1] if m.nm else 0.0),
             "embed_bits": cfg.embed_bits, "calibration": calib, "seed": cfg.seed, "device": cfg.device,

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import onnx
-import pytest
 import torch
 
 from training.checkpoint import load_compressed
