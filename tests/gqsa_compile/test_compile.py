@@ -48,16 +48,19 @@ def test_greedy_generation_identical_for_32_tokens(tiny_ckpt, tiny_artifact):
     assert st.tokens == ids[len(prompt):]
 
 
+ARCHS = ["sm_90", "sm_80", "sm_87", "sm_89"]  # Hopper, A100, Jetson Orin, Ada: what the kernels must build for
+
+
 def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     from gqsa_compile.compiler import compile_model
     from gqsa_compile.cuda_toolchain import fatbin_archs, has_device_code
 
-    out = compile_model(tiny_ckpt, tmp_path / "cuda", "cuda", ["sm_90", "sm_87"], log=lambda *a: None)
+    out = compile_model(tiny_ckpt, tmp_path / "cuda", "cuda", ARCHS, log=lambda *a: None)
     fatbin, source = has_device_code(out / "model.so")
     assert fatbin and not source
-    assert fatbin_archs(out / "model.so") == {87, 90}
+    assert fatbin_archs(out / "model.so") == {80, 87, 89, 90}
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["archs"] == ["sm_90", "sm_87"] and manifest["compression"]["bits"] == 4
+    assert manifest["archs"] == ARCHS and manifest["compression"]["bits"] == 4
 
 
 def _cli(*args):
