@@ -122,6 +122,10 @@ def compress_main(argv=None) -> int:
         out = compress(model_dir, a.output, cfg, windows)
     except (ModelError, assets.AssetError, FileNotFoundError, ValueError, OSError) as e:
         return _fail("gqsa-compress", e)
+    except KeyboardInterrupt:
+        print("\ngqsa-compress: interrupted; the same command resumes from the last finished block",
+              file=sys.stderr)
+        return 130
     import json
 
     meta_file = out / "gqsa.json" if (out / "gqsa.json").is_file() else out / "gqsa_baseline.json"
