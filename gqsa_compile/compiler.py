@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
 import onnx
 
 from runtime.files import sha256, writing_dir
-from training.checkpoint import TOKENIZER_FILES, read_checkpoint
+from training.checkpoint import copy_tokenizer, read_checkpoint
 
 from . import cuda_toolchain
 from .onnx_export import build_graph, cache_names, weight_arrays
@@ -75,9 +74,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
 
         save_file(weights, str(tmp / "weights.safetensors"))
         onnx.save(model, str(tmp / "model.onnx"))
-        for f in TOKENIZER_FILES:
-            if (Path(ckpt_dir) / f).is_file():
-                shutil.copy(Path(ckpt_dir) / f, tmp / f)
+        copy_tokenizer(ckpt_dir, tmp)
         manifest = {
             "artifact_version": ARTIFACT_VERSION,
             "format_version": meta["format_version"],

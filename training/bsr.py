@@ -134,8 +134,9 @@ def compress_matrix(w: torch.Tensor, keep: torch.Tensor, bits: int, group: int, 
     """w [N, K] float, keep [N/R, K/G] bool mask of blocks -> BSRWeight (round-to-nearest)."""
     n, k = w.shape
     check_config((n, k), bits, group, rows)
-    scale, zero = fit_groups(w.detach().float().reshape(n, k // group, group), bits, symmetric)
-    codes = quantize(w.detach().float().reshape(n, k // group, group), scale, zero, bits).reshape(n, k)
+    groups = w.detach().float().reshape(n, k // group, group)
+    scale, zero = fit_groups(groups, bits, symmetric)
+    codes = quantize(groups, scale, zero, bits).reshape(n, k)
     return pack_blocks(codes, scale, zero, keep, bits, group, rows)
 
 

@@ -25,6 +25,13 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "chat_template.jinja")
 
 
+def copy_tokenizer(src: str | Path, dst: Path) -> None:
+    """The tokenizer files the source folder has, into ``dst`` (checkpoints, HF folders and artifacts)."""
+    for f in TOKENIZER_FILES:
+        if (Path(src) / f).is_file():
+            shutil.copy(Path(src) / f, dst / f)
+
+
 def linear_names(args: ModelArgs) -> list[str]:
     per_layer = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -44,11 +51,8 @@ def write_checkpoint(out_dir: str | Path, source_dir: str | Path, dense: dict[st
             layers[name] = {"shape": list(b.shape), "bits": b.bits, "group": b.group, "rows": b.rows,
                             "kept_blocks": b.nnzb, "density": round(b.density, 6), "bytes": b.nbytes()}
         save_file(tensors, str(tmp / "model.safetensors"))
-        src = Path(source_dir)
-        shutil.copy(src / "config.json", tmp / "config.json")
-        for f in TOKENIZER_FILES:
-            if (src / f).is_file():
-                shutil.copy(src / f, tmp / f)
+        shutil.copy(Path(source_dir) / "config.json", tmp / "config.json")
+        copy_tokenizer(source_dir, tmp)
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta, "layers": layers}
         (tmp / "gqsa.json").write_text(json.dumps(meta, indent=1))
     return Path(out_dir)
@@ -132,8 +136,6 @@ def write_dense(out_dir: str | Path, source_dir: str | Path, model: Transformer,
         cfg = json.loads((Path(source_dir) / "config.json").read_text())
         cfg["torch_dtype"] = "float16"
         (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-        for f in TOKENIZER_FILES:
-            if (Path(source_dir) / f).is_file():
-                shutil.copy(Path(source_dir) / f, tmp / f)
+        copy_tokenizer(source_dir, tmp)
         (tmp / "gqsa_baseline.json").write_text(json.dumps(meta, indent=1))
     return Path(out_dir)

@@ -24,6 +24,13 @@ def _text(path):
     return assets.load_text(path)
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: torch sees no CUDA device here")
+
+
 def _stages(value: str) -> tuple[str, ...]:
     """'bqpo' means up to and including bqpo; 'prune,bqpo' is accepted too."""
     from .compress import STAGES
@@ -87,14 +94,10 @@ def compress_main(argv=None) -> int:
     from .model import ModelArgs, ModelError
 
     try:
-        import torch
-
         from .bsr import check_config
-        from .compress import CompressConfig, compress
-        from .methods import get_method
+        from .compress import CompressConfig, compress, work_path
 
-        if a.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {a.device}: torch sees no CUDA device here")
+        _check_device(a.device)
         cfg = CompressConfig(
             method=a.method, sparsity=a.sparsity, bits=a.bits, group=a.group, rows=a.rows,
             allocation=a.allocation, embed_bits=a.embed_bits, stages=a.stages, seed=a.seed, device=a.device,
@@ -104,9 +107,8 @@ def compress_main(argv=None) -> int:
         check_config((a.rows, a.group), a.bits, a.group, a.rows)  # before any slow work
         model_dir = assets.resolve_model(a.model)
         ModelArgs.from_dir(model_dir)
-        m = get_method(a.method)
         windows = None
-        if m.prunes or m.compensate or len(cfg.resolved_stages()) > 1:
+        if cfg.needs_calibration:
             from transformers import AutoTokenizer
 
             from .calibration import calibration_windows
@@ -115,10 +117,8 @@ def compress_main(argv=None) -> int:
             windows = calibration_windows(tok, _text(a.calib), a.calib_windows, a.calib_length, a.seed)
         if a.fresh:
             import shutil
-            from pathlib import Path
 
-            out = Path(a.output)
-            shutil.rmtree(out.parent / f".{out.name}.work", ignore_errors=True)
+            shutil.rmtree(work_path(a.output), ignore_errors=True)
         out = compress(model_dir, a.output, cfg, windows)
     except (ModelError, assets.AssetError, FileNotFoundError, ValueError, OSError) as e:
         return _fail("gqsa-compress", e)
@@ -157,8 +157,7 @@ def eval_main(argv=None) -> int:
         from .evaluate import load_any, perplexity
 
         model_dir = assets.resolve_model(a.model)
-        if a.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"--device {a.device}: torch sees no CUDA device here")
+        _check_device(a.device)
         model = load_any(model_dir).to(a.device)
         data = a.data or assets.default_text_files()[1]
         text = _text(str(data))

@@ -67,6 +67,12 @@ class CompressConfig:
         return tuple(stages)
 
     @property
+    def needs_calibration(self) -> bool:
+        """Pruning, compensation and training all read calibration activations; dense RTN does not."""
+        m = get_method(self.method)
+        return m.prunes or m.compensate or len(self.resolved_stages()) > 1
+
+    @property
     def block_rows(self) -> int:
         """R of the stored blocks: the option for group patterns; dense int-k is stored as 1 x G blocks."""
         return self.rows if get_method(self.method).pattern == "group" else 1
@@ -122,6 +128,12 @@ def _fingerprint(model_dir, cfg: CompressConfig, windows: torch.Tensor) -> str:
     h = hashlib.sha256(json.dumps([str(Path(model_dir).resolve()), d], sort_keys=True, default=str).encode())
     h.update(windows.numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def work_path(out_dir: str | Path) -> Path:
+    """Where an unfinished run keeps its finished blocks: a hidden sibling of the output."""
+    out_dir = Path(out_dir)
+    return out_dir.parent / f".{out_dir.name}.work"
 
 
 class WorkDir:
@@ -195,7 +207,7 @@ def run(model_dir: str | Path, cfg: CompressConfig, windows: torch.Tensor | None
     dev = torch.device(cfg.device)
     model = load_dense(model_dir)
     cfg.validate([tuple(model.get_submodule(n).weight.shape) for n in linear_names(model.args)])
-    needs_data = m.prunes or m.compensate or len(stages) > 1
+    needs_data = cfg.needs_calibration
     if needs_data and windows is None:
         raise ValueError(f"method {cfg.method} needs calibration windows")
     embeddings = _quantize_embeddings(model, cfg.embed_bits)
@@ -318,7 +330,7 @@ def compress(model_dir: str | Path, out_dir: str | Path, cfg: CompressConfig | N
     t0 = time.time()
     work = None
     if resume and windows is not None:
-        work = WorkDir(out_dir.parent / f".{out_dir.name}.work", _fingerprint(model_dir, cfg, windows))
+        work = WorkDir(work_path(out_dir), _fingerprint(model_dir, cfg, windows))
     try:
         model, meta, embeddings = run(model_dir, cfg, windows, work)
     except BaseException:
