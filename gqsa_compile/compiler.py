@@ -20,10 +20,11 @@ from runtime.files import sha256, writing_dir
 from training.checkpoint import copy_tokenizer, read_checkpoint
 
 from . import cuda_toolchain
+from .kernel_layout import code_order, to_kernel_layout
 from .onnx_export import build_graph, cache_names, weight_arrays
 from .onnx_import import LoweringContext, import_model
 
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: 4-bit codes of CUDA artifacts in the interleaved order (1 is still loadable)
 
 
 class CompileError(RuntimeError):
@@ -41,6 +42,15 @@ def make_target(kind: str, archs: list[str]):
     raise CompileError(f"unsupported target {kind!r} (cuda or llvm)")
 
 
+def kernel_choices(mod) -> dict[str, str]:
+    """Every hand-scheduled kernel in the module and the tuning configuration it was built with."""
+    out = {}
+    for gv, func in mod.functions_items():
+        if "gqsa.config" in (func.attrs or {}):
+            out[gv.name_hint] = str(func.attrs["gqsa.config"])
+    return dict(sorted(out.items()))
+
+
 def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
                   archs: list[str] | None = None, dtype: str | None = None, log=print) -> Path:
     import tvm
@@ -51,11 +61,14 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
         raise CompileError(f"unsupported dtype {dtype!r} (float16 or float32)")
     t0 = time.time()
     args, meta, dense, compressed = read_checkpoint(ckpt_dir)
+    order = code_order(target)
+    compressed = to_kernel_layout(compressed, order)
     tgt = make_target(target, archs)
     log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices)")
     model = build_graph(args, dense, compressed, dtype)
     log("[2/4] import into Relax (prefill: T symbolic, decode: T = 1)")
-    ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len)
+    ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len,
+                          interleaved=order != "checkpoint")
     mod = import_model(model, ctx)
     log(f"[3/4] build for {target}" + (f" ({', '.join(archs)})" if target == "cuda" else ""))
     with tgt:
@@ -88,6 +101,8 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
             "model": {"n_layers": args.n_layers, "dim": args.dim, "n_heads": args.n_heads,
                       "n_kv_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
                       "max_seq_len": args.max_seq_len},
+            "code_order": order,
+            "kernels": kernel_choices(mod),
             "compression": {k: meta.get(k) for k in ("bits", "group", "rows", "sparsity", "embed_bits",
                                                      "bytes_per_weight", "method")},
             "checksums": {},

@@ -130,3 +130,40 @@ def fatbin_archs(so_path: str | Path) -> set[int]:
             pos += entry_header + payload
         start = data.find(FATBIN_MAGIC, end)
     return archs
+
+
+def sass_by_arch(so_path: str | Path) -> dict[int, str]:
+    """The SASS of every cubin inside a library, keyed by SM number: the fatbins TVM embeds as data are cut
+    out (their headers give their sizes) and disassembled with cuobjdump -sass."""
+    import struct
+
+    root = cuda_root()
+    env = {**os.environ, "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '')}"}
+    data = Path(so_path).read_bytes()
+    text, start = "", data.find(FATBIN_MAGIC)
+    with tempfile.TemporaryDirectory() as d:
+        while start >= 0:
+            _, _, header, size = struct.unpack_from("<IHHQ", data, start)
+            blob = Path(d) / f"{start}.fatbin"
+            blob.write_bytes(data[start:start + header + size])
+            r = subprocess.run([str(root / "bin" / "cuobjdump"), "-sass", str(blob)], capture_output=True,
+                               text=True, env=env)
+            if r.returncode:
+                raise ToolchainError(f"cuobjdump failed: {r.stderr.strip()[-2000:]}")
+            text += r.stdout
+            start = data.find(FATBIN_MAGIC, start + header + size)
+    out: dict[int, str] = {}
+    for part in text.split("arch = sm_")[1:]:
+        num = int(part[:part.index("\n")].rstrip("a"))
+        out[num] = out.get(num, "") + part
+    return out
+
+
+def functions_with(sass: str, opcode: str) -> set[str]:
+    """Names of the kernels in one arch's SASS whose code contains ``opcode`` (e.g. HMMA, HGMMA)."""
+    found = set()
+    for chunk in sass.split("Function : ")[1:]:
+        name = chunk[:chunk.index("\n")].strip()
+        if opcode in chunk:
+            found.add(name)
+    return found

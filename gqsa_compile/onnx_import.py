@@ -27,6 +27,7 @@ class LoweringContext:
     n_kv: int
     head_dim: int
     cache_len: int
+    interleaved: bool = False  # 4-bit codes in the kernels' interleaved order (kernel_layout)
 
 
 _CTX: list[LoweringContext] = []
@@ -52,7 +53,7 @@ class BSRMatMul(_of.OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
-        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype)
+        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
         x = inputs[0]
         m = x.ty.shape[0]
         gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target))
@@ -63,7 +64,7 @@ class BSREmbedding(_of.OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
-        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype)
+        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
         gv = _add(bb, tvm_schedules.embed(s, c.target))
         return relax.call_tir(gv, list(inputs), relax.TensorType([inputs[0].ty.shape[0], s.k], c.dtype))
 

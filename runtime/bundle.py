@@ -65,36 +65,41 @@ def _wheel_into(pkg: str, python: str, site: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def make_bundle(artifact_dir: str | Path, dest: str | Path, python: str | None = None) -> Path:
-    import json
-
+def add_runtime(tmp: Path, python: str, cuda: bool) -> None:
+    """Put this package, runtime-only TVM (+ tvm-ffi, ml_dtypes) and, for CUDA, libcudart into ``tmp``."""
     import runtime
     from runtime.model import _find_cudart
+
+    spec = importlib.util.find_spec("tvm")
+    tvm_dir = Path(list(spec.submodule_search_locations)[0])
+    shutil.copytree(Path(runtime.__file__).parent, tmp / "runtime",
+                    ignore=shutil.ignore_patterns("__pycache__", "bundle.py"))
+    site = tmp / "site"
+
+    def ignore(d, names):
+        skip = {n for n in names if n in _TVM_SKIP}
+        if Path(d).name == "lib":
+            skip |= {n for n in names if n.endswith(".so") and n not in _TVM_LIBS}
+        return skip
+
+    shutil.copytree(tvm_dir, site / "tvm", ignore=ignore)
+    for pkg in ("apache-tvm-ffi", "ml_dtypes"):
+        _wheel_into(pkg, python, site)
+    if cuda:
+        (tmp / "lib").mkdir()
+        shutil.copy2(_find_cudart(), tmp / "lib" / "libcudart.so.13")
+
+
+def make_bundle(artifact_dir: str | Path, dest: str | Path, python: str | None = None) -> Path:
+    import json
 
     python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
     artifact, dest = Path(artifact_dir), Path(dest)
     if not (artifact / "manifest.json").is_file():
         raise BundleError(f"{artifact}: no manifest.json (not a gqsa-compile artifact)")
     cuda = json.loads((artifact / "manifest.json").read_text())["target"] == "cuda"
-    spec = importlib.util.find_spec("tvm")
-    tvm_dir = Path(list(spec.submodule_search_locations)[0])
     with writing_dir(dest) as tmp:
         shutil.copytree(artifact, tmp / "artifact")
-        shutil.copytree(Path(runtime.__file__).parent, tmp / "runtime",
-                        ignore=shutil.ignore_patterns("__pycache__", "bundle.py"))
-        site = tmp / "site"
-
-        def ignore(d, names):
-            skip = {n for n in names if n in _TVM_SKIP}
-            if Path(d).name == "lib":
-                skip |= {n for n in names if n.endswith(".so") and n not in _TVM_LIBS}
-            return skip
-
-        shutil.copytree(tvm_dir, site / "tvm", ignore=ignore)
-        for pkg in ("apache-tvm-ffi", "ml_dtypes"):
-            _wheel_into(pkg, python, site)
-        if cuda:
-            (tmp / "lib").mkdir()
-            shutil.copy2(_find_cudart(), tmp / "lib" / "libcudart.so.13")
+        add_runtime(tmp, python, cuda)
         (tmp / "run.py").write_text(RUN_PY)
     return dest

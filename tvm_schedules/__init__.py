@@ -1,14 +1,17 @@
 """Hand-written TensorIR kernels for the GQSA model, chosen per target and shape.
 
-Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_prefill (CUDA, any M), bsr_cpu (llvm),
+Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_prefill (CUDA tensor cores, any M),
+bsr_prefill_simt (CUDA without tensor cores: G = 8, fp32), bsr_cpu (llvm),
 attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax needs to leave it alone.
 """
 from __future__ import annotations
 
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
+from .bsr_decode import tuned as decode_tuned
 from .bsr_decode import bsr_decode_cuda
-from .bsr_prefill import bsr_prefill_cuda
+from . import bsr_prefill
+from .bsr_prefill_simt import bsr_prefill_simt
 from .common import BSRShape, is_gpu
 from .embedding import embedding
 from .kv_cache import kv_append
@@ -17,17 +20,22 @@ DECODE_MAX_M = 8
 SCHEDULED = {"tirx.is_scheduled": True, "op_pattern": 8}
 
 
-def _finish(func, name: str):
-    return func.with_attrs({**SCHEDULED, "global_symbol": name})
+def _finish(func, name: str, config: str = "default"):
+    """Attributes Relax needs to leave the kernel alone, its symbol, and its tuning choice (for the manifest)."""
+    return func.with_attrs({**SCHEDULED, "global_symbol": name, "gqsa.config": config})
 
 
-def bsr_matmul(s: BSRShape, m: int | None, target):
+def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=None):
     """The kernel for y[M, n] = x[M, k] W^T; ``m`` is the static token count, None when symbolic."""
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
-        return _finish(bsr_decode_cuda(s, m), f"bsr_decode_m{m}_{s.key}")
-    return _finish(bsr_prefill_cuda(s), f"bsr_prefill_{s.key}")
+        cfg = decode_cfg or decode_tuned(m)
+        return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
+    cfg = prefill_cfg or bsr_prefill.DEFAULT
+    if bsr_prefill.supports(s, cfg):
+        return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", cfg.key)
+    return _finish(bsr_prefill_simt(s), f"bsr_prefill_simt_{s.key}")
 
 
 def attention(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dtype: str, target):

@@ -1,28 +1,103 @@
-"""BSR int-k GEMV for decode on CUDA (M = 1..8 token rows).
+"""BSR int-k GEMV for decode on CUDA (M = 1..8 token rows): one warp per block row, near the DRAM limit.
 
-One warp per block row; its 32 lanes stride over the row's kept blocks, so rows with more blocks simply
-loop more (per-layer sparsity stays correct). Each lane keeps M x R fp32 partial sums, reduced across the
-warp through shared memory. Memory-bound by design: every weight byte is read exactly once per call.
+Decode reads every kept weight byte once and does little arithmetic per byte, so the kernel is about
+moving bytes. A warp owns one block row; its lanes take consecutive kept blocks, ``lanes`` lanes per
+block, each lane a contiguous slice of the block's G columns. So every load of codes, scales, zero points
+and indices is coalesced across the warp, and the activation gather (the only scattered access: each
+block sits at its own column) fetches a whole 16-byte vector per lane. Measured on an H100 the gather's
+L1 transactions, not DRAM, bound the first version (one lane per block, two 16-byte loads): two lanes
+per block halve them. Loads use a clamped index and a 0/1 weight instead of a branch, so nvcc can issue
+the ``unroll`` blocks' loads back to back. Rows with more blocks loop longer; with thousands of warps
+in flight, unequal rows (per-layer sparsity) even out.
+
+Arithmetic per weight: a code becomes an exact fp32 by OR-ing it into the mantissa of 2^23 (no
+int-to-float conversion), the zero point is subtracted there, and the scale is applied once per group.
+Partial sums are combined with warp shuffles. Tall blocks with many token rows split a block's R rows
+over several warps (``rows_per_warp``) so the accumulators stay in registers.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tvm.script import tirx as T
 
-from .common import BSRShape, code
+from .common import BSRShape, nibble
 
-WARPS = 4
+SMEM_BYTES = 48 * 1024  # static shared memory a thread block may use without an opt-in
+MAGIC = 0x4B000000  # bit pattern of 2^23 as fp32: OR-ing an integer c < 2^23 into it gives 2^23 + c exactly
 
 
-def bsr_decode_cuda(s: BSRShape, m: int):
-    n, k, rows, group, words, per, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.dtype
+@dataclass(frozen=True)
+class DecodeConfig:
+    """The tuning knobs (the sweep in benchmarks/kernels.py picks them; the artifact manifest records them)."""
+
+    warps: int = 4  # warps per thread block
+    unroll: int = 2  # kept blocks a lane handles per loop trip (independent loads in flight)
+    lanes: int = 2  # lanes sharing one block (each a contiguous slice of its columns)
+    half2: bool = True  # 4-bit interleaved codes: decode pairs into half2, fp16 products within a group
+    smem: bool = True  # stage the activations in shared memory (where M x K fits in 48 KB)
+    ctas: int = 1056  # thread blocks at most (each loops over tasks), so activations are staged once each
+
+    @property
+    def key(self) -> str:
+        return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
+            f"s{self.ctas}" if self.smem else "")
+
+
+DEFAULT = DecodeConfig(lanes=1)
+# The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep": geometric mean over 12288 x 4096 and
+# 4096 x 14336, W4 G16 R1 50%): one lane per block while x gathers are few (M <= 2), two lanes per block
+# (half the L1 transactions per gathered byte) once they dominate (M >= 4). Other archs use the same.
+TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 4, 2), 8: DecodeConfig(4, 4, 2)}
+
+
+def tuned(m: int) -> DecodeConfig:
+    return TUNED.get(m, DEFAULT)
+SWEEP = ([DecodeConfig(w, u, ln, True, sm) for sm in (True, False) for ln in (1, 2) for w in (4, 8) for u in (2, 4)]
+         + [DecodeConfig(4, 2, 1, True, True, c) for c in (264, 528, 2112)] + [DecodeConfig(4, 2, 1, False, False)])
+
+
+def rows_per_warp(s: BSRShape, m: int) -> int:
+    """Rows of a block one warp owns: all R unless M x R accumulators would crowd the registers."""
+    r = s.rows
+    while m * r > 16 and r > 1:
+        r //= 2
+    return r
+
+
+def lanes_per_block(s: BSRShape, want: int) -> int:
+    """``want`` if a block's words split evenly into whole words per lane with no code crossing words."""
+    ln = want
+    while ln > 1 and (s.words % ln or s.per_word * s.bits != 32 or s.per_word * s.words != s.group):
+        ln //= 2
+    return ln
+
+
+def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
+    n, k, rows, group, words, per, bits, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.bits, s.dtype
     nbr = s.block_rows
-    acc_n = m * rows
+    rw = rows_per_warp(s, m)
+    splits = rows // rw  # warps per block row
+    tasks = nbr * splits
+    warps, unroll = cfg.warps, cfg.unroll
+    lanes = lanes_per_block(s, cfg.lanes)
+    wpl = words // lanes  # words per lane
+    cols = group // lanes  # columns per lane
+    xv = 8 if cols % 8 == 0 else cols  # activations per vector load (8 x fp16 = 16 bytes)
+    step = 32 // lanes  # blocks per warp per unrolled step
+    mask = 2**bits - 1
+    half2 = cfg.half2 and s.interleaved and bits == 4 and dt == "float16" and cols % 8 == 0
+    smem = cfg.smem and half2 and m * k * 2 <= SMEM_BYTES
+    nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
+    reps = -(-tasks // (nctas * warps))
+    xwords = m * k // 2 if smem else 4
+    stage = -(-xwords // 4 // (warps * 32))  # 16-byte copies per thread
 
     @T.prim_func
     def bsr_decode(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
                    zr_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
-        nnz = T.int64()
+        nnz = T.int32()
         x = T.match_buffer(x_h, (m, k), dt)
         indptr = T.match_buffer(indptr_h, (nbr + 1,), "int32")
         indices = T.match_buffer(indices_h, (nnz,), "uint16")
@@ -30,39 +105,108 @@ def bsr_decode_cuda(s: BSRShape, m: int):
         sc = T.match_buffer(sc_h, (nnz, rows), "float16")
         zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
         y = T.match_buffer(y_h, (m, n), dt)
-        for bx in T.thread_binding((nbr + WARPS - 1) // WARPS, thread="blockIdx.x"):
-            for ty in T.thread_binding(WARPS, thread="threadIdx.y"):
+        x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)  # activation pairs as 32-bit words
+        for bx in T.thread_binding(nctas, thread="blockIdx.x"):
+            for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    acc = T.alloc_buffer((acc_n,), "float32", scope="local")
-                    red = T.alloc_buffer((WARPS, 32), "float32", scope="shared")
-                    for j in range(acc_n):
-                        acc[j] = T.float32(0)
-                    br = bx * WARPS + ty
-                    if br < nbr:
-                        start = indptr[br]
-                        for it in range((indptr[br + 1] - start + 31 - tx) // 32):
-                            b = start + tx + it * 32
-                            col = T.Cast("int32", indices[b]) * group
-                            for r in range(rows):
-                                scale = T.Cast("float32", sc[b, r])
-                                zero = T.Cast("float32", zr[b, r])
-                                for w in range(words):
-                                    word = qw[b, r, w]
-                                    for jj in T.unroll(per):
-                                        if w * per + jj < group:
-                                            wv = (code(word, jj, s) - zero) * scale
-                                            for i in range(m):
-                                                acc[i * rows + r] = acc[i * rows + r] + wv * T.Cast(
-                                                    "float32", x[i, col + w * per + jj])
-                    for j in range(acc_n):
-                        red[ty, tx] = acc[j]
+                    xs = T.alloc_buffer((xwords,), "uint32", scope="shared")
+                    if smem:
+                        for c in range(stage):
+                            if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
+                                for v in T.vectorized(4):
+                                    xs[(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
+                                        (c * warps * 32 + ty * 32 + tx) * 4 + v]
                         T.tvm_storage_sync("shared")
-                        if tx == 0 and br < nbr:
-                            total = T.alloc_buffer((1,), "float32", scope="local")
-                            total[0] = T.float32(0)
-                            for l in range(32):
-                                total[0] = total[0] + red[ty, l]
-                            y[j // rows, br * rows + j % rows] = T.Cast(dt, total[0])
-                        T.tvm_storage_sync("shared")
+                    acc = T.alloc_buffer((m * rw,), "float32", scope="local")
+                    part = T.alloc_buffer((1,), "float32", scope="local")
+                    qf = T.alloc_buffer((cols,), "float32", scope="local")
+                    xl = T.alloc_buffer((cols,), dt, scope="local")
+                    red = T.alloc_buffer((1,), "float32", scope="local")
+                    h = T.alloc_buffer((1,), "uint32", scope="local")
+                    x2 = T.alloc_buffer((cols // 2,), "uint32", scope="local")
+                    dq = T.alloc_buffer((cols // 2,), "uint32", scope="local")
+                    # one trip's loads, issued before any arithmetic so they are all in flight at once
+                    wq = T.alloc_buffer((unroll, rw, wpl), "uint32", scope="local")
+                    sv = T.alloc_buffer((unroll, rw), "float32", scope="local")
+                    zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
+                    col = T.alloc_buffer((unroll,), "int32", scope="local")
+                    ix = T.alloc_buffer((unroll,), "uint16", scope="local")
+                    sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
+                    zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
+                    for rep in range(reps):
+                        for j in range(m * rw):
+                            acc[j] = T.float32(0)
+                        task = (rep * nctas + bx) * warps + ty
+                        br = task // splits
+                        r0 = task % splits * rw
+                        lane_blk = tx // lanes
+                        sub = tx % lanes
+                        if task < tasks:
+                            start = indptr[br]
+                            count = indptr[br + 1] - start
+                            for it in range((count + step * unroll - 1) // (step * unroll)):
+                                for u in T.unroll(unroll):
+                                    e = (it * unroll + u) * step + lane_blk
+                                    b = start + T.min(e, count - 1)
+                                    # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
+                                    T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
+                                    for r in T.unroll(rw):
+                                        if wpl == 1:
+                                            T.ptx.ld.global_.nc.b32(wq[u, r, 0], qw.ptr_to([b, r0 + r, sub]))
+                                        elif wpl == 2:
+                                            T.ptx.ld.global_.nc.v2.b32(wq[u, r, 0], wq[u, r, 1],
+                                                                       qw.ptr_to([b, r0 + r, sub * 2]))
+                                        else:
+                                            for w in T.vectorized(wpl):
+                                                wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
+                                        T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
+                                        T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
+                                        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
+                                            "float32", e < count)  # 0 for the clamped repeats past the row's end
+                                        zv[u, r] = T.Cast("uint32", zb[u, r])
+                                    col[u] = T.Cast("int32", ix[u]) * (group // 8) + sub * (cols // 8)
+                                for u in T.unroll(unroll):
+                                    for r in T.unroll(rw):
+                                        if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
+                                            for j in T.unroll(cols // 2):
+                                                dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                                         ) | T.uint32(0x64006400)
+                                                T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
+                                        else:
+                                            for j in T.unroll(cols):
+                                                qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
+                                                    nibble(j) * bits if s.interleaved else j % per * bits))
+                                                    & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
+                                                        "float32", zv[u, r]))
+                                        for i in T.unroll(m):
+                                            if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
+                                                for c in T.unroll(cols // 8):
+                                                    if smem:
+                                                        for v in T.vectorized(4):
+                                                            x2[c * 4 + v] = xs[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                    else:
+                                                        for v in T.vectorized(4):
+                                                            x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                h[0] = T.uint32(0)
+                                                for j in T.unroll(cols // 2):
+                                                    T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
+                                                part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
+                                                    "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
+                                                        "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
+                                            else:
+                                                for c in T.unroll(cols // xv):
+                                                    for v in T.vectorized(xv):
+                                                        xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
+                                                part[0] = T.float32(0)
+                                                for j in T.unroll(cols):
+                                                    part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
+                                            acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
+                        for j in range(m * rw):
+                            red[0] = acc[j]
+                            for o in T.unroll(5):
+                                red[0] = red[0] + T.tvm_warp_shuffle_down(
+                                    T.tvm_warp_activemask(), red[0], 16 >> o, 32, 32)
+                            if tx == 0 and task < tasks:
+                                y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
 
     return bsr_decode

@@ -1,54 +1,178 @@
-"""BSR int-k matmul for prefill on CUDA (any M, symbolic): one thread per (token row, block row).
+"""BSR int-k matmul for prefill on CUDA (any M, symbolic) on tensor cores: ``mma.sync.m16n8k16`` fp16 -> fp32.
 
-Threads of a thread block share a block row, so every weight word is a broadcast load served once from
-L1/L2 for 64 token rows; activations are read per thread. Correct first: tensor cores come later.
+A warp computes a 16-row x (8 * n_tiles)-token tile of y^T: the weights are the mma's A operand (16 output
+rows x 16 input columns, dequantized in registers straight from the packed codes: every lane decodes
+exactly the 8 values its A fragment holds) and the activations its B operand. The thread block stages the
+token tile's activations in shared memory ``chunk`` columns at a time (rows padded so ldmatrix is free of
+bank conflicts) and every warp feeds its mma's from there with ldmatrix.x4 (two 8-token tiles per load):
+the first version read B straight from global memory, two 4-byte loads per lane per mma, and was bound by
+L1 transactions at 0.05-0.15x cuBLAS.
+
+How the A tile is found is where the block height R matters:
+- R = 16: a 16-row tile is one block row, so the warp walks only its kept blocks: pruned blocks cost
+  nothing, and time follows the kept fraction.
+- R < 16: the 16 rows of a tile belong to 16 / R block rows whose kept columns differ, so the warp walks
+  every column group and each lane fills its two rows' values from a per-row cursor (zeros where the
+  row's block is pruned): dense tensor-core work, sparse bytes.
+Needs G a multiple of 16 (one mma k-step per 16 columns); other G use the SIMT kernel in bsr_prefill_simt.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
 from .common import BSRShape, code
 
-TM = 64
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    warps: int = 8  # warps per thread block, each a 16-row tile
+    n_tiles: int = 8  # 8-token mma tiles per warp (the token tile is 8 * n_tiles)
+    chunk: int = 256  # input columns of activations staged in shared memory at a time
+
+    @property
+    def key(self) -> str:
+        return f"w{self.warps}n{self.n_tiles}c{self.chunk}"
 
 
-def bsr_prefill_cuda(s: BSRShape):
-    n, k, rows, group, words, per, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.dtype
-    nbr = s.block_rows
+DEFAULT = PrefillConfig()
+SWEEP = [PrefillConfig(8, 8, 256), PrefillConfig(4, 8, 256), PrefillConfig(8, 4, 256), PrefillConfig(4, 16, 128),
+         PrefillConfig(8, 16, 128)]
+PAD = 8  # fp16 of padding per staged row: rows 528 B apart hit distinct banks in ldmatrix
+
+
+def chunk_for(s: BSRShape, cfg: PrefillConfig) -> int:
+    """``cfg.chunk`` or the largest smaller multiple of 32 and of G that divides K (0 if none does)."""
+    step = max(32, s.group)
+    for c in range(cfg.chunk - cfg.chunk % step, 0, -step):
+        if s.k % c == 0 and (8 * cfg.n_tiles * c // 8) % (cfg.warps * 32) == 0:
+            return c
+    return 0
+
+
+def supports(s: BSRShape, cfg: PrefillConfig = DEFAULT) -> bool:
+    return (s.group % 16 == 0 and s.rows in (1, 2, 4, 8, 16) and s.n % 16 == 0 and s.dtype == "float16"
+            and chunk_for(s, cfg) > 0)
+
+
+def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
+    n, k, rows, group, dt = s.n, s.k, s.rows, s.group, s.dtype
+    nbr, ksteps = s.block_rows, s.group // 16
+    warps, nt, ck = cfg.warps, cfg.n_tiles, chunk_for(s, cfg)
+    tile_m = 8 * nt
+    row_tiles = n // 16
+    sparse_walk = rows == 16
+    stride = ck + PAD
+    copies = tile_m * ck // 8 // (warps * 32)  # 16-byte copies per thread per chunk
+    assert copies * warps * 32 * 8 == tile_m * ck, f"{cfg} does not split the staged tile evenly"
+    per_chunk = ck // group  # column groups per chunk
 
     @T.prim_func
     def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
                     zr_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         m = T.int64()
-        nnz = T.int64()
+        nnz = T.int32()
         x = T.match_buffer(x_h, (m, k), dt)
         indptr = T.match_buffer(indptr_h, (nbr + 1,), "int32")
         indices = T.match_buffer(indices_h, (nnz,), "uint16")
-        qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
+        qw = T.match_buffer(qw_h, (nnz, rows, s.words), "uint32")
         sc = T.match_buffer(sc_h, (nnz, rows), "float16")
         zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
         y = T.match_buffer(y_h, (m, n), dt)
-        for br in T.thread_binding(nbr, thread="blockIdx.y"):
-            for bx in T.thread_binding((m + TM - 1) // TM, thread="blockIdx.x"):
-                for tx in T.thread_binding(TM, thread="threadIdx.x"):
-                    acc = T.alloc_buffer((rows,), "float32", scope="local")
-                    i = bx * TM + tx
-                    if i < m:
-                        for r in range(rows):
-                            acc[r] = T.float32(0)
-                        for b in T.serial(indptr[br], indptr[br + 1]):
-                            col = T.Cast("int64", indices[b]) * group
-                            for r in range(rows):
-                                scale = T.Cast("float32", sc[b, r])
-                                zero = T.Cast("float32", zr[b, r])
-                                for w in range(words):
-                                    word = qw[b, r, w]
-                                    for jj in T.unroll(per):
-                                        if w * per + jj < group:
-                                            acc[r] = acc[r] + (code(word, jj, s) - zero) * scale * T.Cast(
-                                                "float32", x[i, col + w * per + jj])
-                        for r in range(rows):
-                            y[i, br * rows + r] = T.Cast(dt, acc[r])
+        for by in T.thread_binding((m + tile_m - 1) // tile_m, thread="blockIdx.y"):
+            for bx in T.thread_binding((row_tiles + warps - 1) // warps, thread="blockIdx.x"):
+                for ty in T.thread_binding(warps, thread="threadIdx.y"):
+                    for tx in T.thread_binding(32, thread="threadIdx.x"):
+                        xs = T.alloc_buffer((tile_m * stride,), dt, scope="shared")
+                        acc = T.alloc_buffer((nt * 4,), "float32", scope="local")
+                        a = T.alloc_buffer((8,), dt, scope="local")
+                        bf = T.alloc_buffer((8,), dt, scope="local")
+                        cur = T.alloc_buffer((2,), "int32", scope="local")
+                        hit = T.alloc_buffer((2,), "int32", scope="local")
+                        st = T.alloc_buffer((copies * 4,), "uint32", scope="local")
+                        g = tx // 4
+                        t = tx % 4
+                        tile = bx * warps + ty
+                        for j in range(nt * 4):
+                            acc[j] = T.float32(0)
+                        for h in T.unroll(2):  # the walk's position in the block list (per row for R < 16)
+                            cur[h] = indptr[T.min(tile * 16 + g + h * 8, n - 1) // rows]
+                        for ch in range(k // ck):
+                            for c in T.unroll(copies):  # 16 bytes per copy, all loads before any store
+                                T.ptx.ld.global_.nc.v4.b32(
+                                    st[c * 4], st[c * 4 + 1], st[c * 4 + 2], st[c * 4 + 3], x.ptr_to([
+                                        T.min(by * tile_m + ((c * warps + ty) * 32 + tx) // (ck // 8), m - 1),
+                                        ch * ck + ((c * warps + ty) * 32 + tx) % (ck // 8) * 8]))
+                            T.tvm_storage_sync("shared")
+                            for c in T.unroll(copies):
+                                T.ptx.st.shared.v4.b32(
+                                    xs.ptr_to([((c * warps + ty) * 32 + tx) // (ck // 8) * stride
+                                               + ((c * warps + ty) * 32 + tx) % (ck // 8) * 8]),
+                                    st[c * 4], st[c * 4 + 1], st[c * 4 + 2], st[c * 4 + 3])
+                            T.tvm_storage_sync("shared")
+                            if tile < row_tiles:
+                                if sparse_walk:
+                                    while cur[0] < indptr[tile + 1] and T.Cast(
+                                            "int32", indices[T.min(cur[0], nnz - 1)]) < (ch + 1) * per_chunk:
+                                        for ks in T.unroll(ksteps):
+                                            for h in T.unroll(2):  # rows g and g + 8
+                                                for q in T.unroll(2):  # columns 2t.. and 2t + 8..
+                                                    for e in T.unroll(2):
+                                                        a[q * 4 + h * 2 + e] = T.Cast(dt, (code(
+                                                            qw[cur[0], g + h * 8, (ks * 16 + t * 2 + q * 8 + e) // s.per_word],
+                                                            ks * 16 + t * 2 + q * 8 + e, s)
+                                                            - T.Cast("float32", zr[cur[0], g + h * 8])) * T.Cast(
+                                                            "float32", sc[cur[0], g + h * 8]))
+                                            for jp in T.unroll(nt // 2):
+                                                T.ptx_legacy.ldmatrix(
+                                                    False, 4, ".b16", bf.data, 0, xs.data,
+                                                    ((jp * 2 + tx // 16) * 8 + tx % 8) * stride
+                                                    + (T.Cast("int32", indices[cur[0]]) - ch * per_chunk) * group
+                                                    + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
+                                                for e in T.unroll(2):
+                                                    T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16",
+                                                                     "float32", a.data, 0, bf.data, e * 4, acc.data,
+                                                                     (jp * 2 + e) * 4, False, dtype="float32")
+                                        cur[0] = cur[0] + 1
+                                else:
+                                    for cg in T.serial(per_chunk):
+                                        for h in T.unroll(2):
+                                            hit[h] = T.Select(
+                                                cur[h] < indptr[(tile * 16 + g + h * 8) // rows + 1],
+                                                T.Select(T.Cast("int32", indices[T.min(cur[h], nnz - 1)])
+                                                         == ch * per_chunk + cg, 1, 0), 0)
+                                        for ks in T.unroll(ksteps):
+                                            for h in T.unroll(2):
+                                                for q in T.unroll(2):
+                                                    for e in T.unroll(2):
+                                                        a[q * 4 + h * 2 + e] = T.Select(hit[h] == 1, T.Cast(dt, (code(
+                                                            qw[T.min(cur[h], nnz - 1), (g + h * 8) % rows,
+                                                               (ks * 16 + t * 2 + q * 8 + e) // s.per_word],
+                                                            ks * 16 + t * 2 + q * 8 + e, s)
+                                                            - T.Cast("float32", zr[T.min(cur[h], nnz - 1),
+                                                                                   (g + h * 8) % rows]))
+                                                            * T.Cast("float32", sc[T.min(cur[h], nnz - 1),
+                                                                                   (g + h * 8) % rows])),
+                                                            T.float16(0))
+                                            for jp in T.unroll(nt // 2):
+                                                T.ptx_legacy.ldmatrix(
+                                                    False, 4, ".b16", bf.data, 0, xs.data,
+                                                    ((jp * 2 + tx // 16) * 8 + tx % 8) * stride + cg * group
+                                                    + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
+                                                for e in T.unroll(2):
+                                                    T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16",
+                                                                     "float32", a.data, 0, bf.data, e * 4, acc.data,
+                                                                     (jp * 2 + e) * 4, False, dtype="float32")
+                                        for h in T.unroll(2):
+                                            cur[h] = cur[h] + hit[h]
+                        if tile < row_tiles:
+                            for j in T.unroll(nt):
+                                for h in T.unroll(2):
+                                    for e in T.unroll(2):
+                                        if by * tile_m + j * 8 + t * 2 + e < m:
+                                            y[by * tile_m + j * 8 + t * 2 + e, tile * 16 + g + h * 8] = T.Cast(
+                                                dt, acc[j * 4 + h * 2 + e])
 
     return bsr_prefill

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
+from .layout import nibble
+
 
 @dataclass(frozen=True)
 class BSRShape:
@@ -16,6 +18,7 @@ class BSRShape:
     group: int
     rows: int
     dtype: str = "float16"  # activations
+    interleaved: bool = False  # 4-bit codes in half2 pair order (tvm_schedules.layout)
 
     @property
     def per_word(self) -> int:
@@ -31,12 +34,14 @@ class BSRShape:
 
     @property
     def key(self) -> str:
-        return f"n{self.n}_k{self.k}_b{self.bits}_g{self.group}_r{self.rows}_{self.dtype}"
+        return f"n{self.n}_k{self.k}_b{self.bits}_g{self.group}_r{self.rows}_{self.dtype}" + (
+            "_il" if self.interleaved else "")
 
 
 def code(word, i: int | T.PrimExpr, s: BSRShape):
     """Integer code ``i`` (0..G-1) of a group from its packed uint32 word, as fp32."""
-    shift = T.Cast("uint32", (i % s.per_word) * s.bits)
+    pos = nibble(i) if s.interleaved else i % s.per_word
+    shift = T.Cast("uint32", pos * s.bits)
     return T.Cast("float32", (word >> shift) & T.uint32(2**s.bits - 1))
 
 

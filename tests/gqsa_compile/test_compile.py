@@ -61,6 +61,19 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     assert fatbin_archs(out / "model.so") == {80, 87, 89, 90}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["archs"] == ARCHS and manifest["compression"]["bits"] == 4
+    # the weights are stored in the kernels' code order, and the chosen tuning is recorded per kernel
+    from runtime.model import read_safetensors
+    from training.checkpoint import read_checkpoint
+    from tvm_schedules.bsr_decode import tuned
+    from tvm_schedules.layout import interleave_codes
+
+    assert manifest["artifact_version"] == 2 and manifest["code_order"] == "interleaved4"
+    name, b = next(iter(read_checkpoint(tiny_ckpt)[3].items()))
+    stored = read_safetensors(out / "weights.safetensors")
+    np.testing.assert_array_equal(stored[f"{name}.qweight"], interleave_codes(b.qweight))
+    kernels = manifest["kernels"]
+    assert any(k.startswith("bsr_decode_m1_") and v == tuned(1).key for k, v in kernels.items())
+    assert any(k.startswith("bsr_prefill_") and v.startswith("w8n8") for k, v in kernels.items())
 
 
 def _cli(*args):

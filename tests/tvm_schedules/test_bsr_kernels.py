@@ -35,30 +35,83 @@ def test_cpu_kernel_matches_reference(m, bits, group, rows, rng):
     assert np.all(y.numpy()[:, :rows] == 0)  # the empty block row
 
 
+@pytest.mark.parametrize("bits,group,rows", [(4, 16, 1), (4, 32, 4)])
+def test_interleaved_code_order_reads_the_same_weights(bits, group, rows, rng):
+    """Every kernel reads codes through common.code(): with the CUDA artifacts' interleaved order (and the
+    repacked words) the CPU kernel and the quantized embedding give bitwise the checkpoint order's result."""
+    from tvm_schedules.layout import interleave_codes
+
+    n, k, m = 64, 256, 3
+    b = _bsr(n, k, bits, group, rows)
+    x = rng.standard_normal((m, k)).astype("float32")
+    dev, outs = tvm.cpu(), []
+    for interleaved in (False, True):
+        s = BSRShape(n, k, bits, group, rows, "float32", interleaved)
+        lib = tvm.compile(tvm.IRModule({"main": tvm_schedules.bsr_matmul(s, m, tvm.target.Target("llvm"))}),
+                          target="llvm")
+        qw = interleave_codes(b.qweight) if interleaved else b.qweight
+        y = tvm.runtime.tensor(np.full((m, n), np.nan, "float32"), dev)
+        lib["main"](*[tvm.runtime.tensor(a, dev) for a in (x, b.indptr, b.indices, qw, b.scales, b.zeros)], y)
+        outs.append(y.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], x @ dequantize(b).numpy().T, rtol=1e-5, atol=1e-4)
+    assert not np.array_equal(interleave_codes(b.qweight), b.qweight)  # the repack really moves codes
+
+
+def test_interleave_puts_code_pairs_in_fp16_halves():
+    """(word >> 4p) & 0x000F000F must hold codes 2p and 2p + 1 in its low and high halves."""
+    from tvm_schedules.layout import interleave_codes
+
+    word = np.array([0x76543210], np.uint32)  # code i = i
+    w = int(interleave_codes(word)[0])
+    for p in range(4):
+        pair = (w >> (4 * p)) & 0x000F000F
+        assert (pair & 0xFFFF, pair >> 16) == (2 * p, 2 * p + 1)
+
+
 @pytest.fixture(scope="module")
 def cuda_target():
     from gqsa_compile import cuda_toolchain
 
-    cuda_toolchain.setup(["sm_87", "sm_90"])
-    return tvm.target.Target({"kind": "cuda", "arch": "sm_87"}, host="llvm")
+    cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])
+    return tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+
+
+ARCHS = {80, 87, 89, 90}
 
 
 def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
-    from gqsa_compile.cuda_toolchain import fatbin_archs, has_device_code
+    """Every kernel family and tuning choice builds for sm_80/87/89/90 with real SASS; the prefill kernels
+    use tensor cores (HMMA) on all four. Correctness on a GPU is checked by benchmarks/kernels.py."""
+    from gqsa_compile.cuda_toolchain import fatbin_archs, functions_with, has_device_code, sass_by_arch
+    from tvm_schedules import bsr_decode, bsr_prefill
 
-    s = BSRShape(576, 1536, 4, 16, 1)
-    funcs = {
-        "decode": tvm_schedules.bsr_matmul(s, 1, cuda_target),
-        "decode8": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
-        "prefill": tvm_schedules.bsr_matmul(s, None, cuda_target),
+    s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
+    funcs = {f"decode{m}": tvm_schedules.bsr_matmul(s, m, cuda_target) for m in (1, 2, 4, 8)}
+    funcs.update({
+        "decode_global_x": bsr_decode.bsr_decode_cuda(s, 1, bsr_decode.DecodeConfig(smem=False)),
+        "decode_fp32": bsr_decode.bsr_decode_cuda(s, 2, bsr_decode.DecodeConfig(half2=False)),
+        "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
+        "decode_tall": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 8, cuda_target),
+        "prefill_r1": tvm_schedules.bsr_matmul(BSRShape(576, 576, 4, 16, 1, interleaved=True), None, cuda_target),
+        "prefill_r16": tvm_schedules.bsr_matmul(BSRShape(576, 1536, 4, 16, 16, interleaved=True), None,
+                                                cuda_target),
+        "prefill_g32_sweep": bsr_prefill.bsr_prefill_mma(BSRShape(256, 512, 4, 32, 4), bsr_prefill.SWEEP[3]),
+        "prefill_simt": tvm_schedules.bsr_matmul(BSRShape(64, 256, 4, 8, 1), None, cuda_target),
         "attention": tvm_schedules.attention(9, 3, 64, 256, "float16", cuda_target),
         "append": tvm_schedules.cache_append(3, 64, 256, "float16", cuda_target),
         "embed": tvm_schedules.embed(BSRShape(1000, 576, 8, 32, 1), cuda_target),
-    }
+    })
     mod = tvm.IRModule({k: f.with_attr("global_symbol", k) for k, f in funcs.items()})
     with cuda_target:
         lib = tvm.compile(mod, target=cuda_target)
     lib.export_library(tmp_path / "k.so")
     fatbin, source = has_device_code(tmp_path / "k.so")
     assert fatbin and not source
-    assert fatbin_archs(tmp_path / "k.so") == {87, 90}
+    assert fatbin_archs(tmp_path / "k.so") == ARCHS
+    sass = sass_by_arch(tmp_path / "k.so")
+    assert set(sass) == ARCHS
+    for arch, text in sass.items():
+        mma = functions_with(text, "HMMA")
+        assert {"prefill_r1_kernel", "prefill_r16_kernel", "prefill_g32_sweep_kernel"} <= mma, (arch, mma)
+        assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
