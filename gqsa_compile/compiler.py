@@ -52,7 +52,10 @@ def kernel_choices(mod) -> dict[str, str]:
 
 
 def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
-                  archs: list[str] | None = None, dtype: str | None = None, log=print) -> Path:
+                  archs: list[str] | None = None, dtype: str | None = None, log=print,
+                  order: str | None = None) -> Path:
+    """``order``: the weights' code order (kernel_layout); the target's own by default. Tests pass
+    "interleaved4" with llvm to check the CUDA artifacts' layout end to end on a CPU."""
     import tvm
 
     archs = archs or ["sm_87", "sm_90"]
@@ -61,7 +64,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
         raise CompileError(f"unsupported dtype {dtype!r} (float16 or float32)")
     t0 = time.time()
     args, meta, dense, compressed = read_checkpoint(ckpt_dir)
-    order = code_order(target)
+    order = order or code_order(target)
     compressed = to_kernel_layout(compressed, order)
     tgt = make_target(target, archs)
     log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices)")

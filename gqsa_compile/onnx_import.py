@@ -53,7 +53,8 @@ class BSRMatMul(_of.OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
-        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
+        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype,
+                     c.interleaved and attr["bits"] == 4)
         x = inputs[0]
         m = x.ty.shape[0]
         gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target))
@@ -64,7 +65,8 @@ class BSREmbedding(_of.OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
-        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
+        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype,
+                     c.interleaved and attr["bits"] == 4)
         gv = _add(bb, tvm_schedules.embed(s, c.target))
         return relax.call_tir(gv, list(inputs), relax.TensorType([inputs[0].ty.shape[0], s.k], c.dtype))
 

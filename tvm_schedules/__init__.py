@@ -6,6 +6,8 @@ attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax need
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
 from .bsr_decode import tuned as decode_tuned
@@ -34,7 +36,8 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     cfg = prefill_cfg or bsr_prefill.DEFAULT
     if bsr_prefill.supports(s, cfg):
-        return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", cfg.key)
+        chunk = bsr_prefill.chunk_for(s, cfg)  # the chunk actually used for this K
+        return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", replace(cfg, chunk=chunk).key)
     return _finish(bsr_prefill_simt(s), f"bsr_prefill_simt_{s.key}")
 
 

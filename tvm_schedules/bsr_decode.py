@@ -175,7 +175,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         else:
                                             for j in T.unroll(cols):
                                                 qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
-                                                    nibble(j) * bits if s.interleaved else j % per * bits))
+                                                    nibble(j) * bits if s.interleaved and bits == 4 else j % per * bits))
                                                     & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
                                                         "float32", zv[u, r]))
                                         for i in T.unroll(m):
