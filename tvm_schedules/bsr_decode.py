@@ -37,11 +37,12 @@ class DecodeConfig:
     half2: bool = True  # 4-bit interleaved codes: decode pairs into half2, fp16 products within a group
     smem: bool = True  # stage the activations in shared memory (where M x K fits in 48 KB)
     ctas: int = 1056  # thread blocks at most (each loops over tasks), so activations are staged once each
+    fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
 
     @property
     def key(self) -> str:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
-            f"s{self.ctas}" if self.smem else "")
+            f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -53,8 +54,9 @@ TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 
 
 def tuned(m: int) -> DecodeConfig:
     return TUNED.get(m, DEFAULT)
-SWEEP = ([DecodeConfig(w, u, ln, True, sm) for sm in (True, False) for ln in (1, 2) for w in (4, 8) for u in (2, 4)]
-         + [DecodeConfig(4, 2, 1, True, True, c) for c in (264, 528, 2112)] + [DecodeConfig(4, 2, 1, False, False)])
+SWEEP = ([DecodeConfig(w, u, ln) for ln in (1, 2) for w in (4, 8) for u in (2, 4, 8)]
+         + [DecodeConfig(8, 2, 1, fence=False), DecodeConfig(4, 4, 2, fence=False),
+            DecodeConfig(8, 4, 1, smem=False), DecodeConfig(8, 4, 1, half2=False)])
 
 
 def rows_per_warp(s: BSRShape, m: int) -> int:
@@ -87,6 +89,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     step = 32 // lanes  # blocks per warp per unrolled step
     mask = 2**bits - 1
     half2 = cfg.half2 and s.interleaved and bits == 4 and dt == "float16" and cols % 8 == 0
+    fence = cfg.fence
     smem = cfg.smem and half2 and m * k * 2 <= SMEM_BYTES
     nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
     reps = -(-tasks // (nctas * warps))
@@ -133,6 +136,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     ix = T.alloc_buffer((unroll,), "uint16", scope="local")
                     sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
                     zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
+                    chk = T.alloc_buffer((1,), "uint32", scope="local")
+                    sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     for rep in range(reps):
                         for j in range(m * rw):
                             acc[j] = T.float32(0)
@@ -165,6 +170,17 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                             "float32", e < count)  # 0 for the clamped repeats past the row's end
                                         zv[u, r] = T.Cast("uint32", zb[u, r])
                                     col[u] = T.Cast("int32", ix[u]) * (group // 8) + sub * (cols // 8)
+                                if fence:
+                                    # A store that needs every loaded word: ptxas otherwise sinks each block's
+                                    # loads to their first use, leaving one block per lane in flight.
+                                    chk[0] = T.uint32(0)
+                                    for u in T.unroll(unroll):
+                                        chk[0] = chk[0] ^ T.Cast("uint32", ix[u])
+                                        for r in T.unroll(rw):
+                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[u, r]) ^ zv[u, r]
+                                            for w in T.unroll(wpl):
+                                                chk[0] = chk[0] ^ wq[u, r, w]
+                                    T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
                                 for u in T.unroll(unroll):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
