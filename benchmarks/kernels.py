@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,14 +43,16 @@ def plan(quick: bool = False) -> tuple[dict, list]:
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
 
-    def add(fam, n, k, m, rows, sparsity=0.5, alloc="row", cfg=None, tag="main"):
+    def add(fam, n, k, m, rows, sparsity=0.5, alloc="row", cfg=None, tag="main", bits=BITS, group=GROUP):
         kind = "prefill" if fam == "bsr_prefill" else "decode"
         key = cfg.key if cfg else ""
-        name = kernel_name(fam, n, k, m if kind == "decode" else None, rows, key)
+        name = kernel_name(fam, n, k, m if kind == "decode" else None, rows, key) + (
+            f"_b{bits}g{group}" if (bits, group) != (BITS, GROUP) else "")
         kernels[name] = {"family": fam, "n": n, "k": k, "m": m if kind == "decode" else None, "rows": rows,
-                         "cfg": cfg.__dict__ if cfg else None, "interleaved": True}
+                         "cfg": cfg.__dict__ if cfg else None, "interleaved": True, "bits": bits, "group": group}
         cases.append({"kind": kind, "tag": tag, "kernel": name, "n": n, "k": k, "m": m, "rows": rows,
-                      "sparsity": sparsity, "alloc": alloc, "cfg": key, "family": fam})
+                      "sparsity": sparsity, "alloc": alloc, "cfg": key, "family": fam, "bits": bits,
+                      "group": group})
 
     for n, k in shapes:
         for m in DECODE_M:
@@ -59,12 +62,19 @@ def plan(quick: bool = False) -> tuple[dict, list]:
         for m in (1, 8):
             for sp in (0.3, 0.7):
                 add("bsr_decode", n, k, m, 1, sparsity=sp, tag="sparsity")
-            for rows in (4, 16):
+            for rows in (4, 8, 16):
                 add("bsr_decode", n, k, m, rows, tag="block height")
     for n, k in shapes[:1] + shapes[-1:]:
         for m in (1, 8):
             for cfg in bsr_decode.SWEEP:
                 add("bsr_decode", n, k, m, 1, cfg=cfg, tag="sweep")
+    # the other code paths (fp32 decode, packed-halves prefill): an 8-bit G32 head like SmolLM2's tied one,
+    # and 2-bit G16; correctness first, their times are in the JSON
+    for bits, group in ((8, 32), (2, 16)):
+        for m in (1, 8):
+            add("bsr_decode", 49152, 576, m, 1, sparsity=0.0, tag="other bits", bits=bits, group=group)
+        add("bsr_prefill", 49152, 576, 128, 1, sparsity=0.0, tag="other bits", bits=bits, group=group)
+        add("bsr_prefill", 4096, 4096, 128, 16, tag="other bits", bits=bits, group=group)
     for n, k in shapes[:1] + shapes[-1:]:
         for rows in (1, 16):
             for cfg in bsr_prefill.SWEEP:
@@ -143,7 +153,7 @@ def build(out: str, archs: list[str], quick: bool) -> None:
     funcs = {}
     with target:
         for name, spec in kernels.items():
-            s = BSRShape(spec["n"], spec["k"], BITS, GROUP, spec.get("rows", 1),
+            s = BSRShape(spec["n"], spec["k"], spec.get("bits", BITS), spec.get("group", GROUP), spec.get("rows", 1),
                          interleaved=spec.get("interleaved", False))
             fam = spec["family"]
             if fam == "dense_int4":
@@ -208,11 +218,11 @@ class Bench:
         return 1e3 * out[len(out) // 2]
 
 
-def make_bsr(rng, n, k, rows, sparsity, alloc):
-    """Random BSR int4 G16 weights; ``layer`` allocation gives block rows very unequal block counts."""
+def make_bsr(rng, n, k, rows, sparsity, alloc, bits=BITS, group=GROUP):
+    """Random BSR int-k weights; ``layer`` allocation gives block rows very unequal block counts."""
     import numpy as np
 
-    nbr, kb = n // rows, k // GROUP
+    nbr, kb = n // rows, k // group
     kept = int(round(nbr * kb * (1 - sparsity)))
     if alloc == "row":
         per = kept // nbr
@@ -228,27 +238,27 @@ def make_bsr(rng, n, k, rows, sparsity, alloc):
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     indices = np.nonzero(keep)[1].astype(np.uint16)
     nnz = len(indices)
-    words = GROUP * BITS // 32
+    words = group * bits // 32
     return {"indptr": indptr, "indices": indices,
             "qweight": rng.integers(0, 2**32, (nnz, rows, words), dtype=np.uint32),
-            "scales": (rng.uniform(0.5, 1.5, (nnz, rows)) / 8).astype(np.float16),
-            "zeros": rng.integers(0, 16, (nnz, rows), dtype=np.uint8), "counts": counts}
+            "scales": (rng.uniform(0.5, 1.5, (nnz, rows)) / 2**bits).astype(np.float16),
+            "zeros": rng.integers(0, 2**bits, (nnz, rows), dtype=np.uint8), "counts": counts}
 
 
-def dense_reference(torch, w, n, k, rows):
-    """fp32 dense [n, k] from the BSR arrays, on the GPU."""
+def dense_reference(torch, w, n, k, rows, bits=BITS, group=GROUP):
+    """fp32 dense [n, k] from the BSR arrays (checkpoint code order), on the GPU."""
     import numpy as np
 
     q = torch.from_numpy(w["qweight"].view(np.int32)).cuda()
-    shifts = torch.arange(0, 32, BITS, device="cuda", dtype=torch.int32)
-    codes = ((q[..., None] >> shifts) & (2**BITS - 1)).reshape(q.shape[0], rows, GROUP).float()
+    shifts = torch.arange(0, 32, bits, device="cuda", dtype=torch.int32)
+    codes = ((q[..., None] >> shifts) & (2**bits - 1)).reshape(q.shape[0], rows, group).float()
     zeros = torch.from_numpy(w["zeros"]).cuda().float()[..., None]
     scales = torch.from_numpy(w["scales"]).cuda().float()[..., None]
     vals = (codes - zeros) * scales  # [nnz, R, G]
-    nbr, kb = n // rows, k // GROUP
+    nbr, kb = n // rows, k // group
     brow = torch.repeat_interleave(torch.arange(nbr, device="cuda"), torch.from_numpy(w["counts"]).cuda())
     col = torch.from_numpy(w["indices"].astype(np.int64)).cuda()
-    dense = torch.zeros(nbr, kb, rows, GROUP, device="cuda")
+    dense = torch.zeros(nbr, kb, rows, group, device="cuda")
     dense[brow, col] = vals
     return dense.permute(0, 2, 1, 3).reshape(n, k)
 
@@ -293,12 +303,13 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
     cases = [c for c in p["cases"] if not wanted or any(o in c["kernel"] or o == c["tag"] for o in wanted)]
     for i, c in enumerate(cases):
         n, k, m, rows = c["n"], c["k"], c["m"], c["rows"]
-        rng = np.random.default_rng(hash((n, k, m, rows, c["sparsity"], c["alloc"])) % 2**32)
-        w = make_bsr(rng, n, k, rows, c["sparsity"], c["alloc"])
+        rng = np.random.default_rng(zlib.crc32(c["kernel"].encode() + repr(c).encode()))
+        bits, group = c.get("bits", BITS), c.get("group", GROUP)
+        w = make_bsr(rng, n, k, rows, c["sparsity"], c["alloc"], bits, group)
         x = rng.standard_normal((m, k)).astype(np.float16)
         arrays = [w[f] for f in ("indptr", "indices", "qweight", "scales", "zeros")]
         spec = p["kernels"][c["kernel"]]
-        if spec.get("interleaved"):
+        if spec.get("interleaved") and bits == 4:
             arrays[2] = layout.interleave_codes(arrays[2])
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
@@ -307,7 +318,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         dev_w = [[T(a) for a in arrays] for _ in range(copies)]
         y = T(np.full((m, n), np.nan, np.float16))
         fn(xs, *dev_w[0], y)
-        ref = torch.from_numpy(x).cuda().float() @ dense_reference(torch, w, n, k, rows).T
+        ref = torch.from_numpy(x).cuda().float() @ dense_reference(torch, w, n, k, rows, bits, group).T
         err = rel_err(torch, y, ref)
         row = dict(c, rel_err=err, gpu=gpu)
         if not err < 2e-3:

@@ -34,7 +34,7 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if m is not None and m <= DECODE_MAX_M:
         cfg = decode_cfg or decode_tuned(m)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
-    cfg = prefill_cfg or bsr_prefill.DEFAULT
+    cfg = prefill_cfg or bsr_prefill.tuned(s.rows)
     if bsr_prefill.supports(s, cfg):
         chunk = bsr_prefill.chunk_for(s, cfg)  # the chunk actually used for this K
         return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", replace(cfg, chunk=chunk).key)

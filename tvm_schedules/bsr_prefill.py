@@ -37,6 +37,14 @@ class PrefillConfig:
 
 
 DEFAULT = PrefillConfig()
+# The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep", M = 512 on 12288 x 4096 and 4096 x 14336):
+# the dense walk (R < 16) spends most of its time building A fragments, so 128-token tiles reuse each one for
+# twice the mma's; the sparse walk (R = 16) prefers 64-token tiles and longer staged chunks.
+TUNED = {1: PrefillConfig(8, 16, 128), 16: PrefillConfig(8, 8, 256)}
+
+
+def tuned(rows: int) -> PrefillConfig:
+    return TUNED[16] if rows == 16 else TUNED[1]
 SWEEP = [PrefillConfig(8, 8, 256), PrefillConfig(4, 8, 256), PrefillConfig(8, 4, 256), PrefillConfig(4, 16, 128),
          PrefillConfig(8, 16, 128)]
 PAD = 8  # fp16 of padding per staged row: rows 528 B apart hit distinct banks in ldmatrix
@@ -67,6 +75,29 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
     copies = tile_m * ck // 8 // (warps * 32)  # 16-byte copies per thread per chunk
     assert copies * warps * 32 * 8 == tile_m * ck, f"{cfg} does not split the staged tile evenly"
     per_chunk = ck // group  # column groups per chunk
+    half2 = s.interleaved and s.bits == 4
+
+    @T.macro
+    def a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32):
+        """The A registers of one 16 x 16 k-step: rows g and g + 8 of blocks blk[0], blk[1] (row rib[h] in its
+        block), columns 2t.. and 2t + 8..; zero where keep[h] is 0. Register 2q + h holds row g + 8h."""
+        for h in T.unroll(2):
+            if half2:  # one LOP3 per code pair, then (c - z) exactly and * s once, in fp16 pairs
+                for q in T.unroll(2):
+                    T.ptx.sub.f16x2(a32[q * 2 + h], ((qw[blk[h], rib[h], ks * 2 + q] >> T.Cast("uint32", t * 4))
+                                                     & T.uint32(0x000F000F)) | T.uint32(0x64006400),
+                                    (T.uint32(0x6400) + T.Cast("uint32", zr[blk[h], rib[h]])) * T.uint32(0x10001))
+                    T.ptx.mul.rn.f16x2(a32[q * 2 + h], a32[q * 2 + h], T.Cast(
+                        "uint32", T.reinterpret("uint16", sc[blk[h], rib[h]])) * T.uint32(0x10001))
+                    a32[q * 2 + h] = a32[q * 2 + h] * T.Cast("uint32", keep[h])
+            else:  # any bits: each value in fp32, rounded to fp16 once, packed in pairs
+                for q in T.unroll(2):
+                    a32[q * 2 + h] = T.uint32(0)
+                    for e in T.unroll(2):
+                        a32[q * 2 + h] = a32[q * 2 + h] | (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, (code(
+                            qw[blk[h], rib[h], (ks * 16 + t * 2 + q * 8 + e) // s.per_word],
+                            ks * 16 + t * 2 + q * 8 + e, s) - T.Cast("float32", zr[blk[h], rib[h]]))
+                            * T.Cast("float32", sc[blk[h], rib[h]]) * T.Cast("float32", keep[h])))) << T.uint32(16 * e))
 
     @T.prim_func
     def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
@@ -87,10 +118,13 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         xs = T.alloc_buffer((tile_m * stride,), dt, scope="shared")
                         acc = T.alloc_buffer((nt * 4,), "float32", scope="local")
-                        a = T.alloc_buffer((8,), dt, scope="local")
+                        a32 = T.alloc_buffer((4,), "uint32", scope="local")
+                        blk = T.alloc_buffer((2,), "int32", scope="local")
+                        rib = T.alloc_buffer((2,), "int32", scope="local")
+                        keep = T.alloc_buffer((2,), "int32", scope="local")
+                        end = T.alloc_buffer((2,), "int32", scope="local")
                         bf = T.alloc_buffer((8,), dt, scope="local")
                         cur = T.alloc_buffer((2,), "int32", scope="local")
-                        hit = T.alloc_buffer((2,), "int32", scope="local")
                         st = T.alloc_buffer((copies * 4,), "uint32", scope="local")
                         g = tx // 4
                         t = tx % 4
@@ -99,6 +133,8 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                             acc[j] = T.float32(0)
                         for h in T.unroll(2):  # the walk's position in the block list (per row for R < 16)
                             cur[h] = indptr[T.min(tile * 16 + g + h * 8, n - 1) // rows]
+                            end[h] = indptr[T.min(tile * 16 + g + h * 8, n - 1) // rows + 1]
+                            rib[h] = (g + h * 8) % rows
                         for ch in range(k // ck):
                             for c in T.unroll(copies):  # 16 bytes per copy, all loads before any store
                                 T.ptx.ld.global_.nc.v4.b32(
@@ -114,17 +150,13 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                             T.tvm_storage_sync("shared")
                             if tile < row_tiles:
                                 if sparse_walk:
-                                    while cur[0] < indptr[tile + 1] and T.Cast(
+                                    while cur[0] < end[0] and T.Cast(
                                             "int32", indices[T.min(cur[0], nnz - 1)]) < (ch + 1) * per_chunk:
+                                        for h in T.unroll(2):
+                                            blk[h] = cur[0]
+                                            keep[h] = 1
                                         for ks in T.unroll(ksteps):
-                                            for h in T.unroll(2):  # rows g and g + 8
-                                                for q in T.unroll(2):  # columns 2t.. and 2t + 8..
-                                                    for e in T.unroll(2):
-                                                        a[q * 4 + h * 2 + e] = T.Cast(dt, (code(
-                                                            qw[cur[0], g + h * 8, (ks * 16 + t * 2 + q * 8 + e) // s.per_word],
-                                                            ks * 16 + t * 2 + q * 8 + e, s)
-                                                            - T.Cast("float32", zr[cur[0], g + h * 8])) * T.Cast(
-                                                            "float32", sc[cur[0], g + h * 8]))
+                                            a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32)
                                             for jp in T.unroll(nt // 2):
                                                 T.ptx_legacy.ldmatrix(
                                                     False, 4, ".b16", bf.data, 0, xs.data,
@@ -133,29 +165,17 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                                                     + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
                                                 for e in T.unroll(2):
                                                     T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16",
-                                                                     "float32", a.data, 0, bf.data, e * 4, acc.data,
+                                                                     "float32", a32.data, 0, bf.data, e * 4, acc.data,
                                                                      (jp * 2 + e) * 4, False, dtype="float32")
                                         cur[0] = cur[0] + 1
                                 else:
                                     for cg in T.serial(per_chunk):
                                         for h in T.unroll(2):
-                                            hit[h] = T.Select(
-                                                cur[h] < indptr[(tile * 16 + g + h * 8) // rows + 1],
-                                                T.Select(T.Cast("int32", indices[T.min(cur[h], nnz - 1)])
-                                                         == ch * per_chunk + cg, 1, 0), 0)
+                                            blk[h] = T.min(cur[h], nnz - 1)
+                                            keep[h] = T.Select(cur[h] < end[h], T.Select(
+                                                T.Cast("int32", indices[blk[h]]) == ch * per_chunk + cg, 1, 0), 0)
                                         for ks in T.unroll(ksteps):
-                                            for h in T.unroll(2):
-                                                for q in T.unroll(2):
-                                                    for e in T.unroll(2):
-                                                        a[q * 4 + h * 2 + e] = T.Select(hit[h] == 1, T.Cast(dt, (code(
-                                                            qw[T.min(cur[h], nnz - 1), (g + h * 8) % rows,
-                                                               (ks * 16 + t * 2 + q * 8 + e) // s.per_word],
-                                                            ks * 16 + t * 2 + q * 8 + e, s)
-                                                            - T.Cast("float32", zr[T.min(cur[h], nnz - 1),
-                                                                                   (g + h * 8) % rows]))
-                                                            * T.Cast("float32", sc[T.min(cur[h], nnz - 1),
-                                                                                   (g + h * 8) % rows])),
-                                                            T.float16(0))
+                                            a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32)
                                             for jp in T.unroll(nt // 2):
                                                 T.ptx_legacy.ldmatrix(
                                                     False, 4, ".b16", bf.data, 0, xs.data,
@@ -163,10 +183,10 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                                                     + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
                                                 for e in T.unroll(2):
                                                     T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16",
-                                                                     "float32", a.data, 0, bf.data, e * 4, acc.data,
+                                                                     "float32", a32.data, 0, bf.data, e * 4, acc.data,
                                                                      (jp * 2 + e) * 4, False, dtype="float32")
                                         for h in T.unroll(2):
-                                            cur[h] = cur[h] + hit[h]
+                                            cur[h] = cur[h] + keep[h]
                         if tile < row_tiles:
                             for j in T.unroll(nt):
                                 for h in T.unroll(2):
