@@ -293,6 +293,9 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
     copy_gbs = 2 * a.numel() * 2 / copy_us / 1e3
     a = b = None  # free the 2 GiB
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s", flush=True)
+    one = torch.zeros(1, device="cuda")
+    floor_us = bench.time_us([lambda: one.add_(1)], samples=5)  # a kernel that does nothing, back to back
+    print(f"back-to-back floor of an empty kernel: {floor_us:.1f} us", flush=True)
 
     cache: dict = {}
     results, failures = [], []
@@ -343,7 +346,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
               f"{c['cfg']}: {t:.1f} us, {row['gbs']:.0f} GB/s ({row['pct_copy']:.0f}% copy), "
               f"{row['vs_fp16']:.2f}x fp16" + (f", {row['vs_int4']:.2f}x int4" if "vs_int4" in row else ""),
               flush=True)
-    doc = {"device": gpu, "copy_gbs": copy_gbs, "archs": p["archs"], "results": results, "failures": failures}
+    doc = {"device": gpu, "copy_gbs": copy_gbs, "floor_us": floor_us, "archs": p["archs"], "results": results, "failures": failures}
     if out_json:
         Path(out_json).write_text(json.dumps(doc, indent=1))
     print_table(doc)
@@ -417,7 +420,8 @@ def summary(doc: dict) -> str:
     def pick(**kw):
         return [r for r in res if all(r.get(k) == v for k, v in kw.items())]
 
-    out = [f"Device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write). "
+    floor = f"; an empty kernel takes {doc['floor_us']:.1f} us back to back" if "floor_us" in doc else ""
+    out = [f"Device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write){floor}. "
            "W4 G16, fp16 activations; times are medians of 7 (us).", "",
            "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline:", "",
            "| shape N x K | M | time | GB/s | % of copy | x cuBLAS fp16 | x dlight int4 g32 | unequal rows: time (loss) |",

@@ -1,19 +1,21 @@
-"""BSR int-k GEMV for decode on CUDA (M = 1..8 token rows): one warp per block row, near the DRAM limit.
+"""BSR int-k GEMV for decode on CUDA (M = 1..8 token rows): one warp per block row.
 
 Decode reads every kept weight byte once and does little arithmetic per byte, so the kernel is about
 moving bytes. A warp owns one block row; its lanes take consecutive kept blocks, ``lanes`` lanes per
-block, each lane a contiguous slice of the block's G columns. So every load of codes, scales, zero points
-and indices is coalesced across the warp, and the activation gather (the only scattered access: each
-block sits at its own column) fetches a whole 16-byte vector per lane. Measured on an H100 the gather's
-L1 transactions, not DRAM, bound the first version (one lane per block, two 16-byte loads): two lanes
-per block halve them. Loads use a clamped index and a 0/1 weight instead of a branch, so nvcc can issue
-the ``unroll`` blocks' loads back to back. Rows with more blocks loop longer; with thousands of warps
-in flight, unequal rows (per-layer sparsity) even out.
+block, each lane a contiguous slice of the block's G columns, so every load of codes, scales, zero points
+and indices is coalesced across the warp. The one scattered access is the activation gather (each block
+sits at its own column): the thread block stages the M x K activations in shared memory once (where they
+fit in 48 KB) and loops over many block rows, and a lane gathers a whole 16-byte vector at a time. Measured
+on an H100 (docs/perf.md), the gather's transactions bound M >= 4, where two lanes per block halve them.
+Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
+makes a trip's loads issue together. Rows with more blocks loop longer; unequal rows (per-layer sparsity)
+cost up to ~40% on shapes with few rows.
 
-Arithmetic per weight: a code becomes an exact fp32 by OR-ing it into the mantissa of 2^23 (no
-int-to-float conversion), the zero point is subtracted there, and the scale is applied once per group.
-Partial sums are combined with warp shuffles. Tall blocks with many token rows split a block's R rows
-over several warps (``rows_per_warp``) so the accumulators stay in registers.
+Arithmetic: with 4-bit codes in the interleaved order (tvm_schedules.layout) one LOP3 turns a code pair
+into the half2 (1024 + c0, 1024 + c1), (c - z) is exact in fp16, the 16 products of a group are summed in
+fp16 and everything after that in fp32 (the scale once per group). Other widths go through fp32: a code
+becomes an exact float by OR-ing it into the mantissa of 2^23. Partial sums meet in warp shuffles. Tall
+blocks with many token rows split a block's R rows over several warps (``rows_per_warp``).
 """
 from __future__ import annotations
 
@@ -46,17 +48,17 @@ class DecodeConfig:
 
 
 DEFAULT = DecodeConfig(lanes=1)
+SWEEP = ([DecodeConfig(w, u, ln) for ln in (1, 2) for w in (4, 8) for u in (2, 4, 8)]
+         + [DecodeConfig(8, 2, 1, fence=False), DecodeConfig(4, 4, 2, fence=False),
+            DecodeConfig(8, 4, 1, smem=False), DecodeConfig(8, 4, 1, half2=False)])
 # The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep": geometric mean over 12288 x 4096 and
-# 4096 x 14336, W4 G16 R1 50%): one lane per block while x gathers are few (M <= 2), two lanes per block
-# (half the L1 transactions per gathered byte) once they dominate (M >= 4). Other archs use the same.
+# 4096 x 14336, W4 G16 R1 50%): one lane per block while gathers are few (M <= 2), two lanes per block
+# (half the transactions per gathered byte) once they dominate (M >= 4). Other archs use the same.
 TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 4, 2), 8: DecodeConfig(4, 4, 2)}
 
 
 def tuned(m: int) -> DecodeConfig:
     return TUNED.get(m, DEFAULT)
-SWEEP = ([DecodeConfig(w, u, ln) for ln in (1, 2) for w in (4, 8) for u in (2, 4, 8)]
-         + [DecodeConfig(8, 2, 1, fence=False), DecodeConfig(4, 4, 2, fence=False),
-            DecodeConfig(8, 4, 1, smem=False), DecodeConfig(8, 4, 1, half2=False)])
 
 
 def rows_per_warp(s: BSRShape, m: int) -> int:

@@ -2,7 +2,8 @@
 
 A warp computes a 16-row x (8 * n_tiles)-token tile of y^T: the weights are the mma's A operand (16 output
 rows x 16 input columns, dequantized in registers straight from the packed codes: every lane decodes
-exactly the 8 values its A fragment holds) and the activations its B operand. The thread block stages the
+exactly the 8 values its A fragment holds, for 4-bit interleaved codes as fp16 pairs with one LOP3, one
+subtract and one multiply per pair) and the activations its B operand. The thread block stages the
 token tile's activations in shared memory ``chunk`` columns at a time (rows padded so ldmatrix is free of
 bank conflicts) and every warp feeds its mma's from there with ldmatrix.x4 (two 8-token tiles per load):
 the first version read B straight from global memory, two 4-byte loads per lane per mma, and was bound by
@@ -37,17 +38,17 @@ class PrefillConfig:
 
 
 DEFAULT = PrefillConfig()
-# The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep", M = 512 on 12288 x 4096 and 4096 x 14336):
-# the dense walk (R < 16) spends most of its time building A fragments, so 128-token tiles reuse each one for
-# twice the mma's; the sparse walk (R = 16) prefers 64-token tiles and longer staged chunks.
+SWEEP = [PrefillConfig(8, 8, 256), PrefillConfig(4, 8, 256), PrefillConfig(8, 4, 256), PrefillConfig(4, 16, 128),
+         PrefillConfig(8, 16, 128)]
+# The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep", M = 512 on 12288 x 4096 and
+# 4096 x 14336): the dense walk (R < 16) spends most of its time building A fragments, so 128-token tiles
+# use each one for twice the mma's; the sparse walk (R = 16) prefers 64-token tiles and longer chunks.
 TUNED = {1: PrefillConfig(8, 16, 128), 16: PrefillConfig(8, 8, 256)}
+PAD = 8  # fp16 of padding per staged row: rows 16 B off the bank period, so ldmatrix has no conflicts
 
 
 def tuned(rows: int) -> PrefillConfig:
     return TUNED[16] if rows == 16 else TUNED[1]
-SWEEP = [PrefillConfig(8, 8, 256), PrefillConfig(4, 8, 256), PrefillConfig(8, 4, 256), PrefillConfig(4, 16, 128),
-         PrefillConfig(8, 16, 128)]
-PAD = 8  # fp16 of padding per staged row: rows 528 B apart hit distinct banks in ldmatrix
 
 
 def chunk_for(s: BSRShape, cfg: PrefillConfig) -> int:

@@ -1,0 +1,43 @@
+"""benchmarks/kernels.py on the CPU: the plan is consistent and the report turns a result into docs tables."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks" / "kernels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
+    specs, cases = kernels.plan()
+    assert {c["kernel"] for c in cases} <= set(specs)
+    shapes = {(c["n"], c["k"]) for c in cases if c["tag"] == "main"}
+    assert shapes == set(kernels.SHAPES)
+    decode = {(c["n"], c["k"], c["m"]) for c in cases if c["tag"] == "main" and c["kind"] == "decode"}
+    assert decode == {(n, k, m) for n, k in kernels.SHAPES for m in (1, 2, 4, 8)}
+    assert {c["sparsity"] for c in cases} >= {0.3, 0.5, 0.7}
+    assert {c["rows"] for c in cases if c["kind"] == "prefill"} >= {1, 4, 8, 16}
+    # every decode shape and M has its dense int4 baseline
+    assert all(kernels.kernel_name("dense_int4", n, k, m, 1) in specs for n, k, m in decode)
+
+
+def test_report_fills_the_doc_between_markers(kernels, tmp_path):
+    doc = json.loads((ROOT / "benchmarks" / "results" / "kernels_h100.json").read_text())
+    page = tmp_path / "perf.md"
+    page.write_text("before\n<!-- kernels -->\nold\n<!-- /kernels -->\nafter\n")
+    kernels.write_doc(doc, page)
+    text = page.read_text()
+    assert text.startswith("before\n<!-- kernels -->\n") and text.endswith("<!-- /kernels -->\nafter\n")
+    assert "old" not in text and "| 12288 x 4096 | 1 |" in text and "nan" not in text
+    no_markers = tmp_path / "no_markers.md"
+    no_markers.write_text("text\n")
+    with pytest.raises(SystemExit):
+        kernels.write_doc(doc, no_markers)
