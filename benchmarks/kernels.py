@@ -390,24 +390,20 @@ def baselines(torch, tvm, lib, T, p, n, k, m, bench, x) -> dict:
 
 # ----------------------------------------------------------------------------------------------- report
 def print_table(doc: dict) -> str:
+    """Every case, one row each (the full record behind docs/perf.md's summary)."""
     lines = [f"device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write)", "",
              "| kernel | shape N x K | M | R | sparsity | rows | config | time (us) | GB/s | % copy BW "
              "| x cuBLAS fp16 | x dlight int4 | TFLOP/s |",
              "| --- | --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in doc["results"]:
+        head = f"| {r['family']} | {r['n']} x {r['k']} | {r['m']} | {r['rows']} |"
         if "time_us" not in r:
-            lines.append(f"| {r.get('family', r['kind'])} | {r['n']} x {r['k']} | {r['m']} | {r['rows']} | FAILED rel err "
-                         f"{r['rel_err']:.1e} |")
+            lines.append(f"{head} FAILED rel err {r['rel_err']:.1e} |")
             continue
         speed = f"{r['vs_fp16']:.2f}" if r["kind"] == "decode" else f"{1 / r['vs_fp16']:.2f} (time)"
-        lines.append(
-            f"| {r.get('family', r['kind'])} | {r['n']} x {r['k']} | {r['m']} | {r['rows']} | {r['sparsity']:.0%} | {r['alloc']} "
-            f"| {r['cfg'] or 'default'} | {r['time_us']:.1f} | {r['gbs']:.0f} | {r['pct_copy']:.0f}% | {speed} "
-            f"| {r['vs_int4']:.2f} | {r['tflops']:.1f} |".replace("| nan |", "| - |")
-            if "vs_int4" in r else
-            f"| {r.get('family', r['kind'])} | {r['n']} x {r['k']} | {r['m']} | {r['rows']} | {r['sparsity']:.0%} | {r['alloc']} "
-            f"| {r['cfg'] or 'default'} | {r['time_us']:.1f} | {r['gbs']:.0f} | {r['pct_copy']:.0f}% | {speed} "
-            f"| - | {r['tflops']:.1f} |")
+        int4 = f"{r['vs_int4']:.2f}" if "vs_int4" in r else "-"
+        lines.append(f"{head} {r['sparsity']:.0%} | {r['alloc']} | {r['cfg'] or 'default'} | {r['time_us']:.1f} "
+                     f"| {r['gbs']:.0f} | {r['pct_copy']:.0f}% | {speed} | {int4} | {r['tflops']:.1f} |")
     text = "\n".join(lines)
     print(text)
     return text

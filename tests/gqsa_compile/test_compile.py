@@ -24,15 +24,19 @@ def test_onnx_passes_checker(tiny_artifact):
         "BSRMatMul", "BSREmbedding", "KVAppend", "CachedAttention"}
 
 
-def test_logits_match_reference(tiny_ckpt, tiny_artifact):
-    """Tolerance: 1e-4 absolute on fp32 logits (float32 artifact, same math in a different order)."""
-    ref_model = load_compressed(tiny_ckpt)
-    ids = np.random.default_rng(0).integers(0, 256, 12).astype(np.int32)
+def _assert_logits_match(ckpt, artifact, seed: int, prompt: int, total: int):
+    """Prefill ``prompt`` random tokens, then teacher-forced decode to ``total``, against the torch reference.
+    Tolerance: 1e-4 absolute on fp32 logits (float32 artifact, same math in a different order)."""
+    ids = np.random.default_rng(seed).integers(0, 256, total).astype(np.int32)
     with torch.no_grad():
-        ref = ref_model(torch.from_numpy(ids[None]).long())[0].numpy()
-    m = _model(tiny_artifact)
-    got = np.concatenate([m.prefill(ids[:8])] + [m.decode(int(ids[i]), i)[None] for i in range(8, 12)])
+        ref = load_compressed(ckpt)(torch.from_numpy(ids[None]).long())[0].numpy()
+    m = _model(artifact)
+    got = np.concatenate([m.prefill(ids[:prompt])] + [m.decode(int(ids[i]), i)[None] for i in range(prompt, total)])
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+
+
+def test_logits_match_reference(tiny_ckpt, tiny_artifact):
+    _assert_logits_match(tiny_ckpt, tiny_artifact, seed=0, prompt=8, total=12)
 
 
 def test_cuda_code_order_end_to_end_on_cpu(tiny_ckpt, tmp_path):
@@ -43,13 +47,7 @@ def test_cuda_code_order_end_to_end_on_cpu(tiny_ckpt, tmp_path):
 
     out = compile_model(tiny_ckpt, tmp_path / "il", "llvm", log=lambda *a: None, order="interleaved4")
     assert json.loads((out / "manifest.json").read_text())["code_order"] == "interleaved4"
-    ref_model = load_compressed(tiny_ckpt)
-    ids = np.random.default_rng(1).integers(0, 256, 10).astype(np.int32)
-    with torch.no_grad():
-        ref = ref_model(torch.from_numpy(ids[None]).long())[0].numpy()
-    m = _model(out)
-    got = np.concatenate([m.prefill(ids[:6])] + [m.decode(int(ids[i]), i)[None] for i in range(6, 10)])
-    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    _assert_logits_match(tiny_ckpt, out, seed=1, prompt=6, total=10)
 
 
 def test_greedy_generation_identical_for_32_tokens(tiny_ckpt, tiny_artifact):
