@@ -471,7 +471,7 @@ def write_doc(doc: dict, path: Path) -> None:
     text = path.read_text()
     a, b = "<!-- kernels -->", "<!-- /kernels -->"
     if a not in text:
-        raise SystemExit(f"{path}: no {a} ... {b} markers")
+        raise SystemExit(f"error: {path}: no {a} ... {b} markers")
     head, rest = text.split(a, 1)
     tail = rest.split(b, 1)[1]
     path.write_text(head + a + "\n" + summary(doc) + "\n" + b + tail)
@@ -492,18 +492,24 @@ def main(argv=None) -> int:
     t.add_argument("json")
     t.add_argument("--doc", default=None, help="markdown file with <!-- kernels --> markers to fill")
     a = p.parse_args(argv)
-    if a.cmd == "build":
-        sys.path.insert(0, str(ROOT))
-        build(a.out, a.arch or ["sm_90"], a.quick)
+    try:
+        if a.cmd == "build":
+            sys.path.insert(0, str(ROOT))
+            build(a.out, a.arch or ["sm_90"], a.quick)
+            return 0
+        if a.cmd == "run":
+            if not (Path(a.bundle) / "kernels" / "plan.json").is_file():
+                raise FileNotFoundError(f"{a.bundle}: not a kernel bundle (no kernels/plan.json)")
+            os.environ.setdefault("TQDM_DISABLE", "1")
+            return run(a.bundle, a.json, a.only)
+        doc = json.loads(Path(a.json).read_text())
+        print(summary(doc))
+        if a.doc:
+            write_doc(doc, Path(a.doc))
         return 0
-    if a.cmd == "run":
-        os.environ.setdefault("TQDM_DISABLE", "1")
-        return run(a.bundle, a.json, a.only)
-    doc = json.loads(Path(a.json).read_text())
-    print(summary(doc))
-    if a.doc:
-        write_doc(doc, Path(a.doc))
-    return 0
+    except (FileNotFoundError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
