@@ -68,6 +68,8 @@ def plan(quick: bool = False) -> tuple[dict, list]:
         for m in (1, 8):
             for cfg in bsr_decode.SWEEP:
                 add("bsr_decode", n, k, m, 1, cfg=cfg, tag="sweep")
+            for cfg in bsr_decode.SWEEP_TALL:
+                add("bsr_decode", n, k, m, 16, cfg=cfg, tag="sweep")
     # the other code paths (fp32 decode, packed-halves prefill): an 8-bit G32 head like SmolLM2's tied one,
     # and 2-bit G16; correctness first, their times are in the JSON
     for bits, group in ((8, 32), (2, 16)):
@@ -159,7 +161,7 @@ def build(out: str, archs: list[str], quick: bool) -> None:
             if fam == "dense_int4":
                 f = _schedule_dense_int4(spec["n"], spec["k"], spec["m"], target)
             elif fam == "bsr_decode":
-                cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"])
+                cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
             else:
                 cfg = bsr_prefill.PrefillConfig(**spec["cfg"]) if spec["cfg"] else None

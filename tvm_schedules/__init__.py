@@ -32,7 +32,7 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
-        cfg = decode_cfg or decode_tuned(m)
+        cfg = decode_cfg or decode_tuned(m, s.rows)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     cfg = prefill_cfg or bsr_prefill.tuned(s.rows)
     if bsr_prefill.supports(s, cfg):

@@ -40,31 +40,40 @@ class DecodeConfig:
     smem: bool = True  # stage the activations in shared memory (where M x K fits in 48 KB)
     ctas: int = 1056  # thread blocks at most (each loops over tasks), so activations are staged once each
     fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
+    row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
 
     @property
     def key(self) -> str:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
-            f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "")
+            f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
+            f"b{self.row_budget}" if self.row_budget != 16 else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
 SWEEP = ([DecodeConfig(w, u, ln) for ln in (1, 2) for w in (4, 8) for u in (2, 4, 8)]
          + [DecodeConfig(8, 2, 1, fence=False), DecodeConfig(4, 4, 2, fence=False),
             DecodeConfig(8, 4, 1, smem=False), DecodeConfig(8, 4, 1, half2=False)])
+# tall blocks (R = 16): how many of a block's rows one warp takes, lanes per block, blocks per trip
+SWEEP_TALL = [DecodeConfig(8, u, ln, row_budget=b) for b in (4, 8, 16) for ln in (1, 2) for u in (1, 2)]
 # The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep": geometric mean over 12288 x 4096 and
 # 4096 x 14336, W4 G16 R1 50%): one lane per block while gathers are few (M <= 2), two lanes per block
 # (half the transactions per gathered byte) once they dominate (M >= 4). Other archs use the same.
 TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 4, 2), 8: DecodeConfig(4, 4, 2)}
 
 
-def tuned(m: int) -> DecodeConfig:
-    return TUNED.get(m, DEFAULT)
+# Tall blocks (R = 16, sweep of SWEEP_TALL): at M <= 2 a warp should take 4 of a block's rows, not all 16
+# (12288 x 4096, M = 1: 14.8 vs 21.1 us; 4096 x 14336: 17.5 vs 50.3 us); R = 8 follows R = 16.
+TALL = DecodeConfig(8, 2, 1, row_budget=4)
 
 
-def rows_per_warp(s: BSRShape, m: int) -> int:
-    """Rows of a block one warp owns: all R unless M x R accumulators would crowd the registers."""
+def tuned(m: int, rows: int = 1) -> DecodeConfig:
+    return TALL if rows >= 8 and m <= 2 else TUNED.get(m, DEFAULT)
+
+
+def rows_per_warp(s: BSRShape, m: int, budget: int = 16) -> int:
+    """Rows of a block one warp owns: all R unless M x R accumulators would exceed ``budget`` registers."""
     r = s.rows
-    while m * r > 16 and r > 1:
+    while m * r > budget and r > 1:
         r //= 2
     return r
 
@@ -80,7 +89,7 @@ def lanes_per_block(s: BSRShape, want: int) -> int:
 def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     n, k, rows, group, words, per, bits, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.bits, s.dtype
     nbr = s.block_rows
-    rw = rows_per_warp(s, m)
+    rw = rows_per_warp(s, m, cfg.row_budget)
     splits = rows // rw  # warps per block row
     tasks = nbr * splits
     warps, unroll = cfg.warps, cfg.unroll

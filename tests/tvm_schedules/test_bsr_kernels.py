@@ -93,6 +93,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "decode_fp32": bsr_decode.bsr_decode_cuda(s, 2, bsr_decode.DecodeConfig(half2=False)),
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
         "decode_tall": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 8, cuda_target),
+        "decode_tall1": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 1, cuda_target),
         "prefill_r1": tvm_schedules.bsr_matmul(BSRShape(576, 576, 4, 16, 1, interleaved=True), None, cuda_target),
         "prefill_r16": tvm_schedules.bsr_matmul(BSRShape(576, 1536, 4, 16, 16, interleaved=True), None,
                                                 cuda_target),
