@@ -53,8 +53,7 @@ class BSRMatMul(_of.OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
-        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype,
-                     c.interleaved and attr["bits"] == 4)
+        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
         x = inputs[0]
         m = x.ty.shape[0]
         gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target))
@@ -65,8 +64,7 @@ class BSREmbedding(_of.OnnxOpConverter):
     @classmethod
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
-        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype,
-                     c.interleaved and attr["bits"] == 4)
+        s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
         gv = _add(bb, tvm_schedules.embed(s, c.target))
         return relax.call_tir(gv, list(inputs), relax.TensorType([inputs[0].ty.shape[0], s.k], c.dtype))
 

@@ -99,7 +99,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     xv = 8 if cols % 8 == 0 else cols  # activations per vector load (8 x fp16 = 16 bytes)
     step = 32 // lanes  # blocks per warp per unrolled step
     mask = 2**bits - 1
-    half2 = cfg.half2 and s.interleaved and bits == 4 and dt == "float16" and cols % 8 == 0
+    half2 = cfg.half2 and s.interleaved and dt == "float16" and cols % 8 == 0
     fence = cfg.fence
     smem = cfg.smem and half2 and m * k * 2 <= SMEM_BYTES
     nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
@@ -202,7 +202,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         else:
                                             for j in T.unroll(cols):
                                                 qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
-                                                    nibble(j) * bits if s.interleaved and bits == 4 else j % per * bits))
+                                                    nibble(j) * bits if s.interleaved else j % per * bits))
                                                     & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
                                                         "float32", zv[u, r]))
                                         for i in T.unroll(m):

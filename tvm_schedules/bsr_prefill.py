@@ -76,7 +76,7 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
     copies = tile_m * ck // 8 // (warps * 32)  # 16-byte copies per thread per chunk
     assert copies * warps * 32 * 8 == tile_m * ck, f"{cfg} does not split the staged tile evenly"
     per_chunk = ck // group  # column groups per chunk
-    half2 = s.interleaved and s.bits == 4
+    half2 = s.interleaved
 
     @T.macro
     def a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32):

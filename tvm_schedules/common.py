@@ -18,7 +18,11 @@ class BSRShape:
     group: int
     rows: int
     dtype: str = "float16"  # activations
-    interleaved: bool = False  # 4-bit codes in half2 pair order (tvm_schedules.layout); ignored for other bits
+    interleaved: bool = False  # 4-bit codes in half2 pair order (tvm_schedules.layout)
+
+    def __post_init__(self):
+        # the artifact's code order is one flag for all matrices; other widths keep the checkpoint order
+        object.__setattr__(self, "interleaved", self.interleaved and self.bits == 4)
 
     @property
     def per_word(self) -> int:
@@ -40,7 +44,7 @@ class BSRShape:
 
 def code(word, i: int | T.PrimExpr, s: BSRShape):
     """Integer code ``i`` (0..G-1) of a group from its packed uint32 word, as fp32."""
-    pos = nibble(i) if s.interleaved and s.bits == 4 else i % s.per_word
+    pos = nibble(i) if s.interleaved else i % s.per_word
     shift = T.Cast("uint32", pos * s.bits)
     return T.Cast("float32", (word >> shift) & T.uint32(2**s.bits - 1))
 
