@@ -38,7 +38,8 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts)."""
-    from tvm_schedules import bsr_decode, bsr_prefill
+    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill
+    from tvm_schedules.common import BSRShape
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -59,6 +60,9 @@ def plan(quick: bool = False) -> tuple[dict, list]:
             add("bsr_decode", n, k, m, 1)
             add("bsr_decode", n, k, m, 1, alloc="layer", tag="unequal rows")
             kernels[kernel_name("dense_int4", n, k, m, 1)] = {"family": "dense_int4", "n": n, "k": k, "m": m}
+            add("bsr_decode_stream", n, k, m, 1, cfg=bsr_decode_stream.StreamConfig(), tag="stream")
+            add("bsr_decode_stream", n, k, m, 1, alloc="layer", cfg=bsr_decode_stream.StreamConfig(),
+                tag="stream unequal rows")
         for m in (1, 8):
             for sp in (0.3, 0.7):
                 add("bsr_decode", n, k, m, 1, sparsity=sp, tag="sparsity")
@@ -70,6 +74,9 @@ def plan(quick: bool = False) -> tuple[dict, list]:
                 add("bsr_decode", n, k, m, 1, cfg=cfg, tag="sweep")
             for cfg in bsr_decode.SWEEP_TALL:
                 add("bsr_decode", n, k, m, 16, cfg=cfg, tag="sweep")
+            for cfg in bsr_decode_stream.SWEEP:
+                if bsr_decode_stream.supports(BSRShape(n, k, BITS, GROUP, 1, interleaved=True), m, cfg):
+                    add("bsr_decode_stream", n, k, m, 1, cfg=cfg, tag="stream sweep")
     # the other code paths (fp32 decode, packed-halves prefill): an 8-bit G32 head like SmolLM2's tied one,
     # and 2-bit G16; correctness first, their times are in the JSON
     for bits, group in ((8, 32), (2, 16)):
@@ -138,17 +145,27 @@ def _schedule_dense_int4(n, k, m, target):
     return sch.mod["main"]
 
 
-def build(out: str, archs: list[str], quick: bool) -> None:
+def selected(case: dict, only: str) -> bool:
+    """``only``: comma-separated tags, kernel-name substrings, or ``=name`` for one kernel exactly."""
+    return any(o == case["tag"] or (o[1:] == case["kernel"] if o.startswith("=") else o in case["kernel"])
+               for o in only.split(","))
+
+
+def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> None:
     import tvm
 
     import tvm_schedules
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_prefill
+    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick)
+    if only:
+        cases = [c for c in cases if selected(c, only)]
+        wanted = {c["kernel"] for c in cases} | {kernel_name("dense_int4", c["n"], c["k"], c["m"], 1) for c in cases}
+        kernels = {name: spec for name, spec in kernels.items() if name in wanted}
     cuda_toolchain.setup(archs)
     target = tvm.target.Target({"kind": "cuda", "arch": archs[0], "max_shared_memory_per_block": 49152,
                                 "max_threads_per_block": 1024, "thread_warp_size": 32}, host="llvm")
@@ -163,6 +180,8 @@ def build(out: str, archs: list[str], quick: bool) -> None:
             elif fam == "bsr_decode":
                 cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
+            elif fam == "bsr_decode_stream":
+                f = bsr_decode_stream.bsr_decode_stream(s, spec["m"], bsr_decode_stream.StreamConfig(**spec["cfg"]))
             else:
                 cfg = bsr_prefill.PrefillConfig(**spec["cfg"]) if spec["cfg"] else None
                 f = tvm_schedules.bsr_matmul(s, None, target, prefill_cfg=cfg)
@@ -175,7 +194,8 @@ def build(out: str, archs: list[str], quick: bool) -> None:
         fatbin, source = cuda_toolchain.has_device_code(tmp / "kernels" / "kernels.so")
         assert fatbin and not source, "no device code in the kernel library"
         (tmp / "kernels" / "plan.json").write_text(json.dumps(
-            {"archs": archs, "bits": BITS, "group": GROUP, "kernels": kernels, "cases": cases}, indent=1))
+            {"archs": archs, "bits": BITS, "group": GROUP, "pad": bsr_decode_stream.PAD, "kernels": kernels,
+             "cases": cases}, indent=1))
         add_runtime(tmp, "3.12", cuda=True)
         shutil.copy2(ROOT / "tvm_schedules" / "layout.py", tmp / "kernels" / "layout.py")
         (tmp / "benchmarks").mkdir()
@@ -304,8 +324,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
     mod_spec = importlib.util.spec_from_file_location("layout", here / "kernels" / "layout.py")
     layout = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(layout)
-    wanted = only.split(",") if only else []
-    cases = [c for c in p["cases"] if not wanted or any(o in c["kernel"] or o == c["tag"] for o in wanted)]
+    cases = [c for c in p["cases"] if not only or selected(c, only)]
     for i, c in enumerate(cases):
         n, k, m, rows = c["n"], c["k"], c["m"], c["rows"]
         rng = np.random.default_rng(zlib.crc32(c["kernel"].encode() + repr(c).encode()))
@@ -316,6 +335,9 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         spec = p["kernels"][c["kernel"]]
         if spec.get("interleaved") and bits == 4:
             arrays[2] = layout.interleave_codes(arrays[2])
+        if p.get("pad"):  # as the artifact stores them (gqsa_compile.kernel_layout)
+            padded = layout.pad_blocks(dict(zip(("indices", "qweight", "scales", "zeros"), arrays[1:])), p["pad"])
+            arrays[1:] = [padded[f] for f in ("indices", "qweight", "scales", "zeros")]
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]
@@ -486,6 +508,7 @@ def main(argv=None) -> int:
     b.add_argument("out")
     b.add_argument("--arch", action="append", default=None, help="CUDA arch (repeatable; default sm_90)")
     b.add_argument("--quick", action="store_true", help="two shapes, fewer M (a smoke run)")
+    b.add_argument("--only", default=None, help="build only the cases whose kernel name contains this, or of this tag")
     r = sub.add_parser("run", help="on the GPU host: check every kernel, then time it")
     r.add_argument("bundle")
     r.add_argument("--json", default=None)
@@ -497,7 +520,7 @@ def main(argv=None) -> int:
     try:
         if a.cmd == "build":
             sys.path.insert(0, str(ROOT))
-            build(a.out, a.arch or ["sm_90"], a.quick)
+            build(a.out, a.arch or ["sm_90"], a.quick, a.only)
             return 0
         if a.cmd == "run":
             if not (Path(a.bundle) / "kernels" / "plan.json").is_file():
