@@ -21,6 +21,7 @@ import os
 import shutil
 import sys
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,10 @@ BITS, GROUP = 4, 16
 L2_BYTES = 50 * 2**20
 
 
+class UsageError(Exception):
+    """A mistake on the command line: reported in one line, exit status 2."""
+
+
 # ----------------------------------------------------------------------------------------------- cases
 def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str = "") -> str:
     return f"{family}_n{n}_k{k}_m{m or 'T'}_r{rows}" + (f"_{cfg}" if cfg else "")
@@ -38,8 +43,7 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts)."""
-    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill
-    from tvm_schedules.common import BSRShape
+    from tvm_schedules import bsr_decode, bsr_prefill
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -60,23 +64,24 @@ def plan(quick: bool = False) -> tuple[dict, list]:
             add("bsr_decode", n, k, m, 1)
             add("bsr_decode", n, k, m, 1, alloc="layer", tag="unequal rows")
             kernels[kernel_name("dense_int4", n, k, m, 1)] = {"family": "dense_int4", "n": n, "k": k, "m": m}
-            add("bsr_decode_stream", n, k, m, 1, cfg=bsr_decode_stream.StreamConfig(), tag="stream")
-            add("bsr_decode_stream", n, k, m, 1, alloc="layer", cfg=bsr_decode_stream.StreamConfig(),
-                tag="stream unequal rows")
         for m in (1, 8):
             for sp in (0.3, 0.7):
                 add("bsr_decode", n, k, m, 1, sparsity=sp, tag="sparsity")
             for rows in (4, 8, 16):
                 add("bsr_decode", n, k, m, rows, tag="block height")
+    for n, k in shapes:  # thread block count and size: activations are staged once per thread block
+        for m in (1, 2, 4):
+            for warps, ctas in ((4, 1056), (8, 1056), (8, 264), (8, 528), (16, 132), (16, 264), (32, 132)):
+                cfg = replace(bsr_decode.tuned(m, 1, k), warps=warps, ctas=ctas)
+                if cfg != bsr_decode.tuned(m, 1, k):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="sweep", cfg=cfg)
     for n, k in shapes[:1] + shapes[-1:]:
         for m in (1, 8):
             for cfg in bsr_decode.SWEEP:
                 add("bsr_decode", n, k, m, 1, cfg=cfg, tag="sweep")
             for cfg in bsr_decode.SWEEP_TALL:
                 add("bsr_decode", n, k, m, 16, cfg=cfg, tag="sweep")
-            for cfg in bsr_decode_stream.SWEEP:
-                if bsr_decode_stream.supports(BSRShape(n, k, BITS, GROUP, 1, interleaved=True), m, cfg):
-                    add("bsr_decode_stream", n, k, m, 1, cfg=cfg, tag="stream sweep")
     # the other code paths (fp32 decode, packed-halves prefill): an 8-bit G32 head like SmolLM2's tied one,
     # and 2-bit G16; correctness first, their times are in the JSON
     for bits, group in ((8, 32), (2, 16)):
@@ -88,6 +93,10 @@ def plan(quick: bool = False) -> tuple[dict, list]:
         for rows in (1, 16):
             for cfg in bsr_prefill.SWEEP:
                 add("bsr_prefill", n, k, 512, rows, cfg=cfg, tag="sweep")
+    for n, k in shapes:  # R < 16: how many column groups' weight loads are issued together
+        for m in PREFILL_M:
+            for look in (1, 2, 8):
+                add("bsr_prefill", n, k, m, 1, cfg=replace(bsr_prefill.tuned(1), look=look), tag="sweep")
     for n, k in shapes:
         for m in PREFILL_M[:3] if quick else PREFILL_M:
             for rows in (1, 16):
@@ -158,7 +167,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill
+    from tvm_schedules import bsr_decode, bsr_prefill
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick)
@@ -166,6 +175,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
         cases = [c for c in cases if selected(c, only)]
         wanted = {c["kernel"] for c in cases} | {kernel_name("dense_int4", c["n"], c["k"], c["m"], 1) for c in cases}
         kernels = {name: spec for name, spec in kernels.items() if name in wanted}
+        if not cases:
+            raise UsageError(f"--only {only!r} selects no case")
     cuda_toolchain.setup(archs)
     target = tvm.target.Target({"kind": "cuda", "arch": archs[0], "max_shared_memory_per_block": 49152,
                                 "max_threads_per_block": 1024, "thread_warp_size": 32}, host="llvm")
@@ -178,10 +189,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             if fam == "dense_int4":
                 f = _schedule_dense_int4(spec["n"], spec["k"], spec["m"], target)
             elif fam == "bsr_decode":
-                cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"])
+                cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"], spec["k"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
-            elif fam == "bsr_decode_stream":
-                f = bsr_decode_stream.bsr_decode_stream(s, spec["m"], bsr_decode_stream.StreamConfig(**spec["cfg"]))
             else:
                 cfg = bsr_prefill.PrefillConfig(**spec["cfg"]) if spec["cfg"] else None
                 f = tvm_schedules.bsr_matmul(s, None, target, prefill_cfg=cfg)
@@ -194,8 +203,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
         fatbin, source = cuda_toolchain.has_device_code(tmp / "kernels" / "kernels.so")
         assert fatbin and not source, "no device code in the kernel library"
         (tmp / "kernels" / "plan.json").write_text(json.dumps(
-            {"archs": archs, "bits": BITS, "group": GROUP, "pad": bsr_decode_stream.PAD, "kernels": kernels,
-             "cases": cases}, indent=1))
+            {"archs": archs, "bits": BITS, "group": GROUP, "kernels": kernels, "cases": cases}, indent=1))
         add_runtime(tmp, "3.12", cuda=True)
         shutil.copy2(ROOT / "tvm_schedules" / "layout.py", tmp / "kernels" / "layout.py")
         (tmp / "benchmarks").mkdir()
@@ -335,9 +343,6 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         spec = p["kernels"][c["kernel"]]
         if spec.get("interleaved") and bits == 4:
             arrays[2] = layout.interleave_codes(arrays[2])
-        if p.get("pad"):  # as the artifact stores them (gqsa_compile.kernel_layout)
-            padded = layout.pad_blocks(dict(zip(("indices", "qweight", "scales", "zeros"), arrays[1:])), p["pad"])
-            arrays[1:] = [padded[f] for f in ("indices", "qweight", "scales", "zeros")]
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]
@@ -508,11 +513,12 @@ def main(argv=None) -> int:
     b.add_argument("out")
     b.add_argument("--arch", action="append", default=None, help="CUDA arch (repeatable; default sm_90)")
     b.add_argument("--quick", action="store_true", help="two shapes, fewer M (a smoke run)")
-    b.add_argument("--only", default=None, help="build only the cases whose kernel name contains this, or of this tag")
+    b.add_argument("--only", default=None, help="build only these cases: comma-separated tags, kernel-name "
+                   "substrings, or =name for one kernel exactly")
     r = sub.add_parser("run", help="on the GPU host: check every kernel, then time it")
     r.add_argument("bundle")
     r.add_argument("--json", default=None)
-    r.add_argument("--only", default=None, help="run cases whose kernel name contains this, or of this tag")
+    r.add_argument("--only", default=None, help="run only these cases (as build --only)")
     t = sub.add_parser("report", help="print the tables of a JSON result (and write them into a doc)")
     t.add_argument("json")
     t.add_argument("--doc", default=None, help="markdown file with <!-- kernels --> markers to fill")
@@ -532,7 +538,7 @@ def main(argv=None) -> int:
         if a.doc:
             write_doc(doc, Path(a.doc))
         return 0
-    except (FileNotFoundError, json.JSONDecodeError) as e:
+    except (FileNotFoundError, json.JSONDecodeError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -3,17 +3,14 @@
 The checkpoint format is the training side's contract (docs/format.md, version 1) and stays as it is; the
 artifact may store the same numbers in a kernel-friendly order. For CUDA, 4-bit codes are interleaved
 (tvm_schedules.layout: codes 2p and 2p + 1 at nibbles p and p + 4) so the decode and prefill kernels turn a
-code pair into a half2 with one LOP3, and every matrix's kept blocks are padded with unreferenced zero blocks
-to a multiple of 4, so the block-streaming decode kernel's vector loads stay inside the arrays. CPU (llvm)
-artifacts keep the checkpoint order.
+code pair into a half2 with one LOP3. CPU (llvm) artifacts keep the checkpoint order.
 """
 from __future__ import annotations
 
 from dataclasses import replace
 
 from training.bsr import BSRWeight
-from tvm_schedules.bsr_decode_stream import PAD
-from tvm_schedules.layout import interleave_codes, pad_blocks
+from tvm_schedules.layout import interleave_codes
 
 CHECKPOINT = "checkpoint"
 INTERLEAVED4 = "interleaved4"
@@ -24,12 +21,8 @@ def code_order(target_kind: str) -> str:
 
 
 def to_kernel_layout(compressed: dict[str, BSRWeight], order: str) -> dict[str, BSRWeight]:
-    """The same matrices with ``qweight`` in ``order`` (4-bit codes only) and their blocks padded."""
+    """The same matrices with ``qweight`` in ``order`` (4-bit matrices only; others are unchanged)."""
     if order == CHECKPOINT:
         return compressed
-    out = {}
-    for name, b in compressed.items():
-        if b.bits == 4:
-            b = replace(b, qweight=interleave_codes(b.qweight))
-        out[name] = replace(b, **pad_blocks({t: getattr(b, t) for t in BSRWeight.TENSORS if t != "indptr"}, PAD))
-    return out
+    return {name: replace(b, qweight=interleave_codes(b.qweight)) if b.bits == 4 else b
+            for name, b in compressed.items()}

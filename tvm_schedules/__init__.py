@@ -6,8 +6,6 @@ attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax need
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
 from .bsr_decode import tuned as decode_tuned
@@ -32,12 +30,11 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
-        cfg = decode_cfg or decode_tuned(m, s.rows)
+        cfg = decode_cfg or decode_tuned(m, s.rows, s.k)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     cfg = prefill_cfg or bsr_prefill.tuned(s.rows)
     if bsr_prefill.supports(s, cfg):
-        chunk = bsr_prefill.chunk_for(s, cfg)  # the chunk actually used for this K
-        return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", replace(cfg, chunk=chunk).key)
+        return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", bsr_prefill.effective(s, cfg).key)
     return _finish(bsr_prefill_simt(s), f"bsr_prefill_simt_{s.key}")
 
 

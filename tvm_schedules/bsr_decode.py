@@ -59,6 +59,10 @@ SWEEP_TALL = [DecodeConfig(8, u, ln, row_budget=b) for b in (4, 8, 16) for ln in
 # 4096 x 14336, W4 G16 R1 50%): one lane per block while gathers are few (M <= 2), two lanes per block
 # (half the transactions per gathered byte) once they dominate (M >= 4). Other archs use the same.
 TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 4, 2), 8: DecodeConfig(4, 4, 2)}
+# Staging costs M x K x 2 bytes of L2 reads per thread block, so where the activations are staged at M = 2 and
+# 4, fewer and larger thread blocks win (tag "sweep", all seven shapes, balanced and unequal rows: M = 4 8%
+# faster, M = 2 2.5%); M = 1 is best as it is, and without staging (M x K x 2 > 48 KB) TUNED stays.
+TUNED_STAGED = {2: DecodeConfig(16, 2, 1, ctas=264), 4: DecodeConfig(32, 4, 2, ctas=132)}
 
 
 # Tall blocks (R = 16, sweep of SWEEP_TALL): at M <= 2 a warp should take 4 of a block's rows, not all 16
@@ -66,8 +70,12 @@ TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 
 TALL = DecodeConfig(8, 2, 1, row_budget=4)
 
 
-def tuned(m: int, rows: int = 1) -> DecodeConfig:
-    return TALL if rows >= 8 and m <= 2 else TUNED.get(m, DEFAULT)
+def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
+    if rows >= 8 and m <= 2:
+        return TALL
+    if m in TUNED_STAGED and m * k * 2 <= SMEM_BYTES:
+        return TUNED_STAGED[m]
+    return TUNED.get(m, DEFAULT)
 
 
 def rows_per_warp(s: BSRShape, m: int, budget: int = 16) -> int:

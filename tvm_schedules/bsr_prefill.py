@@ -14,12 +14,15 @@ How the A tile is found is where the block height R matters:
   nothing, and time follows the kept fraction.
 - R < 16: the 16 rows of a tile belong to 16 / R block rows whose kept columns differ, so the warp walks
   every column group and each lane fills its two rows' values from a per-row cursor (zeros where the
-  row's block is pruned): dense tensor-core work, sparse bytes.
+  row's block is pruned): dense tensor-core work, sparse bytes. Per chunk, one round of index loads gives
+  each row a bitmask of its kept column groups, so the block of group j is the cursor plus a popcount and
+  the weight loads of ``look`` groups issue together (the first version loaded each group's index, then its
+  codes: two dependent loads per group, 14% slower over M = 16..4096).
 Needs G a multiple of 16 (one mma k-step per 16 columns); other G use the SIMT kernel in bsr_prefill_simt.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
@@ -31,10 +34,13 @@ class PrefillConfig:
     warps: int = 8  # warps per thread block, each a 16-row tile
     n_tiles: int = 8  # 8-token mma tiles per warp (the token tile is 8 * n_tiles)
     chunk: int = 256  # input columns of activations staged in shared memory at a time
+    look: int = 4  # R < 16: column groups of a chunk whose weight loads are issued together
+    # (R = 16 walks its kept blocks one at a time: issuing 2, 4 or 8 blocks' loads together after one
+    # round of index loads was 6-41% slower, measured on all seven shapes at M = 16..4096)
 
     @property
     def key(self) -> str:
-        return f"w{self.warps}n{self.n_tiles}c{self.chunk}"
+        return f"w{self.warps}n{self.n_tiles}c{self.chunk}l{self.look}"
 
 
 DEFAULT = PrefillConfig()
@@ -43,7 +49,9 @@ SWEEP = [PrefillConfig(8, 8, 256), PrefillConfig(4, 8, 256), PrefillConfig(8, 4,
 # The sweep's winners on an H100 (benchmarks/kernels.py, tag "sweep", M = 512 on 12288 x 4096 and
 # 4096 x 14336): the dense walk (R < 16) spends most of its time building A fragments, so 128-token tiles
 # use each one for twice the mma's; the sparse walk (R = 16) prefers 64-token tiles and longer chunks.
-TUNED = {1: PrefillConfig(8, 16, 128), 16: PrefillConfig(8, 8, 256)}
+# Issuing the weight loads of 4 column groups together (``look``; all seven shapes, M = 16..4096) beat 1, 2
+# and 8: 8 holds so many loads in registers that a second thread block no longer fits on an SM.
+TUNED = {1: PrefillConfig(8, 16, 128, look=4), 16: PrefillConfig(8, 8, 256)}
 PAD = 8  # fp16 of padding per staged row: rows 16 B off the bank period, so ldmatrix has no conflicts
 
 
@@ -60,15 +68,25 @@ def chunk_for(s: BSRShape, cfg: PrefillConfig) -> int:
     return 0
 
 
+def effective(s: BSRShape, cfg: PrefillConfig) -> PrefillConfig:
+    """The configuration the kernel really runs for this shape (what the artifact's manifest records): the
+    chunk that divides K, and the look-ahead that divides a chunk's column groups (1 for R = 16)."""
+    ck = chunk_for(s, cfg)
+    groups = max(ck // s.group, 1)
+    look = 1 if s.rows == 16 else max(d for d in range(1, min(cfg.look, groups) + 1) if groups % d == 0)
+    return replace(cfg, chunk=ck, look=look)
+
+
 def supports(s: BSRShape, cfg: PrefillConfig = DEFAULT) -> bool:
     return (s.group % 16 == 0 and s.rows in (1, 2, 4, 8, 16) and s.n % 16 == 0 and s.dtype == "float16"
-            and chunk_for(s, cfg) > 0)
+            and 0 < chunk_for(s, cfg) <= 31 * s.group)  # a chunk's column groups fit the bits of one int32
 
 
 def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
     n, k, rows, group, dt = s.n, s.k, s.rows, s.group, s.dtype
     nbr, ksteps = s.block_rows, s.group // 16
-    warps, nt, ck = cfg.warps, cfg.n_tiles, chunk_for(s, cfg)
+    cfg = effective(s, cfg)
+    warps, nt, ck, look = cfg.warps, cfg.n_tiles, cfg.chunk, cfg.look
     tile_m = 8 * nt
     row_tiles = n // 16
     sparse_walk = rows == 16
@@ -77,6 +95,9 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
     assert copies * warps * 32 * 8 == tile_m * ck, f"{cfg} does not split the staged tile evenly"
     per_chunk = ck // group  # column groups per chunk
     half2 = s.interleaved
+
+    def popc(v):
+        return T.call_extern("int32", "__popc", T.Cast("uint32", v))
 
     @T.macro
     def a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32):
@@ -126,6 +147,8 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                         end = T.alloc_buffer((2,), "int32", scope="local")
                         bf = T.alloc_buffer((8,), dt, scope="local")
                         cur = T.alloc_buffer((2,), "int32", scope="local")
+                        pidx = T.alloc_buffer((2 * per_chunk,), "int32", scope="local")
+                        hits = T.alloc_buffer((2,), "int32", scope="local")
                         st = T.alloc_buffer((copies * 4,), "uint32", scope="local")
                         g = tx // 4
                         t = tx % 4
@@ -170,24 +193,35 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                                                                      (jp * 2 + e) * 4, False, dtype="float32")
                                         cur[0] = cur[0] + 1
                                 else:
-                                    for cg in T.serial(per_chunk):
-                                        for h in T.unroll(2):
-                                            blk[h] = T.min(cur[h], nnz - 1)
-                                            keep[h] = T.Select(cur[h] < end[h], T.Select(
-                                                T.Cast("int32", indices[blk[h]]) == ch * per_chunk + cg, 1, 0), 0)
-                                        for ks in T.unroll(ksteps):
-                                            a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32)
-                                            for jp in T.unroll(nt // 2):
-                                                T.ptx_legacy.ldmatrix(
-                                                    False, 4, ".b16", bf.data, 0, xs.data,
-                                                    ((jp * 2 + tx // 16) * 8 + tx % 8) * stride + cg * group
-                                                    + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
-                                                for e in T.unroll(2):
-                                                    T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16",
-                                                                     "float32", a32.data, 0, bf.data, e * 4, acc.data,
-                                                                     (jp * 2 + e) * 4, False, dtype="float32")
-                                        for h in T.unroll(2):
-                                            cur[h] = cur[h] + keep[h]
+                                    # the row's kept blocks in this chunk, from one round of index loads: bit j of
+                                    # hits[h] says column group j of the chunk is kept, so every load of the chunk
+                                    # can issue at once instead of one dependent index load per block
+                                    for h in T.unroll(2):
+                                        hits[h] = 0
+                                        for p in T.unroll(per_chunk):
+                                            pidx[h * per_chunk + p] = T.Cast("int32", indices[T.min(cur[h] + p, nnz - 1)]) - ch * per_chunk
+                                            hits[h] = hits[h] | T.if_then_else(
+                                                cur[h] + p < end[h] and pidx[h * per_chunk + p] >= 0
+                                                and pidx[h * per_chunk + p] < per_chunk,
+                                                1 << T.max(T.min(pidx[h * per_chunk + p], 30), 0), 0)
+                                    for cq in T.serial(per_chunk // look):  # ``look`` groups' loads in flight at once
+                                        for cl in T.unroll(look):
+                                            for h in T.unroll(2):  # group j is block cur + (kept groups before j)
+                                                blk[h] = T.min(cur[h] + popc(hits[h] & ((1 << (cq * look + cl)) - 1)), nnz - 1)
+                                                keep[h] = (hits[h] >> (cq * look + cl)) & 1
+                                            for ks in T.unroll(ksteps):
+                                                a_fragment(ks, t, qw, zr, sc, blk, rib, keep, a32)
+                                                for jp in T.unroll(nt // 2):
+                                                    T.ptx_legacy.ldmatrix(
+                                                        False, 4, ".b16", bf.data, 0, xs.data,
+                                                        ((jp * 2 + tx // 16) * 8 + tx % 8) * stride + (cq * look + cl) * group
+                                                        + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
+                                                    for e in T.unroll(2):
+                                                        T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16",
+                                                                         "float32", a32.data, 0, bf.data, e * 4, acc.data,
+                                                                         (jp * 2 + e) * 4, False, dtype="float32")
+                                    for h in T.unroll(2):
+                                        cur[h] = cur[h] + popc(hits[h])
                         if tile < row_tiles:
                             for j in T.unroll(nt):
                                 for h in T.unroll(2):

@@ -22,19 +22,3 @@ def interleave_codes(qweight: np.ndarray) -> np.ndarray:
         out |= ((qweight >> np.uint32(4 * i)) & np.uint32(15)) << np.uint32(4 * nibble(i))
     return out
 
-
-
-def pad_blocks(arrays: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
-    """Append zero blocks after the last kept one so the block count is a multiple of ``multiple``.
-
-    No row's indptr range reaches them; they only keep a kernel's vector loads of ``multiple`` consecutive
-    blocks inside the arrays (bsr_decode_stream)."""
-    nnz = arrays["indices"].shape[0]
-    extra = -nnz % multiple
-    if not extra:
-        return dict(arrays)
-    out = dict(arrays)
-    for name in ("indices", "qweight", "scales", "zeros"):
-        a = arrays[name]
-        out[name] = np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)])
-    return out

@@ -41,3 +41,15 @@ def test_report_fills_the_doc_between_markers(kernels, tmp_path):
     no_markers.write_text("text\n")
     with pytest.raises(SystemExit):
         kernels.write_doc(doc, no_markers)
+
+
+def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):
+    specs, cases = kernels.plan()
+    name = kernels.kernel_name("bsr_decode", 4096, 4096, 1, 1)
+    exact = [c for c in cases if kernels.selected(c, "=" + name)]
+    assert exact and all(c["kernel"] == name for c in exact)
+    assert len([c for c in cases if kernels.selected(c, name)]) > len(exact)  # substring: its configurations too
+    assert all(c["tag"] == "unequal rows" for c in cases if kernels.selected(c, "unequal rows"))
+    # a selection that matches nothing is a one-line error, before any compiler work, and writes nothing
+    assert kernels.main(["build", str(tmp_path / "b"), "--only", "=no_such_kernel"]) == 2
+    assert "selects no case" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -116,3 +116,22 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         mma = functions_with(text, "HMMA")
         assert {"prefill_r1_kernel", "prefill_r16_kernel", "prefill_g32_sweep_kernel"} <= mma, (arch, mma)
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
+
+
+def test_decode_tuning_follows_activation_staging():
+    """Fewer, larger thread blocks only where the activations are staged (M x K x 2 bytes <= 48 KB)."""
+    from tvm_schedules import bsr_decode as d
+
+    assert d.tuned(4, 1, 4096) == d.TUNED_STAGED[4] and d.tuned(2, 1, 11008) == d.TUNED_STAGED[2]
+    assert d.tuned(4, 1, 14336) == d.TUNED[4] and d.tuned(2, 1, 14336) == d.TUNED[2]
+    assert d.tuned(1, 1, 4096) == d.TUNED[1] and d.tuned(1, 16, 4096) == d.TALL
+
+
+@pytest.mark.parametrize("group,rows,chunk,look", [(16, 1, 128, 4), (32, 4, 128, 4), (64, 1, 128, 2), (16, 16, 256, 1)])
+def test_prefill_records_the_configuration_it_runs(group, rows, chunk, look):
+    """The manifest's prefill key: the chunk that divides K, a look-ahead dividing the chunk's column groups,
+    and 1 for the R = 16 walk (one kept block at a time)."""
+    from tvm_schedules import bsr_prefill as p
+
+    eff = p.effective(BSRShape(4096, 4096, 4, group, rows, interleaved=True), p.tuned(rows))
+    assert (eff.chunk, eff.look) == (chunk, look)
