@@ -93,6 +93,13 @@ def plan(quick: bool = False) -> tuple[dict, list]:
         for rows in (1, 16):
             for cfg in bsr_prefill.SWEEP:
                 add("bsr_prefill", n, k, 512, rows, cfg=cfg, tag="sweep")
+    for n, k in shapes:  # activations staged in dynamic shared memory (up to 96 KB) where static cannot hold them
+        for m in (2, 4, 8):
+            if 48 * 1024 < m * k * 2 <= 96 * 1024:
+                for warps, ctas in ((8, 264), (16, 132), (16, 264), (32, 132)):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="sweep",
+                            cfg=replace(bsr_decode.tuned(m, 1, k), warps=warps, ctas=ctas, smem_kb=96))
     for n, k in shapes:  # R < 16: how many column groups' weight loads are issued together
         for m in PREFILL_M:
             for look in (1, 2, 8):

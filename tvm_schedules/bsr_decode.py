@@ -37,16 +37,18 @@ class DecodeConfig:
     unroll: int = 2  # kept blocks a lane handles per loop trip (independent loads in flight)
     lanes: int = 2  # lanes sharing one block (each a contiguous slice of its columns)
     half2: bool = True  # 4-bit interleaved codes: decode pairs into half2, fp16 products within a group
-    smem: bool = True  # stage the activations in shared memory (where M x K fits in 48 KB)
+    smem: bool = True  # stage the activations in shared memory (where M x K x 2 bytes fit in smem_kb)
     ctas: int = 1056  # thread blocks at most (each loops over tasks), so activations are staged once each
     fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
+    smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
 
     @property
     def key(self) -> str:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
-            f"b{self.row_budget}" if self.row_budget != 16 else "")
+            f"b{self.row_budget}" if self.row_budget != 16 else "") + (
+            f"d{self.smem_kb}" if self.smem_kb != 48 else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -59,10 +61,12 @@ SWEEP_TALL = [DecodeConfig(8, u, ln, row_budget=b) for b in (4, 8, 16) for ln in
 # 4096 x 14336, W4 G16 R1 50%): one lane per block while gathers are few (M <= 2), two lanes per block
 # (half the transactions per gathered byte) once they dominate (M >= 4). Other archs use the same.
 TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 4, 2), 8: DecodeConfig(4, 4, 2)}
-# Staging costs M x K x 2 bytes of L2 reads per thread block, so where the activations are staged at M = 2 and
-# 4, fewer and larger thread blocks win (tag "sweep", all seven shapes, balanced and unequal rows: M = 4 8%
-# faster, M = 2 2.5%); M = 1 is best as it is, and without staging (M x K x 2 > 48 KB) TUNED stays.
-TUNED_STAGED = {2: DecodeConfig(16, 2, 1, ctas=264), 4: DecodeConfig(32, 4, 2, ctas=132)}
+# Staging costs M x K x 2 bytes of L2 reads per thread block, so at M = 2 and 4 fewer and larger thread blocks
+# that stage the activations win (tag "sweep", all seven shapes, balanced and unequal rows: M = 4 8% faster,
+# M = 2 2.5%), up to 92 KB of them in dynamic shared memory (4096 x 14336 at M = 2: 18.4 -> 18.1 us, unequal
+# rows 26.5 -> 21.2 us; sm_89 allows 99 KB per thread block). M = 1 is best as it is; at M = 8 staging 64 KB
+# in dynamic shared memory gained nothing over the L1-cached gather (geometric mean 1.00 over 5 shapes).
+TUNED_STAGED = {2: DecodeConfig(16, 2, 1, ctas=264, smem_kb=92), 4: DecodeConfig(32, 4, 2, ctas=132, smem_kb=92)}
 
 
 # Tall blocks (R = 16, sweep of SWEEP_TALL): at M <= 2 a warp should take 4 of a block's rows, not all 16
@@ -73,7 +77,7 @@ TALL = DecodeConfig(8, 2, 1, row_budget=4)
 def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
     if rows >= 8 and m <= 2:
         return TALL
-    if m in TUNED_STAGED and m * k * 2 <= SMEM_BYTES:
+    if m in TUNED_STAGED and m * k * 2 <= TUNED_STAGED[m].smem_kb * 1024:
         return TUNED_STAGED[m]
     return TUNED.get(m, DEFAULT)
 
@@ -109,7 +113,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     mask = 2**bits - 1
     half2 = cfg.half2 and s.interleaved and dt == "float16" and cols % 8 == 0
     fence = cfg.fence
-    smem = cfg.smem and half2 and m * k * 2 <= SMEM_BYTES
+    smem = cfg.smem and half2 and m * k * 2 <= max(cfg.smem_kb * 1024, SMEM_BYTES)
+    dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
     nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
     reps = -(-tasks // (nctas * warps))
     xwords = m * k // 2 if smem else 4
@@ -131,7 +136,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         for bx in T.thread_binding(nctas, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    xs = T.alloc_buffer((xwords,), "uint32", scope="shared")
+                    xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
                     if smem:
                         for c in range(stage):
                             if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
