@@ -154,7 +154,7 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                         end = T.alloc_buffer((2,), "int32", scope="local")
                         bf = T.alloc_buffer((8,), dt, scope="local")
                         cur = T.alloc_buffer((2,), "int32", scope="local")
-                        pidx = T.alloc_buffer((2 * per_chunk,), "int32", scope="local")
+                        grp = T.alloc_buffer((1,), "int32", scope="local")
                         hits = T.alloc_buffer((2,), "int32", scope="local")
                         st = T.alloc_buffer((copies * 4,), "uint32", scope="local")
                         g = tx // 4
@@ -201,16 +201,15 @@ def bsr_prefill_mma(s: BSRShape, cfg: PrefillConfig = DEFAULT):
                                         cur[0] = cur[0] + 1
                                 else:
                                     # the row's kept blocks in this chunk, from one round of index loads: bit j of
-                                    # hits[h] says column group j of the chunk is kept, so every load of the chunk
-                                    # can issue at once instead of one dependent index load per block
+                                    # hits[h] says column group j of the chunk is kept, so the weight loads of
+                                    # ``look`` groups can issue together instead of waiting on one index each
                                     for h in T.unroll(2):
                                         hits[h] = 0
-                                        for p in T.unroll(per_chunk):
-                                            pidx[h * per_chunk + p] = T.Cast("int32", indices[T.min(cur[h] + p, nnz - 1)]) - ch * per_chunk
+                                        for p in T.unroll(per_chunk):  # the row's next blocks, as groups of this chunk
+                                            grp[0] = T.Cast("int32", indices[T.min(cur[h] + p, nnz - 1)]) - ch * per_chunk
                                             hits[h] = hits[h] | T.if_then_else(
-                                                cur[h] + p < end[h] and pidx[h * per_chunk + p] >= 0
-                                                and pidx[h * per_chunk + p] < per_chunk,
-                                                1 << T.max(T.min(pidx[h * per_chunk + p], 30), 0), 0)
+                                                cur[h] + p < end[h] and grp[0] >= 0 and grp[0] < per_chunk,
+                                                1 << T.max(T.min(grp[0], 30), 0), 0)
                                     for cq in T.serial(per_chunk // look):  # ``look`` groups' loads in flight at once
                                         for cl in T.unroll(look):
                                             for h in T.unroll(2):  # group j is block cur + (kept groups before j)
