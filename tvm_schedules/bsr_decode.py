@@ -43,6 +43,10 @@ class DecodeConfig:
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
 
+    def stages(self, m: int, k: int) -> bool:
+        """Whether this configuration stages the M x K fp16 activations in shared memory."""
+        return self.smem and m * k * 2 <= max(self.smem_kb * 1024, SMEM_BYTES)
+
     @property
     def key(self) -> str:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
@@ -77,7 +81,7 @@ TALL = DecodeConfig(8, 2, 1, row_budget=4)
 def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
     if rows >= 8 and m <= 2:
         return TALL
-    if m in TUNED_STAGED and m * k * 2 <= TUNED_STAGED[m].smem_kb * 1024:
+    if m in TUNED_STAGED and TUNED_STAGED[m].stages(m, k):
         return TUNED_STAGED[m]
     return TUNED.get(m, DEFAULT)
 
@@ -113,7 +117,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     mask = 2**bits - 1
     half2 = cfg.half2 and s.interleaved and dt == "float16" and cols % 8 == 0
     fence = cfg.fence
-    smem = cfg.smem and half2 and m * k * 2 <= max(cfg.smem_kb * 1024, SMEM_BYTES)
+    smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
     nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
     reps = -(-tasks // (nctas * warps))
