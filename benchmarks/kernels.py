@@ -43,13 +43,13 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts)."""
-    from tvm_schedules import bsr_decode, bsr_prefill
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
 
     def add(fam, n, k, m, rows, sparsity=0.5, alloc="row", cfg=None, tag="main", bits=BITS, group=GROUP):
-        kind = "prefill" if fam == "bsr_prefill" else "decode"
+        kind = "prefill" if fam.startswith("bsr_prefill") else "decode"
         key = cfg.key if cfg else ""
         name = kernel_name(fam, n, k, m if kind == "decode" else None, rows, key) + (
             f"_b{bits}g{group}" if (bits, group) != (BITS, GROUP) else "")
@@ -89,10 +89,9 @@ def plan(quick: bool = False) -> tuple[dict, list]:
             add("bsr_decode", 49152, 576, m, 1, sparsity=0.0, tag="other bits", bits=bits, group=group)
         add("bsr_prefill", 49152, 576, 128, 1, sparsity=0.0, tag="other bits", bits=bits, group=group)
         add("bsr_prefill", 4096, 4096, 128, 16, tag="other bits", bits=bits, group=group)
-    for n, k in shapes[:1] + shapes[-1:]:
-        for rows in (1, 16):
-            for cfg in bsr_prefill.SWEEP:
-                add("bsr_prefill", n, k, 512, rows, cfg=cfg, tag="sweep")
+    for n, k in shapes[:1] + shapes[-1:]:  # R = 16 (the per-warp kernel's sparse walk)
+        for cfg in bsr_prefill.SWEEP:
+            add("bsr_prefill", n, k, 512, 16, cfg=cfg, tag="sweep")
     for n, k in shapes:  # activations staged in dynamic shared memory (up to 96 KB) where static cannot hold them
         for m in (2, 4, 8):
             if 48 * 1024 < m * k * 2 <= 96 * 1024:
@@ -100,10 +99,6 @@ def plan(quick: bool = False) -> tuple[dict, list]:
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="sweep",
                             cfg=replace(bsr_decode.tuned(m, 1, k), warps=warps, ctas=ctas, smem_kb=96))
-    for n, k in shapes:  # R < 16: how many column groups' weight loads are issued together
-        for m in PREFILL_M:
-            for look in (1, 2, 8):
-                add("bsr_prefill", n, k, m, 1, cfg=replace(bsr_prefill.tuned(1), look=look), tag="sweep")
     for n, k in shapes:
         for m in PREFILL_M[:3] if quick else PREFILL_M:
             for rows in (1, 16):
@@ -112,6 +107,16 @@ def plan(quick: bool = False) -> tuple[dict, list]:
             add("bsr_prefill", n, k, 512, rows, tag="block height")
         for sp in (0.3, 0.7):
             add("bsr_prefill", n, k, 512, 16, sparsity=sp, tag="sparsity")
+    for n, k in shapes:  # R < 16: the tiled GEMM's configurations beside the per-warp kernel it replaced
+        for m in PREFILL_M:
+            add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
+            for cfg in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP:
+                add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="tiled")
+        for m in (32, 64, 256):  # around the bounds of the choice by M (bsr_prefill_tiled.TUNED)
+            add("bsr_prefill", n, k, m, 1, tag="tiled")
+            add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
+            for cfg in sorted({c for plan in bsr_prefill_tiled.TUNED.values() for _, c in plan}, key=str):
+                add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="tiled")
     return kernels, cases
 
 
@@ -174,7 +179,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_prefill
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick)
@@ -198,6 +203,10 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_decode":
                 cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"], spec["k"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
+            elif fam == "bsr_prefill_tiled":
+                f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]))
+            elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison
+                f = bsr_prefill.bsr_prefill_mma(s, bsr_prefill.tuned(s.rows))
             else:
                 cfg = bsr_prefill.PrefillConfig(**spec["cfg"]) if spec["cfg"] else None
                 f = tvm_schedules.bsr_matmul(s, None, target, prefill_cfg=cfg)
@@ -447,7 +456,7 @@ def print_table(doc: dict) -> str:
 
 def summary(doc: dict) -> str:
     """The tables docs/perf.md shows: decode, unequal rows, sparsity, prefill, and speed versus R."""
-    res = [r for r in doc["results"] if "time_us" in r]
+    res = [dict(r, inv=1 / r["vs_fp16"]) for r in doc["results"] if "time_us" in r]
 
     def pick(**kw):
         return [r for r in res if all(r.get(k) == v for k, v in kw.items())]
@@ -483,14 +492,31 @@ def summary(doc: dict) -> str:
         out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['time_us']:.0f} | {1 / r['vs_fp16']:.1f} | "
                    + (f"{t16['time_us']:.0f} | {1 / t16['vs_fp16']:.1f} | " if t16 else "- | - | ")
                    + f"{r['fp16_us']:.0f} | " + (f"{t16['tflops']:.0f} |" if t16 else "- |"))
-    out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
-            "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
-            "| ---: | ---: | ---: | ---: | ---: |"]
     import math
 
     def gmean(rows, key="time_us"):
         return math.exp(sum(math.log(x[key]) for x in rows) / len(rows)) if rows else float("nan")
 
+    ms = sorted({r["m"] for r in pick(tag="tiled")})
+    if ms:
+        out += ["", "Prefill R = 1 by M: time / cuBLAS fp16 time, geometric mean over the seven shapes, for the "
+                "per-warp kernel, each tiled configuration (rows x tokens per thread block, warps along rows x "
+                "tokens, columns per stage, thread blocks per SM asked of ptxas), and what `gqsa-compile` runs "
+                "(the tiled configuration chosen by M at run time):", "",
+                "| kernel | " + " | ".join(f"M = {m}" for m in ms) + " |", "| --- |" + " ---: |" * len(ms)]
+        kinds = [("bsr_prefill", "", "chosen by M (compiled)"), ("bsr_prefill_warp", "", "per-warp (before)")] + sorted(
+            {("bsr_prefill_tiled", r["cfg"], r["cfg"]) for r in pick(tag="tiled", family="bsr_prefill_tiled")})
+        for fam, cfg, label in kinds:
+            cells = []
+            for m in ms:
+                q = [r for r in res if r["family"] == fam and r["m"] == m and r["rows"] == 1 and r["sparsity"] == 0.5
+                     and r["alloc"] == "row" and (r["cfg"] == cfg) and r["tag"] in ("tiled", "main")]
+                q = list({(r["n"], r["k"]): r for r in q}.values())
+                cells.append(f"{gmean(q, 'inv'):.2f}" if len(q) == len(SHAPES) else "-")
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
+            "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
+            "| ---: | ---: | ---: | ---: | ---: |"]
     for rows in (1, 4, 8, 16):
         d1 = [r for r in res if r["kind"] == "decode" and r["rows"] == rows and r["m"] == 1 and r["sparsity"] == 0.5
               and r["alloc"] == "row" and r["tag"] in ("main", "block height")]

@@ -79,7 +79,7 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     # the weights are stored in the kernels' code order, and the chosen tuning is recorded per kernel
     from runtime.model import read_safetensors
     from training.checkpoint import read_checkpoint
-    from tvm_schedules import bsr_prefill
+    from tvm_schedules import bsr_prefill_tiled
     from tvm_schedules.bsr_decode import tuned
     from tvm_schedules.layout import interleave_codes
 
@@ -89,8 +89,7 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     np.testing.assert_array_equal(stored[f"{name}.qweight"], interleave_codes(b.qweight))
     kernels = manifest["kernels"]
     assert any(k.startswith("bsr_decode_m1_") and v == tuned(1).key for k, v in kernels.items())
-    pre = bsr_prefill.tuned(1)
-    assert any(k.startswith("bsr_prefill_") and v.startswith(f"w{pre.warps}n{pre.n_tiles}c")
+    assert any(k.startswith("bsr_prefill_") and v == bsr_prefill_tiled.config_key(bsr_prefill_tiled.TUNED["few rows"])
                for k, v in kernels.items())
 
 

@@ -84,7 +84,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
     """Every kernel family and tuning choice builds for sm_80/87/89/90 with real SASS; the prefill kernels
     use tensor cores (HMMA) on all four. Correctness on a GPU is checked by benchmarks/kernels.py."""
     from gqsa_compile.cuda_toolchain import fatbin_archs, functions_with, has_device_code, sass_by_arch
-    from tvm_schedules import bsr_decode, bsr_prefill
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
 
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
     funcs = {f"decode{m}": tvm_schedules.bsr_matmul(s, m, cuda_target) for m in (1, 2, 4, 8)}
@@ -100,6 +100,11 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "prefill_r16": tvm_schedules.bsr_matmul(BSRShape(576, 1536, 4, 16, 16, interleaved=True), None,
                                                 cuda_target),
         "prefill_g32_sweep": bsr_prefill.bsr_prefill_mma(BSRShape(256, 512, 4, 32, 4), bsr_prefill.SWEEP[3]),
+        "prefill_warp_r1": bsr_prefill.bsr_prefill_mma(BSRShape(576, 576, 4, 16, 1, interleaved=True),
+                                                       bsr_prefill.tuned(1)),
+        # G = 32 and R = 4 in the tiled GEMM: a lane's block spans two k-steps, rows share a block's indices
+        "prefill_tiled_g32": bsr_prefill_tiled.bsr_prefill_tiled(BSRShape(320, 512, 4, 32, 4, interleaved=True),
+                                                                 bsr_prefill_tiled.TiledConfig(chunk=128)),
         "prefill_simt": tvm_schedules.bsr_matmul(BSRShape(64, 256, 4, 8, 1), None, cuda_target),
         "attention": tvm_schedules.attention(9, 3, 64, 256, "float16", cuda_target),
         "append": tvm_schedules.cache_append(3, 64, 256, "float16", cuda_target),
@@ -116,7 +121,9 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
     assert set(sass) == ARCHS
     for arch, text in sass.items():
         mma = functions_with(text, "HMMA")
-        assert {"prefill_r1_kernel", "prefill_r16_kernel", "prefill_g32_sweep_kernel"} <= mma, (arch, mma)
+        # prefill_r1: the tiled GEMM's three launches, chosen by M at run time
+        assert {"prefill_r1_kernel", "prefill_r1_kernel_1", "prefill_r1_kernel_2", "prefill_r16_kernel",
+                "prefill_g32_sweep_kernel", "prefill_warp_r1_kernel", "prefill_tiled_g32_kernel"} <= mma, (arch, mma)
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
@@ -128,6 +135,25 @@ def test_decode_tuning_follows_activation_staging():
     assert d.tuned(4, 1, 11008) == d.TUNED_STAGED[4]  # 88 KB: dynamic shared memory
     assert d.tuned(4, 1, 14336) == d.TUNED[4] and d.tuned(2, 1, 28672) == d.TUNED[2]
     assert d.tuned(1, 1, 4096) == d.TUNED[1] and d.tuned(1, 16, 4096) == d.TALL
+
+
+def test_tiled_prefill_plan_is_chosen_by_m_and_recorded():
+    """4-bit blocks of fewer than 16 rows take the tiled GEMM: one launch per configuration of the plan behind a
+    host-side branch on M, and the manifest key names every bound; R = 16 and other widths keep bsr_prefill."""
+    from tvm_schedules import bsr_prefill_tiled as t
+
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
+    f = tvm_schedules.bsr_matmul(s, None, target)
+    assert f.attrs["gqsa.config"] == t.config_key(t.tuned(s)) == (
+        "m<=16:t64x32w2x2c64b4;m<=256:t64x64w2x2c64b4;t128x128w2x4c64b2")
+    script = f.script()
+    assert script.count('"blockIdx.x"') == 3 and "m <= T.int64(16)" in script and "m <= T.int64(256)" in script
+    assert t.tuned(BSRShape(8192, 4096, 4, 16, 1, interleaved=True)) == t.TUNED["many rows"]
+    for other in (BSRShape(576, 1536, 4, 16, 16, interleaved=True), BSRShape(576, 1536, 8, 32, 1)):
+        assert "w8n" in tvm_schedules.bsr_matmul(other, None, target).attrs["gqsa.config"]
+    assert not t.supports(BSRShape(576, 1000, 4, 16, 1, interleaved=True))  # K not a multiple of the chunk
+    assert not t.supports(BSRShape(576, 1536, 4, 16, 1))  # checkpoint code order
 
 
 @pytest.mark.parametrize("group,rows,chunk,look", [(16, 1, 128, 4), (32, 4, 128, 4), (64, 1, 128, 2), (16, 16, 256, 1)])

@@ -1,0 +1,300 @@
+"""BSR int4 prefill as a tiled tensor-core GEMM (``mma.sync.m16n8k16``, fp16 -> fp32) for blocks shorter
+than a tile (R < 16), where a tile's rows keep different column groups and the work is dense anyway.
+
+Why not build A fragments per warp from the packed codes (bsr_prefill's dense walk): a 16-row warp tile
+gets no reuse of its activation fragments (256 bytes of ldmatrix per mma), and its lanes load codes,
+scales and zero points from 8 different rows per instruction: Nsight Compute put that kernel at 91% of L1
+throughput with the tensor pipe at 28%. Here a thread block owns ``rows`` weight rows x ``tokens`` tokens
+and walks K ``chunk`` columns at a time, double-buffered in shared memory:
+
+- the activations of the next chunk are copied with ``cp.async`` (no registers, no wait) while the
+  current chunk computes;
+- the weights of the next chunk are loaded into registers at the same time, coalesced: a row's kept
+  blocks of a chunk are consecutive in memory, so lane j of the row's chunk / G lanes loads the row's
+  block cur + j (its column group came from the index loads issued one chunk earlier), and the lanes OR
+  their groups into the row's bitmask with warp shuffles. Loading a (row, column group) per lane instead
+  left only 3 of every 32 bytes a sector moves in use (the first version of this kernel: 1.0-1.3x the
+  per-warp kernel; now 1.3-1.6x);
+- after the current chunk's mma's each lane dequantizes its block (one LOP3, one subtract and one multiply
+  per fp16 pair) into the row of a dense fp16 tile, and writes zeros over column group j if the row
+  does not keep it, so the row's lanes fill its whole chunk;
+- every warp then runs a plain GEMM tile of (rows / row_warps) weight rows x (tokens / token_warps)
+  tokens from shared memory with ldmatrix: the tokens are the mma's M and the weight rows its N, so each
+  activation fragment serves rows / row_warps / 8 mma's and each weight fragment tokens / token_warps / 16.
+
+One barrier per chunk: the buffer a chunk writes was last read by the previous chunk's mma's, which every
+warp finished before that chunk's barrier. M is known only at run time, so one PrimFunc holds a launch per
+configuration of a plan and its host side picks one by M (small M wastes less of a short token tile).
+Needs 4-bit codes in the interleaved order, G a multiple of 16, fp16 and K a multiple of the chunk;
+bsr_prefill covers the rest, and R = 16, whose per-warp walk skips pruned blocks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+
+from .common import BSRShape
+
+PAD = 8  # fp16 of padding per shared row: rows 16 B off the bank period, so ldmatrix is conflict-free
+SMEM_BYTES = 48 * 1024  # beyond this a thread block's shared memory is dynamic (opt-in)
+
+
+@dataclass(frozen=True)
+class TiledConfig:
+    rows: int = 128  # weight rows (output features) per thread block
+    tokens: int = 128  # tokens per thread block
+    row_warps: int = 2  # warps along the rows; the thread block has row_warps * token_warps warps
+    token_warps: int = 4
+    chunk: int = 64  # input columns per pipeline stage
+    blocks_per_sm: int = 2  # asked of ptxas (__launch_bounds__): caps registers at 64K / (threads x this)
+
+    @property
+    def key(self) -> str:
+        return f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.row_warps * self.token_warps
+
+    def smem_bytes(self) -> int:
+        return 2 * (self.rows + self.tokens) * (self.chunk + PAD) * 2
+
+
+DEFAULT = TiledConfig()
+SWEEP = [TiledConfig(128, 128, 4, 2), TiledConfig(128, 128, 2, 2), TiledConfig(128, 64, 4, 2),
+         TiledConfig(64, 64, 2, 2, blocks_per_sm=4), TiledConfig(128, 32, 4, 2), TiledConfig(64, 32, 2, 2, blocks_per_sm=4),
+         TiledConfig(chunk=128, blocks_per_sm=1)]
+# Chosen by M at run time, and by the number of 128-row tiles N makes (benchmarks/kernels.py, tag "tiled": all
+# seven shapes at M = 16 .. 4096 on an H100). Short token tiles waste less at small M, and smaller tiles fill
+# the 132 SMs where a 128 x 128 grid would be a fraction of a wave: 4096 x 4096 at M = 16 runs 66 us with
+# 64 x 32 tiles, 79 with 128 x 32; 22016 x 4096 at M = 128 runs 148 us with 128 x 128, 237 with 64 x 64.
+SMALL, LARGE = TiledConfig(64, 32, 2, 2, blocks_per_sm=4), TiledConfig(128, 32, 4, 2)
+MID = TiledConfig(64, 64, 2, 2, blocks_per_sm=4)
+TUNED = {"few rows": ((16, SMALL), (256, MID), (None, DEFAULT)),  # fewer than 64 row tiles (N < 8192)
+         "many rows": ((32, LARGE), (64, MID), (None, DEFAULT))}
+
+
+def tuned(s: BSRShape) -> tuple:
+    """The plan for a matrix: which configuration runs for which M."""
+    return TUNED["few rows" if s.n < 64 * DEFAULT.rows else "many rows"]
+
+
+def supports(s: BSRShape, cfg: TiledConfig = DEFAULT) -> bool:
+    wrow, wtok = cfg.rows // cfg.row_warps, cfg.tokens // cfg.token_warps
+    gpc = cfg.chunk // s.group if s.group else 0
+    return (s.interleaved and s.bits == 4 and s.group % 16 == 0 and cfg.chunk % s.group == 0
+            and gpc in (1, 2, 4, 8, 16) and s.k % cfg.chunk == 0 and s.n % 2 == 0 and s.dtype == "float16"
+            and s.rows in (1, 2, 4, 8, 16) and wrow % 16 == 0 and wtok % 16 == 0
+            and (cfg.rows * gpc) % cfg.threads == 0 and (cfg.tokens * cfg.chunk // 8) % cfg.threads == 0)
+
+
+def _launch(s: BSRShape, cfg: TiledConfig):
+    """One kernel launch of ``cfg``'s tiles over all M tokens, as a macro the dispatching PrimFunc calls."""
+    n, k, rb, group, words, dt = s.n, s.k, s.rows, s.group, s.words, s.dtype
+    nbr = s.block_rows
+    br, bt, ck, threads = cfg.rows, cfg.tokens, cfg.chunk, cfg.threads
+    wr, warps = cfg.row_warps, cfg.row_warps * cfg.token_warps
+    wrow, wtok = br // wr, bt // cfg.token_warps
+    mt, nt = wtok // 16, wrow // 8  # mma tiles of a warp: 16-token (M) x 8-row (N)
+    slices = ck // 16  # 16-column k-steps per chunk
+    gpc = ck // group  # column groups per chunk: a row's lanes (gpc consecutive lanes of a warp)
+    rows_per_pass = threads // gpc
+    items = br // rows_per_pass  # weight rows each thread loads and dequantizes a block of per chunk
+    xcopies = bt * ck // 8 // threads  # 16-byte cp.async per thread per chunk
+    nch = k // ck
+    stride = ck + PAD
+    xoff = 2 * br * stride  # the activation buffers follow the two weight buffers
+    scope = "shared.dyn" if cfg.smem_bytes() > SMEM_BYTES else "shared"
+    row_tiles = (n + br - 1) // br
+    blocks_per_sm = cfg.blocks_per_sm
+
+    def popc(v):
+        return T.call_extern("int32", "__popc", v)
+
+    @T.macro
+    def load_x(x, sm, m, by, tid, ch, buf):
+        for c in T.unroll(xcopies):
+            T.ptx["cp.async.cg.shared.global"](
+                sm.ptr_to([xoff + buf * bt * stride + (c * threads + tid) // (ck // 8) * stride
+                           + (c * threads + tid) % (ck // 8) * 8]),
+                x.ptr_to([T.min(by * bt + (c * threads + tid) // (ck // 8), m - 1),
+                          ch * ck + (c * threads + tid) % (ck // 8) * 8]), 16)
+        T.ptx["cp.async.commit_group"]()
+
+    @T.macro
+    def load_index(indices, nnz, j, cur, ix):
+        for c in T.unroll(items):  # the column group of the row's block cur + j
+            ix[c] = T.Cast("int32", indices[T.min(cur[c] + j, nnz - 1)])
+
+    @T.macro
+    def load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch):
+        """Lane j of a row's gpc lanes loads the row's block cur + j if it lies in this chunk: a row's kept
+        blocks of a chunk are consecutive in memory, so the row's lanes read them coalesced."""
+        for c in T.unroll(items):
+            grp[c] = T.if_then_else(cur[c] + j < end[c], ix[c] - ch * gpc, gpc)  # gpc: not in this chunk
+            hits[c] = T.if_then_else(grp[c] >= 0 and grp[c] < gpc,
+                                     T.shift_left(T.uint32(1), T.Cast("uint32", T.max(T.min(grp[c], 31), 0))),
+                                     T.uint32(0))
+            for b in T.unroll(gpc.bit_length() - 1):  # OR over the row's lanes: bit g = group g is kept
+                T.ptx.shfl_sync.bfly.b32(sw[0], hits[c], T.uint32(1 << b), T.uint32(0x1F), T.uint32(0xFFFFFFFF))
+                hits[c] = hits[c] | sw[0]
+            for q in T.vectorized(words):
+                cw[c * words + q] = qw[T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb, q]
+            scl[c] = T.Cast("uint32", T.reinterpret("uint16", sc[T.min(cur[c] + j, nnz - 1),
+                                                                 (tid // gpc + c * rows_per_pass) % rb]))
+            zz[c] = T.Cast("uint32", zr[T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb])
+            cur[c] = cur[c] + popc(hits[c])
+
+    @T.macro
+    def store_w(sm, tid, j, hits, grp, cw, scl, zz, d, buf):
+        """Lane j writes its block's 16 x (G / 16) values where the block's group lies, and zeros over group j
+        if the row does not keep it: together the row's lanes fill its whole chunk."""
+        for c in T.unroll(items):
+            if grp[c] >= 0 and grp[c] < gpc:
+                for q in T.unroll(words):
+                    for t in T.unroll(4):  # codes 8q + 2t, +1 -> one fp16 pair
+                        T.ptx.sub.f16x2(d[t], ((cw[c * words + q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
+                                        | T.uint32(0x64006400), (T.uint32(0x6400) + zz[c]) * T.uint32(0x10001))
+                        T.ptx.mul.rn.f16x2(d[t], d[t], scl[c] * T.uint32(0x10001))
+                    T.ptx.st.shared.v4.b32(
+                        sm.ptr_to([buf * br * stride + (tid // gpc + c * rows_per_pass) * stride + grp[c] * group + q * 8]),
+                        d[0], d[1], d[2], d[3])
+            if (hits[c] >> T.Cast("uint32", j)) & T.uint32(1) == T.uint32(0):
+                for q in T.unroll(words):
+                    T.ptx.st.shared.v4.b32(
+                        sm.ptr_to([buf * br * stride + (tid // gpc + c * rows_per_pass) * stride + j * group + q * 8]),
+                        T.uint32(0), T.uint32(0), T.uint32(0), T.uint32(0))
+
+    @T.macro
+    def compute(sm, af, bf, acc, tx, wri, wti, buf):
+        for ks in T.unroll(slices):
+            for mi in T.unroll(mt):  # A: 16 tokens x 16 columns
+                T.ptx_legacy.ldmatrix(
+                    False, 4, ".b16", af.data, mi * 8, sm.data,
+                    xoff + buf * bt * stride + (wti * wtok + mi * 16 + tx % 16) * stride
+                    + ks * 16 + tx // 16 * 8, dtype=dt)
+            for jp in T.unroll(nt // 2):  # B: two 8-row tiles x 16 columns
+                T.ptx_legacy.ldmatrix(
+                    False, 4, ".b16", bf.data, jp * 8, sm.data,
+                    buf * br * stride + (wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8) * stride
+                    + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
+            for mi in T.unroll(mt):
+                for ni in T.unroll(nt):
+                    T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16", "float32",
+                                     af.data, mi * 8, bf.data, ni * 4, acc.data,
+                                     (mi * nt + ni) * 4, False, dtype="float32")
+
+    @T.macro
+    def launch(x, indptr, indices, qw, sc, zr, y2, m, nnz):
+        for by in T.thread_binding((m + bt - 1) // bt, thread="blockIdx.y"):
+            for bx in T.thread_binding(row_tiles, thread="blockIdx.x"):
+                for ty in T.thread_binding(warps, thread="threadIdx.y"):
+                    for tx in T.thread_binding(32, thread="threadIdx.x"):
+                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", blocks_per_sm):
+                            sm = T.alloc_buffer((2 * (br + bt) * stride,), dt, scope=scope)
+                            acc = T.alloc_buffer((mt * nt * 4,), "float32", scope="local")
+                            af = T.alloc_buffer((mt * 8,), dt, scope="local")
+                            bf = T.alloc_buffer((nt * 4,), dt, scope="local")
+                            cw = T.alloc_buffer((items * words,), "uint32", scope="local")  # next chunk's blocks
+                            scl = T.alloc_buffer((items,), "uint32", scope="local")
+                            zz = T.alloc_buffer((items,), "uint32", scope="local")
+                            d = T.alloc_buffer((4,), "uint32", scope="local")
+                            cur = T.alloc_buffer((items,), "int32", scope="local")
+                            end = T.alloc_buffer((items,), "int32", scope="local")
+                            ix = T.alloc_buffer((items,), "int32", scope="local")
+                            grp = T.alloc_buffer((items,), "int32", scope="local")
+                            hits = T.alloc_buffer((items,), "uint32", scope="local")
+                            sw = T.alloc_buffer((1,), "uint32", scope="local")
+                            tid = ty * 32 + tx
+                            j = tid % gpc
+                            wri = ty % wr
+                            wti = ty // wr
+
+                            for j in range(mt * nt * 4):
+                                acc[j] = T.float32(0)
+                            for c in range(items):
+                                cur[c] = T.if_then_else(bx * br + tid // gpc + c * rows_per_pass < n, indptr[
+                                    T.min(bx * br + tid // gpc + c * rows_per_pass, n - 1) // rb], 0)
+                                end[c] = T.if_then_else(bx * br + tid // gpc + c * rows_per_pass < n, indptr[
+                                    T.min(bx * br + tid // gpc + c * rows_per_pass, n - 1) // rb + 1], 0)
+                            load_index(indices, nnz, j, cur, ix)
+                            load_x(x, sm, m, by, tid, 0, 0)
+                            load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, 0)
+                            load_index(indices, nnz, j, cur, ix)
+                            store_w(sm, tid, j, hits, grp, cw, scl, zz, d, 0)
+                            T.ptx["cp.async.wait_all"]()
+                            T.tvm_storage_sync("shared")
+                            for ch in T.serial(nch):
+                                # the next chunk's loads go out before this chunk's mma's (past the last chunk they
+                                # are harmless: clamped columns, no kept groups, a buffer nobody reads); its index
+                                # loads went out one chunk earlier still, so the code loads wait on nothing
+                                load_x(x, sm, m, by, tid, T.min(ch + 1, nch - 1), (ch + 1) % 2)
+                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch + 1)
+                                load_index(indices, nnz, j, cur, ix)
+                                compute(sm, af, bf, acc, tx, wri, wti, ch % 2)
+                                store_w(sm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
+                                T.ptx["cp.async.wait_all"]()
+                                T.tvm_storage_sync("shared")
+                            for mi in T.unroll(mt):
+                                for ni in T.unroll(nt):
+                                    for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
+                                        if (by * bt + wti * wtok + mi * 16 + tx // 4 + h * 8 < m
+                                                and bx * br + wri * wrow + ni * 8 + tx % 4 * 2 < n):
+                                            y2[((by * bt + wti * wtok + mi * 16 + tx // 4 + h * 8) * n
+                                                + bx * br + wri * wrow + ni * 8 + tx % 4 * 2) // 2] = T.Cast(
+                                                "uint32", T.reinterpret("uint16", T.Cast(dt, acc[(mi * nt + ni) * 4 + h * 2])))\
+                                                | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
+                                                    dt, acc[(mi * nt + ni) * 4 + h * 2 + 1]))), T.uint32(16))
+
+    return launch
+
+
+def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
+    """``plan``: one configuration, or ((max_m, cfg), ..., (None, cfg)): the first whose max_m >= M runs (M is
+    only known at run time; the host side of the PrimFunc picks the launch)."""
+    plan = ((None, plan),) if isinstance(plan, TiledConfig) else tuple(plan)
+    assert plan[-1][0] is None and all(supports(s, c) for _, c in plan), (s, plan)
+    n, k, rb, dt = s.n, s.k, s.rows, s.dtype
+    launches = [_launch(s, c) for _, c in plan]
+    bounds = [b for b, _ in plan[:-1]] + [0, 0]
+    nplan = len(plan)
+    assert nplan <= 3, "at most three configurations by M"
+    one, two, three = (launches + [launches[-1]] * 2)[:3]
+
+    @T.prim_func
+    def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
+                    zr_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        nnz = T.int32()
+        x = T.match_buffer(x_h, (m, k), dt)
+        indptr = T.match_buffer(indptr_h, (s.block_rows + 1,), "int32")
+        indices = T.match_buffer(indices_h, (nnz,), "uint16")
+        qw = T.match_buffer(qw_h, (nnz, rb, s.words), "uint32")
+        sc = T.match_buffer(sc_h, (nnz, rb), "float16")
+        zr = T.match_buffer(zr_h, (nnz, rb), "uint8")
+        y = T.match_buffer(y_h, (m, n), dt)
+        y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)  # output pairs as 32-bit words
+        if nplan == 1:
+            one(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+        elif nplan == 2:
+            if m <= bounds[0]:
+                one(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+            else:
+                two(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+        elif m <= bounds[0]:
+            one(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+        elif m <= bounds[1]:
+            two(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+        else:
+            three(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+
+    return bsr_prefill
+
+
+def config_key(plan) -> str:
+    """What the artifact's manifest records for a plan."""
+    if isinstance(plan, TiledConfig):
+        return plan.key
+    return ";".join(f"m<={b}:{c.key}" if b is not None else c.key for b, c in plan)
