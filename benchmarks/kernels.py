@@ -112,6 +112,10 @@ def plan(quick: bool = False) -> tuple[dict, list]:
             add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
             for cfg in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP:
                 add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="tiled")
+        for m in PREFILL_M:  # R = 16: the per-warp walk over kept blocks, beside the tiled GEMM (tag main)
+            add("bsr_prefill_warp", n, k, m, 16, tag="tiled")
+        for sp in (0.3, 0.7):
+            add("bsr_prefill_warp", n, k, 512, 16, sparsity=sp, tag="tiled")
         for m in (32, 64, 256):  # around the bounds of the choice by M (bsr_prefill_tiled.TUNED)
             add("bsr_prefill", n, k, m, 1, tag="tiled")
             add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
@@ -203,8 +207,9 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_decode":
                 cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"], spec["k"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
-            elif fam == "bsr_prefill_tiled":
-                f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]))
+            elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
+                f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
+                                                        else bsr_prefill_tiled.tuned(s))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison
                 f = bsr_prefill.bsr_prefill_mma(s, bsr_prefill.tuned(s.rows))
             else:
@@ -492,6 +497,17 @@ def summary(doc: dict) -> str:
         out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['time_us']:.0f} | {1 / r['vs_fp16']:.1f} | "
                    + (f"{t16['time_us']:.0f} | {1 / t16['vs_fp16']:.1f} | " if t16 else "- | - | ")
                    + f"{r['fp16_us']:.0f} | " + (f"{t16['tflops']:.0f} |" if t16 else "- |"))
+    out += ["", "Prefill time follows kept blocks at R = 16 (M = 512; the tiled GEMM skips pruned blocks' mma's, the "
+            "per-warp kernel walks only kept blocks):", "",
+            "| shape N x K | kernel | 30% pruned | 50% pruned | 70% pruned |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in pick(tag="main", kind="prefill", rows=16, m=512):
+        for fam, label in (("bsr_prefill", "tiled (compiled)"), ("bsr_prefill_warp", "per-warp (before)")):
+            cells = []
+            for sp in (0.3, 0.5, 0.7):
+                q = [x for x in res if x["family"] == fam and x["n"] == r["n"] and x["k"] == r["k"] and x["m"] == 512
+                     and x["rows"] == 16 and x["sparsity"] == sp and x["alloc"] == "row" and not x["cfg"]]
+                cells.append(f"{q[0]['time_us']:.0f}" if q else "-")
+            out.append(f"| {r['n']} x {r['k']} | {label} | " + " | ".join(cells) + " |")
     import math
 
     def gmean(rows, key="time_us"):

@@ -1,7 +1,7 @@
 """Hand-written TensorIR kernels for the GQSA model, chosen per target and shape.
 
 Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_prefill_tiled (CUDA tensor cores, any M: 4-bit
-blocks of fewer than 16 rows), bsr_prefill (CUDA tensor cores, any M: R = 16 and the other widths),
+codes), bsr_prefill (CUDA tensor cores, any M: the other code widths),
 bsr_prefill_simt (CUDA without tensor cores: G = 8, fp32), bsr_cpu (llvm),
 attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax needs to leave it alone.
 """
@@ -34,7 +34,7 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
         cfg = decode_cfg or decode_tuned(m, s.rows, s.k)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     tiled = bsr_prefill_tiled.tuned(s)
-    if prefill_cfg is None and s.rows < 16 and all(bsr_prefill_tiled.supports(s, c) for _, c in tiled):
+    if prefill_cfg is None and all(bsr_prefill_tiled.supports(s, c) for _, c in tiled):
         return _finish(bsr_prefill_tiled.bsr_prefill_tiled(s, tiled), f"bsr_prefill_{s.key}",
                        bsr_prefill_tiled.config_key(tiled))
     cfg = prefill_cfg or bsr_prefill.tuned(s.rows)

@@ -1,5 +1,4 @@
-"""BSR int4 prefill as a tiled tensor-core GEMM (``mma.sync.m16n8k16``, fp16 -> fp32) for blocks shorter
-than a tile (R < 16), where a tile's rows keep different column groups and the work is dense anyway.
+"""BSR int4 prefill as a tiled tensor-core GEMM (``mma.sync.m16n8k16``, fp16 -> fp32), any block height.
 
 Why not build A fragments per warp from the packed codes (bsr_prefill's dense walk): a 16-row warp tile
 gets no reuse of its activation fragments (256 bytes of ldmatrix per mma), and its lanes load codes,
@@ -13,8 +12,8 @@ and walks K ``chunk`` columns at a time, double-buffered in shared memory:
   blocks of a chunk are consecutive in memory, so lane j of the row's chunk / G lanes loads the row's
   block cur + j (its column group came from the index loads issued one chunk earlier), and the lanes OR
   their groups into the row's bitmask with warp shuffles. Loading a (row, column group) per lane instead
-  left only 3 of every 32 bytes a sector moves in use (the first version of this kernel: 1.0-1.3x the
-  per-warp kernel; now 1.3-1.6x);
+  left only 3 of every 32 bytes a sector moves in use (that first version ran 0.4-1.4x as fast as the
+  per-warp kernel, slower at M = 16; this one 1.1-2.1x at M = 16..4096);
 - after the current chunk's mma's each lane dequantizes its block (one LOP3, one subtract and one multiply
   per fp16 pair) into the row of a dense fp16 tile, and writes zeros over column group j if the row
   does not keep it, so the row's lanes fill its whole chunk;
@@ -25,8 +24,13 @@ and walks K ``chunk`` columns at a time, double-buffered in shared memory:
 One barrier per chunk: the buffer a chunk writes was last read by the previous chunk's mma's, which every
 warp finished before that chunk's barrier. M is known only at run time, so one PrimFunc holds a launch per
 configuration of a plan and its host side picks one by M (small M wastes less of a short token tile).
-Needs 4-bit codes in the interleaved order, G a multiple of 16, fp16 and K a multiple of the chunk;
-bsr_prefill covers the rest, and R = 16, whose per-warp walk skips pruned blocks.
+With R = 16 a block is two of a warp's 8-row mma tiles, so the warp skips the ldmatrix and mma's of every
+pruned block (the rows' bitmasks go through shared memory) and no zeros are written: time follows the
+kept blocks (sublinearly: staging and dequantizing cost the same), and at 50% pruned R = 16 beats
+bsr_prefill's per-warp walk over kept blocks on 27 of 28 shapes x M (0.91-2.2x). With R < 16 the
+rows of a tile keep different column groups, so the tensor-core work is dense and only the bytes are
+sparse. Needs 4-bit codes in the interleaved order, G a multiple of 16, fp16 and K a multiple of the
+chunk; bsr_prefill covers the rest.
 """
 from __future__ import annotations
 
@@ -108,6 +112,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     scope = "shared.dyn" if cfg.smem_bytes() > SMEM_BYTES else "shared"
     row_tiles = (n + br - 1) // br
     blocks_per_sm = cfg.blocks_per_sm
+    kpg = group // 16  # k-steps per column group
+    skip = rb == 16  # a 16-row block is two 8-row mma tiles: skip them where the block is pruned
 
     def popc(v):
         return T.call_extern("int32", "__popc", v)
@@ -147,9 +153,10 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             cur[c] = cur[c] + popc(hits[c])
 
     @T.macro
-    def store_w(sm, tid, j, hits, grp, cw, scl, zz, d, buf):
+    def store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, buf):
         """Lane j writes its block's 16 x (G / 16) values where the block's group lies, and zeros over group j
-        if the row does not keep it: together the row's lanes fill its whole chunk."""
+        if the row does not keep it: together the row's lanes fill its whole chunk. With R = 16 the mma's of
+        pruned blocks are skipped instead, so the row's bitmask goes to shared memory and no zeros are written."""
         for c in T.unroll(items):
             if grp[c] >= 0 and grp[c] < gpc:
                 for q in T.unroll(words):
@@ -160,14 +167,20 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                     T.ptx.st.shared.v4.b32(
                         sm.ptr_to([buf * br * stride + (tid // gpc + c * rows_per_pass) * stride + grp[c] * group + q * 8]),
                         d[0], d[1], d[2], d[3])
-            if (hits[c] >> T.Cast("uint32", j)) & T.uint32(1) == T.uint32(0):
+            if skip:
+                if j == 0:
+                    T.ptx.st.shared.b32(hm.ptr_to([buf * br + tid // gpc + c * rows_per_pass]), hits[c])
+            elif (hits[c] >> T.Cast("uint32", j)) & T.uint32(1) == T.uint32(0):
                 for q in T.unroll(words):
                     T.ptx.st.shared.v4.b32(
                         sm.ptr_to([buf * br * stride + (tid // gpc + c * rows_per_pass) * stride + j * group + q * 8]),
                         T.uint32(0), T.uint32(0), T.uint32(0), T.uint32(0))
 
     @T.macro
-    def compute(sm, af, bf, acc, tx, wri, wti, buf):
+    def compute(sm, hm, kb, af, bf, acc, tx, wri, wti, buf):
+        if skip:  # the bitmasks of the warp's block rows: a pruned block costs no ldmatrix and no mma
+            for jp in T.unroll(nt // 2):
+                kb[jp] = hm[buf * br + wri * wrow + jp * 16]
         for ks in T.unroll(slices):
             for mi in T.unroll(mt):  # A: 16 tokens x 16 columns
                 T.ptx_legacy.ldmatrix(
@@ -175,15 +188,16 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                     xoff + buf * bt * stride + (wti * wtok + mi * 16 + tx % 16) * stride
                     + ks * 16 + tx // 16 * 8, dtype=dt)
             for jp in T.unroll(nt // 2):  # B: two 8-row tiles x 16 columns
-                T.ptx_legacy.ldmatrix(
-                    False, 4, ".b16", bf.data, jp * 8, sm.data,
-                    buf * br * stride + (wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8) * stride
-                    + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
-            for mi in T.unroll(mt):
-                for ni in T.unroll(nt):
-                    T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16", "float32",
-                                     af.data, mi * 8, bf.data, ni * 4, acc.data,
-                                     (mi * nt + ni) * 4, False, dtype="float32")
+                if not skip or (kb[jp] >> T.uint32(ks // kpg)) & T.uint32(1) == T.uint32(1):
+                    T.ptx_legacy.ldmatrix(
+                        False, 4, ".b16", bf.data, jp * 8, sm.data,
+                        buf * br * stride + (wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8) * stride
+                        + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
+                    for mi in T.unroll(mt):
+                        for e in T.unroll(2):
+                            T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16", "float32",
+                                             af.data, mi * 8, bf.data, (jp * 2 + e) * 4, acc.data,
+                                             (mi * nt + jp * 2 + e) * 4, False, dtype="float32")
 
     @T.macro
     def launch(x, indptr, indices, qw, sc, zr, y2, m, nnz):
@@ -206,6 +220,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             grp = T.alloc_buffer((items,), "int32", scope="local")
                             hits = T.alloc_buffer((items,), "uint32", scope="local")
                             sw = T.alloc_buffer((1,), "uint32", scope="local")
+                            hm = T.alloc_buffer((2 * br if skip else 1,), "uint32", scope="shared")
+                            kb = T.alloc_buffer((nt // 2,), "uint32", scope="local")
                             tid = ty * 32 + tx
                             j = tid % gpc
                             wri = ty % wr
@@ -222,7 +238,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             load_x(x, sm, m, by, tid, 0, 0)
                             load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, 0)
                             load_index(indices, nnz, j, cur, ix)
-                            store_w(sm, tid, j, hits, grp, cw, scl, zz, d, 0)
+                            store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
                             T.ptx["cp.async.wait_all"]()
                             T.tvm_storage_sync("shared")
                             for ch in T.serial(nch):
@@ -232,8 +248,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 load_x(x, sm, m, by, tid, T.min(ch + 1, nch - 1), (ch + 1) % 2)
                                 load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch + 1)
                                 load_index(indices, nnz, j, cur, ix)
-                                compute(sm, af, bf, acc, tx, wri, wti, ch % 2)
-                                store_w(sm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
+                                compute(sm, hm, kb, af, bf, acc, tx, wri, wti, ch % 2)
+                                store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
                                 T.ptx["cp.async.wait_all"]()
                                 T.tvm_storage_sync("shared")
                             for mi in T.unroll(mt):

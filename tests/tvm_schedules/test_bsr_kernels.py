@@ -102,6 +102,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "prefill_g32_sweep": bsr_prefill.bsr_prefill_mma(BSRShape(256, 512, 4, 32, 4), bsr_prefill.SWEEP[3]),
         "prefill_warp_r1": bsr_prefill.bsr_prefill_mma(BSRShape(576, 576, 4, 16, 1, interleaved=True),
                                                        bsr_prefill.tuned(1)),
+        "prefill_warp_r16": bsr_prefill.bsr_prefill_mma(BSRShape(576, 1536, 2, 16, 16), bsr_prefill.tuned(16)),
         # G = 32 and R = 4 in the tiled GEMM: a lane's block spans two k-steps, rows share a block's indices
         "prefill_tiled_g32": bsr_prefill_tiled.bsr_prefill_tiled(BSRShape(320, 512, 4, 32, 4, interleaved=True),
                                                                  bsr_prefill_tiled.TiledConfig(chunk=128)),
@@ -123,7 +124,8 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         mma = functions_with(text, "HMMA")
         # prefill_r1: the tiled GEMM's three launches, chosen by M at run time
         assert {"prefill_r1_kernel", "prefill_r1_kernel_1", "prefill_r1_kernel_2", "prefill_r16_kernel",
-                "prefill_g32_sweep_kernel", "prefill_warp_r1_kernel", "prefill_tiled_g32_kernel"} <= mma, (arch, mma)
+                "prefill_g32_sweep_kernel", "prefill_warp_r1_kernel", "prefill_warp_r16_kernel",
+                "prefill_tiled_g32_kernel"} <= mma, (arch, mma)
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
@@ -138,8 +140,8 @@ def test_decode_tuning_follows_activation_staging():
 
 
 def test_tiled_prefill_plan_is_chosen_by_m_and_recorded():
-    """4-bit blocks of fewer than 16 rows take the tiled GEMM: one launch per configuration of the plan behind a
-    host-side branch on M, and the manifest key names every bound; R = 16 and other widths keep bsr_prefill."""
+    """4-bit codes take the tiled GEMM: one launch per configuration of the plan behind a host-side branch on M,
+    and the manifest key names every bound; other code widths keep bsr_prefill's per-warp kernel."""
     from tvm_schedules import bsr_prefill_tiled as t
 
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
@@ -150,8 +152,9 @@ def test_tiled_prefill_plan_is_chosen_by_m_and_recorded():
     script = f.script()
     assert script.count('"blockIdx.x"') == 3 and "m <= T.int64(16)" in script and "m <= T.int64(256)" in script
     assert t.tuned(BSRShape(8192, 4096, 4, 16, 1, interleaved=True)) == t.TUNED["many rows"]
-    for other in (BSRShape(576, 1536, 4, 16, 16, interleaved=True), BSRShape(576, 1536, 8, 32, 1)):
-        assert "w8n" in tvm_schedules.bsr_matmul(other, None, target).attrs["gqsa.config"]
+    r16 = BSRShape(576, 1536, 4, 16, 16, interleaved=True)  # R = 16 too: it skips pruned blocks' mma's
+    assert tvm_schedules.bsr_matmul(r16, None, target).attrs["gqsa.config"] == t.config_key(t.tuned(r16))
+    assert "w8n" in tvm_schedules.bsr_matmul(BSRShape(576, 1536, 8, 32, 1), None, target).attrs["gqsa.config"]
     assert not t.supports(BSRShape(576, 1000, 4, 16, 1, interleaved=True))  # K not a multiple of the chunk
     assert not t.supports(BSRShape(576, 1536, 4, 16, 1))  # checkpoint code order
 
