@@ -31,6 +31,12 @@ bsr_prefill's per-warp walk over kept blocks on 27 of 28 shapes x M (0.91-2.2x).
 rows of a tile keep different column groups, so the tensor-core work is dense and only the bytes are
 sparse. Needs 4-bit codes in the interleaved order, G a multiple of 16, fp16 and K a multiple of the
 chunk; bsr_prefill covers the rest.
+
+``wgmma=True`` (sm_90a only; R < 16) keeps the same loads but lays both tiles out as wgmma's K-major core
+matrices and has each warpgroup run m64n{rows}k16 straight from shared memory. Measured on an H100 it is
+slower than mma.sync at every M, and overlapping it with the next chunk's dequantization changed nothing:
+taking the weight stage out (``ablate``, a measurement knob whose results are wrong) halves the time, so
+the weight path, not the tensor cores, is what a faster kernel must fix (docs/perf.md). No plan uses it.
 """
 from __future__ import annotations
 
@@ -52,23 +58,40 @@ class TiledConfig:
     token_warps: int = 4
     chunk: int = 64  # input columns per pipeline stage
     blocks_per_sm: int = 2  # asked of ptxas (__launch_bounds__): caps registers at 64K / (threads x this)
+    wgmma: bool = False  # sm_90a: each warpgroup (4 warps along the tokens) runs m64n{rows}k16 from shared memory
+    ablate: str = ""  # measurement only, wrong results: "weights" leaves out loading and dequantizing the
+    # weights, "activations" their copies (benchmarks/kernels.py times these unchecked, tag "ablation")
 
     @property
     def key(self) -> str:
-        return f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
+        return (f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
+                + ("g" if self.wgmma else "") + (f"_no_{self.ablate}" if self.ablate else ""))
 
     @property
     def threads(self) -> int:
         return 32 * self.row_warps * self.token_warps
 
+    def tile_halves(self, rows: int) -> int:
+        """fp16 of one stage of a rows x chunk tile: padded rows, or wgmma's core matrices (8 rows x 16 bytes,
+        K-major) with 16 bytes between 8-column slabs, so a row's column groups land in different banks."""
+        return self.chunk // 8 * slab(rows) if self.wgmma else rows * (self.chunk + PAD)
+
     def smem_bytes(self) -> int:
-        return 2 * (self.rows + self.tokens) * (self.chunk + PAD) * 2
+        return 2 * (self.tile_halves(self.rows) + self.tile_halves(self.tokens)) * 2
+
+
+def slab(rows: int) -> int:
+    """fp16 between 8-column slabs of a wgmma tile (its descriptor's leading-dimension byte offset / 2)."""
+    return rows // 8 * 64 + 8
 
 
 DEFAULT = TiledConfig()
 SWEEP = [TiledConfig(128, 128, 4, 2), TiledConfig(128, 128, 2, 2), TiledConfig(128, 64, 4, 2),
          TiledConfig(64, 64, 2, 2, blocks_per_sm=4), TiledConfig(128, 32, 4, 2), TiledConfig(64, 32, 2, 2, blocks_per_sm=4),
          TiledConfig(chunk=128, blocks_per_sm=1)]
+SWEEP_WGMMA = [TiledConfig(128, 128, 1, 8, wgmma=True), TiledConfig(256, 128, 1, 8, blocks_per_sm=1, wgmma=True),
+               TiledConfig(128, 64, 1, 4, blocks_per_sm=3, wgmma=True), TiledConfig(256, 64, 1, 4, wgmma=True),
+               TiledConfig(128, 256, 1, 16, blocks_per_sm=1, wgmma=True)]
 # Chosen by M at run time, and by the number of 128-row tiles N makes (benchmarks/kernels.py, tag "tiled": all
 # seven shapes at M = 16 .. 4096 on an H100). Short token tiles waste less at small M, and smaller tiles fill
 # the 132 SMs where a 128 x 128 grid would be a fraction of a wave: 4096 x 4096 at M = 16 runs 66 us with
@@ -86,6 +109,9 @@ def tuned(s: BSRShape) -> tuple:
 
 def supports(s: BSRShape, cfg: TiledConfig = DEFAULT) -> bool:
     wrow, wtok = cfg.rows // cfg.row_warps, cfg.tokens // cfg.token_warps
+    if cfg.wgmma and not (cfg.row_warps == 1 and cfg.tokens == 16 * cfg.token_warps and cfg.token_warps % 4 == 0
+                          and cfg.rows % 16 == 0 and cfg.rows <= 256 and s.rows < 16):
+        return False  # a warpgroup: 64 tokens x all the rows; R = 16 keeps the mma.sync walk that skips blocks
     gpc = cfg.chunk // s.group if s.group else 0
     return (s.interleaved and s.bits == 4 and s.group % 16 == 0 and cfg.chunk % s.group == 0
             and gpc in (1, 2, 4, 8, 16) and s.k % cfg.chunk == 0 and s.n % 2 == 0 and s.dtype == "float16"
@@ -108,7 +134,26 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     xcopies = bt * ck // 8 // threads  # 16-byte cp.async per thread per chunk
     nch = k // ck
     stride = ck + PAD
-    xoff = 2 * br * stride  # the activation buffers follow the two weight buffers
+    wg = cfg.wgmma
+    use_w, use_x = cfg.ablate != "weights", cfg.ablate != "activations"
+    wsize, xsize = cfg.tile_halves(br), cfg.tile_halves(bt)
+    xoff = 2 * wsize  # the activation buffers follow the two weight buffers
+    wslab, xslab = slab(br), slab(bt)
+
+    def woff(r, kk):  # fp16 offset of weight (row r, column kk) in a stage
+        return kk // 8 * wslab + r // 8 * 64 + r % 8 * 8 + kk % 8 if wg else r * stride + kk
+
+    def xoffs(r, kk):
+        return kk // 8 * xslab + r // 8 * 64 + r % 8 * 8 + kk % 8 if wg else r * stride + kk
+
+    def xpiece(i):  # (token, 8-column piece) of 16-byte copy i: for wgmma 8 lanes take 8 tokens' same piece
+        if wg:  # (contiguous in shared memory), lane pairs l, l + 16 one token's 32-byte sector
+            return i % 16 + 16 * (i // 32 % (bt // 16)), 2 * (i // (32 * (bt // 16))) + i // 16 % 2
+        return i // (ck // 8), i % (ck // 8)
+
+    def mma_async(acc, da, db):
+        return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
+            *[acc[i] for i in range(br // 2)], da, db, T.ptx.pred(1), 1, 1, 0, 0)
     scope = "shared.dyn" if cfg.smem_bytes() > SMEM_BYTES else "shared"
     row_tiles = (n + br - 1) // br
     blocks_per_sm = cfg.blocks_per_sm
@@ -122,10 +167,9 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     def load_x(x, sm, m, by, tid, ch, buf):
         for c in T.unroll(xcopies):
             T.ptx["cp.async.cg.shared.global"](
-                sm.ptr_to([xoff + buf * bt * stride + (c * threads + tid) // (ck // 8) * stride
-                           + (c * threads + tid) % (ck // 8) * 8]),
-                x.ptr_to([T.min(by * bt + (c * threads + tid) // (ck // 8), m - 1),
-                          ch * ck + (c * threads + tid) % (ck // 8) * 8]), 16)
+                sm.ptr_to([xoff + buf * xsize + xoffs(xpiece(c * threads + tid)[0], xpiece(c * threads + tid)[1] * 8)]),
+                x.ptr_to([T.min(by * bt + xpiece(c * threads + tid)[0], m - 1),
+                          ch * ck + xpiece(c * threads + tid)[1] * 8]), 16)
         T.ptx["cp.async.commit_group"]()
 
     @T.macro
@@ -165,7 +209,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                         | T.uint32(0x64006400), (T.uint32(0x6400) + zz[c]) * T.uint32(0x10001))
                         T.ptx.mul.rn.f16x2(d[t], d[t], scl[c] * T.uint32(0x10001))
                     T.ptx.st.shared.v4.b32(
-                        sm.ptr_to([buf * br * stride + (tid // gpc + c * rows_per_pass) * stride + grp[c] * group + q * 8]),
+                        sm.ptr_to([buf * wsize + woff(tid // gpc + c * rows_per_pass, grp[c] * group + q * 8)]),
                         d[0], d[1], d[2], d[3])
             if skip:
                 if j == 0:
@@ -173,7 +217,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             elif (hits[c] >> T.Cast("uint32", j)) & T.uint32(1) == T.uint32(0):
                 for q in T.unroll(words):
                     T.ptx.st.shared.v4.b32(
-                        sm.ptr_to([buf * br * stride + (tid // gpc + c * rows_per_pass) * stride + j * group + q * 8]),
+                        sm.ptr_to([buf * wsize + woff(tid // gpc + c * rows_per_pass, j * group + q * 8)]),
                         T.uint32(0), T.uint32(0), T.uint32(0), T.uint32(0))
 
     @T.macro
@@ -185,13 +229,13 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             for mi in T.unroll(mt):  # A: 16 tokens x 16 columns
                 T.ptx_legacy.ldmatrix(
                     False, 4, ".b16", af.data, mi * 8, sm.data,
-                    xoff + buf * bt * stride + (wti * wtok + mi * 16 + tx % 16) * stride
+                    xoff + buf * xsize + (wti * wtok + mi * 16 + tx % 16) * stride
                     + ks * 16 + tx // 16 * 8, dtype=dt)
             for jp in T.unroll(nt // 2):  # B: two 8-row tiles x 16 columns
                 if not skip or (kb[jp] >> T.uint32(ks // kpg)) & T.uint32(1) == T.uint32(1):
                     T.ptx_legacy.ldmatrix(
                         False, 4, ".b16", bf.data, jp * 8, sm.data,
-                        buf * br * stride + (wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8) * stride
+                        buf * wsize + (wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8) * stride
                         + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
                     for mi in T.unroll(mt):
                         for e in T.unroll(2):
@@ -200,13 +244,26 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                              (mi * nt + jp * 2 + e) * 4, False, dtype="float32")
 
     @T.macro
+    def compute_wgmma(sm, acc, da, db, ty, buf):
+        """The warpgroup's 64 tokens x all rows: one wgmma per k-step, operands straight from shared memory.
+        Issued, not waited for: the tensor cores run while the warps dequantize the next chunk."""
+        T.ptx.wgmma.fence.sync.aligned()
+        for ks in T.unroll(slices):
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(da[0]), sm.ptr_to(
+                [xoff + buf * xsize + ty // 4 * 512 + ks * 2 * xslab]), xslab // 8, 8, 0)
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
+                [buf * wsize + ks * 2 * wslab]), wslab // 8, 8, 0)
+            mma_async(acc, da[0], db[0])
+        T.ptx.wgmma.commit_group.sync.aligned()
+
+    @T.macro
     def launch(x, indptr, indices, qw, sc, zr, y2, m, nnz):
         for by in T.thread_binding((m + bt - 1) // bt, thread="blockIdx.y"):
             for bx in T.thread_binding(row_tiles, thread="blockIdx.x"):
                 for ty in T.thread_binding(warps, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", blocks_per_sm):
-                            sm = T.alloc_buffer((2 * (br + bt) * stride,), dt, scope=scope)
+                            sm = T.alloc_buffer((2 * (wsize + xsize),), dt, scope=scope)
                             acc = T.alloc_buffer((mt * nt * 4,), "float32", scope="local")
                             af = T.alloc_buffer((mt * 8,), dt, scope="local")
                             bf = T.alloc_buffer((nt * 4,), dt, scope="local")
@@ -222,6 +279,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             sw = T.alloc_buffer((1,), "uint32", scope="local")
                             hm = T.alloc_buffer((2 * br if skip else 1,), "uint32", scope="shared")
                             kb = T.alloc_buffer((nt // 2,), "uint32", scope="local")
+                            da = T.alloc_buffer((1,), "uint64", scope="local")  # wgmma matrix descriptors
+                            db = T.alloc_buffer((1,), "uint64", scope="local")
                             tid = ty * 32 + tx
                             j = tid % gpc
                             wri = ty % wr
@@ -235,22 +294,35 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 end[c] = T.if_then_else(bx * br + tid // gpc + c * rows_per_pass < n, indptr[
                                     T.min(bx * br + tid // gpc + c * rows_per_pass, n - 1) // rb + 1], 0)
                             load_index(indices, nnz, j, cur, ix)
-                            load_x(x, sm, m, by, tid, 0, 0)
-                            load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, 0)
-                            load_index(indices, nnz, j, cur, ix)
-                            store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
+                            if use_x:
+                                load_x(x, sm, m, by, tid, 0, 0)
+                            if use_w:
+                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, 0)
+                                load_index(indices, nnz, j, cur, ix)
+                                store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
                             T.ptx["cp.async.wait_all"]()
+                            if wg:  # the generic-proxy writes above must be visible to wgmma's async proxy
+                                T.ptx.fence.proxy.async_.shared__cta()
                             T.tvm_storage_sync("shared")
                             for ch in T.serial(nch):
                                 # the next chunk's loads go out before this chunk's mma's (past the last chunk they
                                 # are harmless: clamped columns, no kept groups, a buffer nobody reads); its index
                                 # loads went out one chunk earlier still, so the code loads wait on nothing
-                                load_x(x, sm, m, by, tid, T.min(ch + 1, nch - 1), (ch + 1) % 2)
-                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch + 1)
-                                load_index(indices, nnz, j, cur, ix)
-                                compute(sm, hm, kb, af, bf, acc, tx, wri, wti, ch % 2)
-                                store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
+                                if use_x:
+                                    load_x(x, sm, m, by, tid, T.min(ch + 1, nch - 1), (ch + 1) % 2)
+                                if use_w:
+                                    load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch + 1)
+                                    load_index(indices, nnz, j, cur, ix)
+                                if wg:
+                                    compute_wgmma(sm, acc, da, db, ty, ch % 2)
+                                else:
+                                    compute(sm, hm, kb, af, bf, acc, tx, wri, wti, ch % 2)
+                                if use_w:
+                                    store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
                                 T.ptx["cp.async.wait_all"]()
+                                if wg:  # this chunk's wgmma's read the other buffer: done before it is rewritten
+                                    T.ptx.wgmma.wait_group.sync.aligned(0)
+                                    T.ptx.fence.proxy.async_.shared__cta()
                                 T.tvm_storage_sync("shared")
                             for mi in T.unroll(mt):
                                 for ni in T.unroll(nt):

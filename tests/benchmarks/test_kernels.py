@@ -25,6 +25,10 @@ def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
     assert decode == {(n, k, m) for n, k in kernels.SHAPES for m in (1, 2, 4, 8)}
     assert {c["sparsity"] for c in cases} >= {0.3, 0.5, 0.7}
     assert {c["rows"] for c in cases if c["kind"] == "prefill"} >= {1, 4, 8, 16}
+    # wgmma variants only where their sm_90a code can be built; ablations never count as results
+    assert not any(c["tag"] == "wgmma" for c in cases)
+    assert any(c["tag"] == "wgmma" for c in kernels.plan(archs=("sm_90a",))[1])
+    assert {c["cfg"].split("_no_")[-1] for c in cases if c["tag"] == "ablation"} >= {"weights", "activations"}
     # every decode shape and M has its dense int4 baseline
     assert all(kernels.kernel_name("dense_int4", n, k, m, 1) in specs for n, k, m in decode)
 

@@ -129,6 +129,31 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
+def test_wgmma_prefill_builds_for_sm90a(tmp_path):
+    """The tiled GEMM's Hopper variant (operands straight from shared memory) is real wgmma code in an sm_90a
+    cubin; its layout pads 8-column slabs by 16 bytes (a multiple of 16, as the matrix descriptor needs)."""
+    from gqsa_compile import cuda_toolchain
+    from gqsa_compile.cuda_toolchain import functions_with, has_device_code, sass_by_arch
+    from tvm_schedules import bsr_prefill_tiled as t
+
+    cuda_toolchain.setup(["sm_90a"])
+    try:
+        target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+        s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
+        assert all(t.supports(s, c) for c in t.SWEEP_WGMMA)
+        assert not t.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True), t.SWEEP_WGMMA[0])
+        assert t.slab(128) * 2 % 16 == 0 and t.SWEEP_WGMMA[0].smem_bytes() < 99 * 1024
+        f = t.bsr_prefill_tiled(s, t.SWEEP_WGMMA[0]).with_attr("global_symbol", "wg")
+        with target:
+            lib = tvm.compile(tvm.IRModule({"wg": f}), target=target)
+        lib.export_library(tmp_path / "wg.so")
+    finally:
+        cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])  # what the module's other tests build for
+    assert has_device_code(tmp_path / "wg.so") == (True, False)
+    sass = sass_by_arch(tmp_path / "wg.so")
+    assert set(sass) == {90} and "wg_kernel" in functions_with(sass[90], "HGMMA")
+
+
 def test_decode_tuning_follows_activation_staging():
     """Fewer, larger thread blocks only where the activations are staged (M x K x 2 bytes <= 92 KB)."""
     from tvm_schedules import bsr_decode as d
