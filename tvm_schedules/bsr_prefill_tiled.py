@@ -140,11 +140,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     xoff = 2 * wsize  # the activation buffers follow the two weight buffers
     wslab, xslab = slab(br), slab(bt)
 
-    def woff(r, kk):  # fp16 offset of weight (row r, column kk) in a stage
-        return kk // 8 * wslab + r // 8 * 64 + r % 8 * 8 + kk % 8 if wg else r * stride + kk
-
-    def xoffs(r, kk):
-        return kk // 8 * xslab + r // 8 * 64 + r % 8 * 8 + kk % 8 if wg else r * stride + kk
+    def offset(r, kk, sl):  # fp16 offset of (row r, column kk) in a stage of a tile whose slabs are sl apart
+        return kk // 8 * sl + r // 8 * 64 + r % 8 * 8 + kk % 8 if wg else r * stride + kk
 
     def xpiece(i):  # (token, 8-column piece) of 16-byte copy i: for wgmma 8 lanes take 8 tokens' same piece
         if wg:  # (contiguous in shared memory), lane pairs l, l + 16 one token's 32-byte sector
@@ -154,6 +151,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
             *[acc[i] for i in range(br // 2)], da, db, T.ptx.pred(1), 1, 1, 0, 0)
+
     scope = "shared.dyn" if cfg.smem_bytes() > SMEM_BYTES else "shared"
     row_tiles = (n + br - 1) // br
     blocks_per_sm = cfg.blocks_per_sm
@@ -167,7 +165,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     def load_x(x, sm, m, by, tid, ch, buf):
         for c in T.unroll(xcopies):
             T.ptx["cp.async.cg.shared.global"](
-                sm.ptr_to([xoff + buf * xsize + xoffs(xpiece(c * threads + tid)[0], xpiece(c * threads + tid)[1] * 8)]),
+                sm.ptr_to([xoff + buf * xsize + offset(xpiece(c * threads + tid)[0], xpiece(c * threads + tid)[1] * 8,
+                                                       xslab)]),
                 x.ptr_to([T.min(by * bt + xpiece(c * threads + tid)[0], m - 1),
                           ch * ck + xpiece(c * threads + tid)[1] * 8]), 16)
         T.ptx["cp.async.commit_group"]()
@@ -209,7 +208,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                         | T.uint32(0x64006400), (T.uint32(0x6400) + zz[c]) * T.uint32(0x10001))
                         T.ptx.mul.rn.f16x2(d[t], d[t], scl[c] * T.uint32(0x10001))
                     T.ptx.st.shared.v4.b32(
-                        sm.ptr_to([buf * wsize + woff(tid // gpc + c * rows_per_pass, grp[c] * group + q * 8)]),
+                        sm.ptr_to([buf * wsize + offset(tid // gpc + c * rows_per_pass, grp[c] * group + q * 8, wslab)]),
                         d[0], d[1], d[2], d[3])
             if skip:
                 if j == 0:
@@ -217,7 +216,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             elif (hits[c] >> T.Cast("uint32", j)) & T.uint32(1) == T.uint32(0):
                 for q in T.unroll(words):
                     T.ptx.st.shared.v4.b32(
-                        sm.ptr_to([buf * wsize + woff(tid // gpc + c * rows_per_pass, j * group + q * 8)]),
+                        sm.ptr_to([buf * wsize + offset(tid // gpc + c * rows_per_pass, j * group + q * 8, wslab)]),
                         T.uint32(0), T.uint32(0), T.uint32(0), T.uint32(0))
 
     @T.macro
@@ -229,14 +228,13 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             for mi in T.unroll(mt):  # A: 16 tokens x 16 columns
                 T.ptx_legacy.ldmatrix(
                     False, 4, ".b16", af.data, mi * 8, sm.data,
-                    xoff + buf * xsize + (wti * wtok + mi * 16 + tx % 16) * stride
-                    + ks * 16 + tx // 16 * 8, dtype=dt)
+                    xoff + buf * xsize + offset(wti * wtok + mi * 16 + tx % 16, ks * 16 + tx // 16 * 8, xslab), dtype=dt)
             for jp in T.unroll(nt // 2):  # B: two 8-row tiles x 16 columns
                 if not skip or (kb[jp] >> T.uint32(ks // kpg)) & T.uint32(1) == T.uint32(1):
                     T.ptx_legacy.ldmatrix(
                         False, 4, ".b16", bf.data, jp * 8, sm.data,
-                        buf * wsize + (wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8) * stride
-                        + ks * 16 + tx // 8 % 2 * 8, dtype=dt)
+                        buf * wsize + offset(wri * wrow + jp * 16 + tx // 16 * 8 + tx % 8, ks * 16 + tx // 8 % 2 * 8, wslab),
+                        dtype=dt)
                     for mi in T.unroll(mt):
                         for e in T.unroll(2):
                             T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16", "float32",
@@ -250,9 +248,9 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         T.ptx.wgmma.fence.sync.aligned()
         for ks in T.unroll(slices):
             T.cuda.wgmma.encode_matrix_descriptor(T.address_of(da[0]), sm.ptr_to(
-                [xoff + buf * xsize + ty // 4 * 512 + ks * 2 * xslab]), xslab // 8, 8, 0)
-            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
-                [buf * wsize + ks * 2 * wslab]), wslab // 8, 8, 0)
+                [xoff + buf * xsize + offset(ty // 4 * 64, ks * 16, xslab)]), xslab // 8, 8, 0)  # 16-byte units:
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(  # 8-column slabs sl apart, 8-row
+                [buf * wsize + offset(0, ks * 16, wslab)]), wslab // 8, 8, 0)  # core matrices 128 B apart
             mma_async(acc, da[0], db[0])
         T.ptx.wgmma.commit_group.sync.aligned()
 
