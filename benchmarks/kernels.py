@@ -121,22 +121,18 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
             for cfg in sorted({c for plan in bsr_prefill_tiled.TUNED.values() for _, c in plan}, key=str):
                 add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="tiled")
-    for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
-        for m in (512, 4096):
-            for ablate in ("", "weights", "activations"):
-                add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(bsr_prefill_tiled.DEFAULT, ablate=ablate),
-                    tag="ablation")
-    if "sm_90a" in archs:  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
+    wgmma = "sm_90a" in archs  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
+    if wgmma:
         for n, k in shapes:
             for m in PREFILL_M:
                 add("bsr_prefill", n, k, m, 1, tag="wgmma")
                 for cfg in bsr_prefill_tiled.SWEEP_WGMMA:
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="wgmma")
-        for n, k in shapes[:2]:
+    for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
+        for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):
                 for ablate in ("", "weights", "activations"):
-                    add("bsr_prefill_tiled", n, k, m, 1, tag="ablation",
-                        cfg=replace(bsr_prefill_tiled.SWEEP_WGMMA[0], ablate=ablate))
+                    add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, ablate=ablate), tag="ablation")
     return kernels, cases
 
 
