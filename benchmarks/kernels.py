@@ -121,6 +121,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
             for cfg in sorted({c for plan in bsr_prefill_tiled.TUNED.values() for _, c in plan}, key=str):
                 add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="tiled")
+    for n, k in shapes:  # split-K at small M: more thread blocks where a grid of few row tiles leaves SMs idle
+        for m in (16, 64, 128):
+            add("bsr_prefill", n, k, m, 1, tag="split-k")
+            for base in (bsr_prefill_tiled.SMALL, bsr_prefill_tiled.MID, bsr_prefill_tiled.LARGE):
+                for splits in (1, 2, 4):
+                    add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k")
     wgmma = "sm_90a" in archs  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
     if wgmma:
         for n, k in shapes:

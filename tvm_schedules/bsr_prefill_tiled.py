@@ -40,7 +40,7 @@ the weight path, not the tensor cores, is what a faster kernel must fix (docs/pe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
@@ -59,13 +59,15 @@ class TiledConfig:
     chunk: int = 64  # input columns per pipeline stage
     blocks_per_sm: int = 2  # asked of ptxas (__launch_bounds__): caps registers at 64K / (threads x this)
     wgmma: bool = False  # sm_90a: each warpgroup (4 warps along the tokens) runs m64n{rows}k16 from shared memory
+    splits: int = 1  # thread blocks along K, each summing its share into an fp32 workspace (small grids)
     ablate: str = ""  # measurement only, wrong results: "weights" leaves out loading and dequantizing the
     # weights, "activations" their copies (benchmarks/kernels.py times these unchecked, tag "ablation")
 
     @property
     def key(self) -> str:
         return (f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
-                + ("g" if self.wgmma else "") + (f"_no_{self.ablate}" if self.ablate else ""))
+                + ("g" if self.wgmma else "") + (f"s{self.splits}" if self.splits > 1 else "")
+                + (f"_no_{self.ablate}" if self.ablate else ""))
 
     @property
     def threads(self) -> int:
@@ -92,19 +94,26 @@ SWEEP = [TiledConfig(128, 128, 4, 2), TiledConfig(128, 128, 2, 2), TiledConfig(1
 SWEEP_WGMMA = [TiledConfig(128, 128, 1, 8, wgmma=True), TiledConfig(256, 128, 1, 8, blocks_per_sm=1, wgmma=True),
                TiledConfig(128, 64, 1, 4, blocks_per_sm=3, wgmma=True), TiledConfig(256, 64, 1, 4, wgmma=True),
                TiledConfig(128, 256, 1, 16, blocks_per_sm=1, wgmma=True)]
-# Chosen by M at run time, and by the number of 128-row tiles N makes (benchmarks/kernels.py, tag "tiled": all
-# seven shapes at M = 16 .. 4096 on an H100). Short token tiles waste less at small M, and smaller tiles fill
-# the 132 SMs where a 128 x 128 grid would be a fraction of a wave: 4096 x 4096 at M = 16 runs 66 us with
-# 64 x 32 tiles, 79 with 128 x 32; 22016 x 4096 at M = 128 runs 148 us with 128 x 128, 237 with 64 x 64.
+# Chosen by M at run time, and by the number of 128-row tiles N makes (benchmarks/kernels.py, tags "tiled" and
+# "split-k": all seven shapes at M = 16 .. 4096 on an H100). Short token tiles waste less at small M; where a
+# grid of few row tiles would leave SMs idle, smaller tiles and thread blocks along K (split-K) fill them:
+# 4096 x 14336 at M = 16 runs 74 us with 64 x 32 tiles in 4 splits, 219 without; 22016 x 4096 gains nothing
+# from splits and at M = 128 runs 145 us with 128 x 128 tiles, 238 with 64 x 64.
 SMALL, LARGE = TiledConfig(64, 32, 2, 2, blocks_per_sm=4), TiledConfig(128, 32, 4, 2)
 MID = TiledConfig(64, 64, 2, 2, blocks_per_sm=4)
-TUNED = {"few rows": ((16, SMALL), (256, MID), (None, DEFAULT)),  # fewer than 64 row tiles (N < 8192)
+TUNED = {"few rows": ((32, replace(SMALL, splits=4)), (128, replace(MID, splits=4)), (256, MID), (None, DEFAULT)),
+         "some rows": ((32, replace(LARGE, splits=2)), (64, replace(MID, splits=2)), (None, DEFAULT)),
          "many rows": ((32, LARGE), (64, MID), (None, DEFAULT))}
 
 
 def tuned(s: BSRShape) -> tuple:
-    """The plan for a matrix: which configuration runs for which M."""
-    return TUNED["few rows" if s.n < 64 * DEFAULT.rows else "many rows"]
+    """The plan for a matrix: which configuration runs for which M (by its row tiles: fewer than 64, fewer than
+    128, more), each with as many splits as divide its chunks (SmolLM2's K = 576 is 9 chunks: no split)."""
+    tiles = -(-s.n // DEFAULT.rows)
+    plan = TUNED["few rows" if tiles < 64 else "some rows" if tiles < 128 else "many rows"]
+    fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
+                                            and (s.k // c.chunk) % d == 0))) for bound, c in plan]
+    return tuple(e for i, e in enumerate(fitted) if i + 1 == len(fitted) or e[1] != fitted[i + 1][1])
 
 
 def supports(s: BSRShape, cfg: TiledConfig = DEFAULT) -> bool:
@@ -114,7 +123,7 @@ def supports(s: BSRShape, cfg: TiledConfig = DEFAULT) -> bool:
         return False  # a warpgroup: 64 tokens x all the rows; R = 16 keeps the mma.sync walk that skips blocks
     gpc = cfg.chunk // s.group if s.group else 0
     return (s.interleaved and s.bits == 4 and s.group % 16 == 0 and cfg.chunk % s.group == 0
-            and gpc in (1, 2, 4, 8, 16) and s.k % cfg.chunk == 0 and s.n % 2 == 0 and s.dtype == "float16"
+            and gpc in (1, 2, 4, 8, 16) and s.k % (cfg.chunk * cfg.splits) == 0 and s.n % 2 == 0 and s.dtype == "float16"
             and s.rows in (1, 2, 4, 8, 16) and wrow % 16 == 0 and wtok % 16 == 0
             and (cfg.rows * gpc) % cfg.threads == 0 and (cfg.tokens * cfg.chunk // 8) % cfg.threads == 0)
 
@@ -133,6 +142,9 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     items = br // rows_per_pass  # weight rows each thread loads and dequantizes a block of per chunk
     xcopies = bt * ck // 8 // threads  # 16-byte cp.async per thread per chunk
     nch = k // ck
+    splits = cfg.splits
+    sk = splits > 1
+    cps = nch // splits  # chunks per split
     stride = ck + PAD
     wg = cfg.wgmma
     use_w, use_x = cfg.ablate != "weights", cfg.ablate != "activations"
@@ -160,6 +172,18 @@ def _launch(s: BSRShape, cfg: TiledConfig):
 
     def popc(v):
         return T.call_extern("int32", "__popc", v)
+
+    def tile(by):  # the token tile of thread block row by (split-K folds the split into blockIdx.y)
+        return by // splits if sk else by
+
+    def first(by):  # the first chunk of its split
+        return T.Cast("int32", by % splits) * cps if sk else 0
+
+    def sum_splits(ws, m, n, i):  # output i's sum over the splits' partials, in fp32
+        total = ws[i]
+        for sp in range(1, splits):
+            total = total + ws[sp * m * n + i]
+        return total
 
     @T.macro
     def load_x(x, sm, m, by, tid, ch, buf):
@@ -255,8 +279,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         T.ptx.wgmma.commit_group.sync.aligned()
 
     @T.macro
-    def launch(x, indptr, indices, qw, sc, zr, y2, m, nnz):
-        for by in T.thread_binding((m + bt - 1) // bt, thread="blockIdx.y"):
+    def launch(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz):
+        for by in T.thread_binding((m + bt - 1) // bt * splits, thread="blockIdx.y"):
             for bx in T.thread_binding(row_tiles, thread="blockIdx.x"):
                 for ty in T.thread_binding(warps, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
@@ -283,6 +307,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             j = tid % gpc
                             wri = ty % wr
                             wti = ty // wr
+                            lo = T.alloc_buffer((1,), "int32", scope="local")
 
                             for j in range(mt * nt * 4):
                                 acc[j] = T.float32(0)
@@ -291,25 +316,32 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                     T.min(bx * br + tid // gpc + c * rows_per_pass, n - 1) // rb], 0)
                                 end[c] = T.if_then_else(bx * br + tid // gpc + c * rows_per_pass < n, indptr[
                                     T.min(bx * br + tid // gpc + c * rows_per_pass, n - 1) // rb + 1], 0)
+                                if sk:  # the row's first block at or after the split's first column group
+                                    lo[0] = end[c]
+                                    while cur[c] < lo[0]:
+                                        if T.Cast("int32", indices[(cur[c] + lo[0]) // 2]) < first(by) * gpc:
+                                            cur[c] = (cur[c] + lo[0]) // 2 + 1
+                                        else:
+                                            lo[0] = (cur[c] + lo[0]) // 2
                             load_index(indices, nnz, j, cur, ix)
                             if use_x:
-                                load_x(x, sm, m, by, tid, 0, 0)
+                                load_x(x, sm, m, tile(by), tid, first(by), 0)
                             if use_w:
-                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, 0)
+                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
                                 load_index(indices, nnz, j, cur, ix)
                                 store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
                             T.ptx["cp.async.wait_all"]()
                             if wg:  # the generic-proxy writes above must be visible to wgmma's async proxy
                                 T.ptx.fence.proxy.async_.shared__cta()
                             T.tvm_storage_sync("shared")
-                            for ch in T.serial(nch):
+                            for ch in T.serial(cps):
                                 # the next chunk's loads go out before this chunk's mma's (past the last chunk they
                                 # are harmless: clamped columns, no kept groups, a buffer nobody reads); its index
                                 # loads went out one chunk earlier still, so the code loads wait on nothing
                                 if use_x:
-                                    load_x(x, sm, m, by, tid, T.min(ch + 1, nch - 1), (ch + 1) % 2)
+                                    load_x(x, sm, m, tile(by), tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2)
                                 if use_w:
-                                    load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch + 1)
+                                    load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
                                     load_index(indices, nnz, j, cur, ix)
                                 if wg:
                                     compute_wgmma(sm, acc, da, db, ty, ch % 2)
@@ -325,13 +357,25 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             for mi in T.unroll(mt):
                                 for ni in T.unroll(nt):
                                     for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
-                                        if (by * bt + wti * wtok + mi * 16 + tx // 4 + h * 8 < m
+                                        if (tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8 < m
                                                 and bx * br + wri * wrow + ni * 8 + tx % 4 * 2 < n):
-                                            y2[((by * bt + wti * wtok + mi * 16 + tx // 4 + h * 8) * n
-                                                + bx * br + wri * wrow + ni * 8 + tx % 4 * 2) // 2] = T.Cast(
-                                                "uint32", T.reinterpret("uint16", T.Cast(dt, acc[(mi * nt + ni) * 4 + h * 2])))\
-                                                | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
-                                                    dt, acc[(mi * nt + ni) * 4 + h * 2 + 1]))), T.uint32(16))
+                                            if sk:  # fp32 partial sums of this split
+                                                for e in T.unroll(2):
+                                                    ws[(by % splits * m + tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8)
+                                                       * n + bx * br + wri * wrow + ni * 8 + tx % 4 * 2 + e] = acc[
+                                                        (mi * nt + ni) * 4 + h * 2 + e]
+                                            else:
+                                                y2[((tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8) * n
+                                                    + bx * br + wri * wrow + ni * 8 + tx % 4 * 2) // 2] = T.Cast(
+                                                    "uint32", T.reinterpret("uint16", T.Cast(dt, acc[(mi * nt + ni) * 4 + h * 2])))\
+                                                    | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
+                                                        dt, acc[(mi * nt + ni) * 4 + h * 2 + 1]))), T.uint32(16))
+        if sk:  # a second launch sums the splits' partials into y, an output pair per thread
+            for bi in T.thread_binding((m * n // 2 + 255) // 256, thread="blockIdx.x"):
+                for ti in T.thread_binding(256, thread="threadIdx.x"):
+                    if bi * 256 + ti < m * n // 2:
+                        y2[bi * 256 + ti] = T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, sum_splits(ws, m, n, (bi * 256 + ti) * 2)))) | T.shift_left(
+                            T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, sum_splits(ws, m, n, (bi * 256 + ti) * 2 + 1)))), T.uint32(16))
 
     return launch
 
@@ -343,10 +387,11 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     assert plan[-1][0] is None and all(supports(s, c) for _, c in plan), (s, plan)
     n, k, rb, dt = s.n, s.k, s.rows, s.dtype
     launches = [_launch(s, c) for _, c in plan]
-    bounds = [b for b, _ in plan[:-1]] + [0, 0]
+    bounds = [b for b, _ in plan[:-1]] + [0, 0, 0]
     nplan = len(plan)
-    assert nplan <= 3, "at most three configurations by M"
-    one, two, three = (launches + [launches[-1]] * 2)[:3]
+    max_splits = max(c.splits for _, c in plan)
+    assert nplan <= 4, "at most four configurations by M"
+    one, two, three, four = (launches + [launches[-1]] * 3)[:4]
 
     @T.prim_func
     def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
@@ -362,19 +407,29 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
         zr = T.match_buffer(zr_h, (nnz, rb), "uint8")
         y = T.match_buffer(y_h, (m, n), dt)
         y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)  # output pairs as 32-bit words
+        ws = T.alloc_buffer((max_splits * m * n if max_splits > 1 else 1,), "float32", scope="global")  # split-K sums
         if nplan == 1:
-            one(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+            one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         elif nplan == 2:
             if m <= bounds[0]:
-                one(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+                one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
             else:
-                two(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+                two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
+        elif nplan == 3:
+            if m <= bounds[0]:
+                one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
+            elif m <= bounds[1]:
+                two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
+            else:
+                three(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         elif m <= bounds[0]:
-            one(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+            one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         elif m <= bounds[1]:
-            two(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+            two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
+        elif m <= bounds[2]:
+            three(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         else:
-            three(x, indptr, indices, qw, sc, zr, y2, m, nnz)
+            four(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
 
     return bsr_prefill
 

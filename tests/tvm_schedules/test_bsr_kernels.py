@@ -172,11 +172,15 @@ def test_tiled_prefill_plan_is_chosen_by_m_and_recorded():
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
     f = tvm_schedules.bsr_matmul(s, None, target)
-    assert f.attrs["gqsa.config"] == t.config_key(t.tuned(s)) == (
-        "m<=16:t64x32w2x2c64b4;m<=256:t64x64w2x2c64b4;t128x128w2x4c64b2")
-    script = f.script()
-    assert script.count('"blockIdx.x"') == 3 and "m <= T.int64(16)" in script and "m <= T.int64(256)" in script
-    assert t.tuned(BSRShape(8192, 4096, 4, 16, 1, interleaved=True)) == t.TUNED["many rows"]
+    assert f.attrs["gqsa.config"] == t.config_key(t.tuned(s)) == (  # K = 1536: 24 chunks, 4 splits
+        "m<=32:t64x32w2x2c64b4s4;m<=128:t64x64w2x2c64b4s4;m<=256:t64x64w2x2c64b4;t128x128w2x4c64b2")
+    script = f.script()  # four launches of the main kernel (row tiles on blockIdx.x), two split-K sums
+    assert script.count('"blockIdx.x"') == 6 and "m <= T.int64(32)" in script and "m <= T.int64(256)" in script
+    # K = 576 is 9 chunks: no split, so the two 64 x 64 entries become one
+    assert t.config_key(t.tuned(BSRShape(576, 576, 4, 16, 1, interleaved=True))) == (
+        "m<=32:t64x32w2x2c64b4;m<=256:t64x64w2x2c64b4;t128x128w2x4c64b2")
+    assert t.tuned(BSRShape(8192, 4096, 4, 16, 1, interleaved=True))[0][1].splits == 2
+    assert t.tuned(BSRShape(16384, 4096, 4, 16, 1, interleaved=True)) == t.TUNED["many rows"]
     r16 = BSRShape(576, 1536, 4, 16, 16, interleaved=True)  # R = 16 too: it skips pruned blocks' mma's
     assert tvm_schedules.bsr_matmul(r16, None, target).attrs["gqsa.config"] == t.config_key(t.tuned(r16))
     assert "w8n" in tvm_schedules.bsr_matmul(BSRShape(576, 1536, 8, 32, 1), None, target).attrs["gqsa.config"]
