@@ -546,7 +546,7 @@ def summary(doc: dict) -> str:
             cells = []
             for m in ms:
                 q = [r for r in res if r["family"] == fam and r["m"] == m and r["rows"] == 1 and r["sparsity"] == 0.5
-                     and r["alloc"] == "row" and (r["cfg"] == cfg) and r["tag"] in ("tiled", "main")]
+                     and r["alloc"] == "row" and (r["cfg"] == cfg) and r["tag"] in ("tiled", "main", "split-k")]
                 q = list({(r["n"], r["k"]): r for r in q}.values())
                 cells.append(f"{gmean(q, 'inv'):.2f}" if len(q) == len(SHAPES) else "-")
             out.append(f"| {label} | " + " | ".join(cells) + " |")

@@ -20,7 +20,7 @@ How the A tile is found is where the block height R matters:
   codes: two dependent loads per group, 14% slower over M = 16..4096).
 Needs G a multiple of 16 (one mma k-step per 16 columns); other G use the SIMT kernel in bsr_prefill_simt.
 4-bit codes in the CUDA artifacts' interleaved order go to bsr_prefill_tiled instead (on an H100, seven
-shapes x M = 16..4096: 1.1-2.1x faster at R = 1; at R = 16 0.91-2.2x, slower only on 6144 x 4096 at
+shapes x M = 16..4096: 1.1-6.4x faster at R = 1; at R = 16 0.9-6.3x, slower only on 6144 x 4096 at
 M = 512); this kernel serves the other code widths.
 """
 from __future__ import annotations

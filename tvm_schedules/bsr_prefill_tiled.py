@@ -13,7 +13,7 @@ and walks K ``chunk`` columns at a time, double-buffered in shared memory:
   block cur + j (its column group came from the index loads issued one chunk earlier), and the lanes OR
   their groups into the row's bitmask with warp shuffles. Loading a (row, column group) per lane instead
   left only 3 of every 32 bytes a sector moves in use (that first version ran 0.4-1.4x as fast as the
-  per-warp kernel, slower at M = 16; this one 1.1-2.1x at M = 16..4096);
+  per-warp kernel, slower at M = 16; this one, with the plans below, 1.1-6.4x at M = 16..4096);
 - after the current chunk's mma's each lane dequantizes its block (one LOP3, one subtract and one multiply
   per fp16 pair) into the row of a dense fp16 tile, and writes zeros over column group j if the row
   does not keep it, so the row's lanes fill its whole chunk;
@@ -24,6 +24,8 @@ and walks K ``chunk`` columns at a time, double-buffered in shared memory:
 One barrier per chunk: the buffer a chunk writes was last read by the previous chunk's mma's, which every
 warp finished before that chunk's barrier. M is known only at run time, so one PrimFunc holds a launch per
 configuration of a plan and its host side picks one by M (small M wastes less of a short token tile).
+Where N makes few row tiles, thread blocks also split K (``splits``): each writes fp32 partial sums to a
+workspace and a second launch adds them, so small-M grids fill the GPU (up to 2.9x at M <= 128).
 With R = 16 a block is two of a warp's 8-row mma tiles, so the warp skips the ldmatrix and mma's of every
 pruned block (the rows' bitmasks go through shared memory) and no zeros are written: time follows the
 kept blocks (sublinearly: staging and dequantizing cost the same), and at 50% pruned R = 16 beats
