@@ -389,11 +389,14 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     assert plan[-1][0] is None and all(supports(s, c) for _, c in plan), (s, plan)
     n, k, rb, dt = s.n, s.k, s.rows, s.dtype
     launches = [_launch(s, c) for _, c in plan]
-    bounds = [b for b, _ in plan[:-1]] + [0, 0, 0]
+    bounds = [b for b, _ in plan[:-1]]
     nplan = len(plan)
     max_splits = max(c.splits for _, c in plan)
     assert nplan <= 4, "at most four configurations by M"
-    one, two, three, four = (launches + [launches[-1]] * 3)[:4]
+    one, two, three, last = (launches + [launches[-1]] * 3)[:3] + launches[-1:]
+
+    def below(m, i):  # does entry i (not the last) take M = m?
+        return m <= bounds[i] if i + 1 < nplan else False
 
     @T.prim_func
     def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
@@ -410,28 +413,14 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
         y = T.match_buffer(y_h, (m, n), dt)
         y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)  # output pairs as 32-bit words
         ws = T.alloc_buffer((max_splits * m * n if max_splits > 1 else 1,), "float32", scope="global")  # split-K sums
-        if nplan == 1:
+        if below(m, 0):  # the plan's bounds in order (a missing entry's False drops its branch while parsing)
             one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-        elif nplan == 2:
-            if m <= bounds[0]:
-                one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-            else:
-                two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-        elif nplan == 3:
-            if m <= bounds[0]:
-                one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-            elif m <= bounds[1]:
-                two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-            else:
-                three(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-        elif m <= bounds[0]:
-            one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-        elif m <= bounds[1]:
+        elif below(m, 1):
             two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
-        elif m <= bounds[2]:
+        elif below(m, 2):
             three(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         else:
-            four(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
+            last(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
 
     return bsr_prefill
 
