@@ -69,14 +69,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_decode", n, k, m, 1, sparsity=sp, tag="sparsity")
             for rows in (4, 8, 16):
                 add("bsr_decode", n, k, m, rows, tag="block height")
-    for n, k in shapes:  # the balanced walk (warps split a row range's blocks) beside a warp per row
-        for m in DECODE_M:
-            for alloc in ("row", "layer"):
-                add("bsr_decode", n, k, m, 1, alloc=alloc, tag="balanced", cfg=bsr_decode.tuned(m, 1, k))
-            for parts, warps, unroll in ((264, 16, 2), (528, 8, 2), (264, 16, 4), (132, 32, 2)):
-                for alloc in ("row", "layer"):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="balanced",
-                        cfg=replace(bsr_decode.tuned(m, 1, k), parts=parts, warps=warps, unroll=unroll))
     for n, k in shapes:  # thread block count and size: activations are staged once per thread block
         for m in (1, 2, 4):
             for warps, ctas in ((4, 1056), (8, 1056), (8, 264), (8, 528), (16, 132), (16, 264), (32, 132)):
@@ -255,8 +247,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
         (tmp / "kernels" / "plan.json").write_text(json.dumps(
             {"archs": archs, "bits": BITS, "group": GROUP, "kernels": kernels, "cases": cases}, indent=1))
         add_runtime(tmp, "3.12", cuda=True)
-        for name in ("layout", "partition"):
-            shutil.copy2(ROOT / "tvm_schedules" / f"{name}.py", tmp / "kernels" / f"{name}.py")
+        shutil.copy2(ROOT / "tvm_schedules" / "layout.py", tmp / "kernels" / "layout.py")
         (tmp / "benchmarks").mkdir()
         (tmp / "benchmarks" / "kernels.py").write_text(Path(__file__).read_text())
         (tmp / "run.py").write_text(
@@ -388,7 +379,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
 
     cache: dict = {}
     results, failures = [], []
-    layout, partition = (_load(here / "kernels" / f"{name}.py") for name in ("layout", "partition"))
+    layout = _load(here / "kernels" / "layout.py")
     cases = [c for c in p["cases"] if not only or selected(c, only)]
     for i, c in enumerate(cases):
         n, k, m, rows = c["n"], c["k"], c["m"], c["rows"]
@@ -400,8 +391,6 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         spec = p["kernels"][c["kernel"]]
         if spec.get("interleaved") and bits == 4:
             arrays[2] = layout.interleave_codes(arrays[2])
-        if (spec.get("cfg") or {}).get("parts"):  # the balanced walk's row partition, an input like the weights
-            arrays.append(partition.balanced_parts(w["indptr"], spec["cfg"]["parts"]))
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]
@@ -570,32 +559,6 @@ def summary(doc: dict) -> str:
                 q = list({(r["n"], r["k"]): r for r in q}.values())
                 cells.append(f"{gmean(q, 'inv'):.2f}" if len(q) == len(SHAPES) else "-")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
-    bal = pick(tag="balanced")
-    if bal:  # one balanced-walk configuration for every row: the best geometric mean on unequal rows
-        import re
-
-        def walk(r):  # "<parts> x <warps> warps, unroll <u>" of a balanced-walk key, None for a warp per row
-            g = re.fullmatch(r"w(\d+)u(\d+).*p(\d+)", r["cfg"])
-            return g and f"{g[3]} thread blocks x {g[1]} warps, {g[2]} blocks per lane per trip"
-
-        walks = {walk(r) for r in bal} - {None}
-        best = min(walks, key=lambda w: gmean([r for r in bal if walk(r) == w and r["alloc"] == "layer"]))
-        out += ["", "Decode, rows with unequal block counts (each row keeps 0-100% of its blocks, as per-layer "
-                f"sparsity leaves them): a warp per row beside the balanced walk ({best}: thread blocks take row "
-                "ranges of equal kept blocks, from a partition computed per matrix, and split them evenly over "
-                "their warps). Loss: against a warp per row on row-balanced weights (the issue's bound: <= 10%):",
-                "", "| shape N x K | M | warp per row: balanced | unequal (loss) | balanced walk: balanced | "
-                "unequal (loss) |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for r in pick(tag="balanced", alloc="row"):
-            if walk(r):
-                continue
-            t = {(w, a): q["time_us"] for q in bal if (q["n"], q["k"], q["m"]) == (r["n"], r["k"], r["m"])
-                 for w in ("row", "walk") for a in ("row", "layer")
-                 if q["alloc"] == a and walk(q) == (None if w == "row" else best)}
-            base = t[("row", "row")]
-            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {base:.1f} | {t[('row', 'layer')]:.1f} "
-                       f"({t[('row', 'layer')] / base - 1:+.0%}) | {t[('walk', 'row')]:.1f} | "
-                       f"{t[('walk', 'layer')]:.1f} ({t[('walk', 'layer')] / base - 1:+.0%}) |")
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"]

@@ -11,13 +11,6 @@ Loads use a clamped index and a 0/1 scale instead of a branch, and a store that 
 makes a trip's loads issue together. Rows with more blocks loop longer; unequal rows (per-layer sparsity)
 cost up to ~40% on shapes with few rows.
 
-The balanced walk (``DecodeConfig.parts``, R = 1) is the experiment against that: thread block p takes the
-rows of part p of a partition computed per matrix (tvm_schedules.partition, an extra kernel argument), its
-warps split those rows' kept blocks evenly and walk their rows in order, all lanes together, adding a row
-up in shuffles where it ends. Measured on an H100 (docs/perf.md) it is correct but not faster overall: a
-warp's time is a count of DRAM round trips, and a part that is half a row over its share can cost a whole
-trip more. gqsa-compile does not use it.
-
 Arithmetic: with 4-bit codes in the interleaved order (tvm_schedules.layout) one LOP3 turns a code pair
 into the half2 (1024 + c0, 1024 + c1), (c - z) is exact in fp16, the 16 products of a group are summed in
 fp16 and everything after that in fp32 (the scale once per group). Other widths go through fp32: a code
@@ -49,7 +42,6 @@ class DecodeConfig:
     fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
-    parts: int = 0  # R = 1: thread blocks of the balanced walk (tvm_schedules.partition); 0: a warp per row
 
     def stages(self, m: int, k: int) -> bool:
         """Whether this configuration stages the M x K fp16 activations in shared memory."""
@@ -60,7 +52,7 @@ class DecodeConfig:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
-            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + (f"p{self.parts}" if self.parts else "")
+            f"d{self.smem_kb}" if self.smem_kb != 48 else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -110,14 +102,7 @@ def lanes_per_block(s: BSRShape, want: int) -> int:
     return ln
 
 
-def window_rows(block_rows: int, parts: int) -> int:
-    """Rows a thread block of the balanced walk takes per window (a power of two; more loop in windows)."""
-    return max(32, 1 << (2 * -(-block_rows // max(parts, 1)) - 1).bit_length())
-
-
 def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
-    """The decode PrimFunc: one warp per block row, or (``cfg.parts``, R = 1) the balanced walk, which takes
-    the row partition of ``tvm_schedules.partition`` as an extra argument before the output."""
     n, k, rows, group, words, per, bits, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.bits, s.dtype
     nbr = s.block_rows
     rw = rows_per_warp(s, m, cfg.row_budget)
@@ -138,222 +123,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     reps = -(-tasks // (nctas * warps))
     xwords = m * k // 2 if smem else 4
     stage = -(-xwords // 4 // (warps * 32))  # 16-byte copies per thread
-    parts, cap = cfg.parts, window_rows(nbr, cfg.parts)
-    threads = warps * 32
-
-    # The two kernels share their loads and arithmetic through these macros (buffers passed in by name).
-    @T.macro
-    def stage_activations(xs, x32, ty, tx):
-        for c in range(stage):
-            if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
-                for v in T.vectorized(4):
-                    xs[(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[(c * warps * 32 + ty * 32 + tx) * 4 + v]
-
-    @T.macro
-    def load_trip(it, start, count, r0, lane_blk, sub, ty, tx, indices, qw, sc, zr, ix, wq, sh, zb, sv, zv, col,
-                  chk, sink):
-        """Every load of one loop trip (``unroll`` blocks per lane), issued before any arithmetic."""
-        for u in T.unroll(unroll):
-            e = (it * unroll + u) * step + lane_blk
-            b = start + T.min(e, count - 1)
-            # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
-            T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
-            for r in T.unroll(rw):
-                if wpl == 1:
-                    T.ptx.ld.global_.nc.b32(wq[u, r, 0], qw.ptr_to([b, r0 + r, sub]))
-                elif wpl == 2:
-                    T.ptx.ld.global_.nc.v2.b32(wq[u, r, 0], wq[u, r, 1], qw.ptr_to([b, r0 + r, sub * 2]))
-                else:
-                    for w in T.vectorized(wpl):
-                        wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
-                T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
-                T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
-                sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
-                    "float32", e < count)  # 0 for the clamped repeats past the row's end
-                zv[u, r] = T.Cast("uint32", zb[u, r])
-            col[u] = T.Cast("int32", ix[u]) * (group // 8) + sub * (cols // 8)
-        if fence:
-            # A store that needs every loaded word: ptxas otherwise sinks each block's loads to their first
-            # use, leaving one block per lane in flight.
-            chk[0] = T.uint32(0)
-            for u in T.unroll(unroll):
-                chk[0] = chk[0] ^ T.Cast("uint32", ix[u])
-                for r in T.unroll(rw):
-                    chk[0] = chk[0] ^ T.Cast("uint32", sh[u, r]) ^ zv[u, r]
-                    for w in T.unroll(wpl):
-                        chk[0] = chk[0] ^ wq[u, r, w]
-            T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
-
-    @T.macro
-    def block_math(u, x, x32, xs, wq, sv, zv, col, acc, base, dq, qf, xl, x2, h, part):
-        """acc[i, r] += (x_i . dequantized row r of the lane's u-th block) for every token row i."""
-        for r in T.unroll(rw):
-            if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
-                for j in T.unroll(cols // 2):
-                    dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
-                             ) | T.uint32(0x64006400)
-                    T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
-            else:
-                for j in T.unroll(cols):
-                    qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
-                        nibble(j) * bits if s.interleaved else j % per * bits))
-                        & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
-                            "float32", zv[u, r]))
-            for i in T.unroll(m):
-                if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
-                    for c in T.unroll(cols // 8):
-                        if smem:
-                            for v in T.vectorized(4):
-                                x2[c * 4 + v] = xs[i * (k // 2) + (col[u] + c) * 4 + v]
-                        else:
-                            for v in T.vectorized(4):
-                                x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
-                    h[0] = T.uint32(0)
-                    for j in T.unroll(cols // 2):
-                        T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
-                    part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
-                        "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
-                            "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
-                else:
-                    for c in T.unroll(cols // xv):
-                        for v in T.vectorized(xv):
-                            xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
-                    part[0] = T.float32(0)
-                    for j in T.unroll(cols):
-                        part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
-                acc[base + i * rw + r] = acc[base + i * rw + r] + part[0] * sv[u, r]
-
-    if parts:
-        assert rows == 1, "the balanced walk is for R = 1"
-        steps = (cap.bit_length() - 1)  # binary-search steps over a window's row boundaries
-        init = -(-(cap * m) // threads)
-
-        @T.macro
-        def hand_over(acc, sums, cur, tx):
-            """Add the warp's sums for its open row into the window's, then start the next row at 0."""
-            for i in T.unroll(m):
-                for o in T.unroll(5):
-                    acc[i] = acc[i] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[i], 16 >> o, 32, 32)
-                if tx == 0:
-                    T.ptx.red.shared.add.f32(sums.ptr_to([cur[0] * m + i]), acc[i])
-                acc[i] = T.float32(0)
-
-        @T.macro
-        def walk_trip(it, start, count, lane_blk, tx, x, x32, xs, wq, sv, zv, col, pu, acc, sums, bounds, cur, dq, qf,
-                      xl, x2, h, part):
-            """One trip's arithmetic; the open rows that end inside it are added up and handed over."""
-            for j in T.unroll(unroll * m):
-                pu[j] = T.float32(0)
-            for u in T.unroll(unroll):
-                block_math(u, x, x32, xs, wq, sv, zv, col, pu, u * m, dq, qf, xl, x2, h, part)
-            while cur[1] <= start + T.min((it + 1) * unroll * step - 1, count - 1):
-                for u in T.unroll(unroll):
-                    if start + T.min((it * unroll + u) * step + lane_blk, count - 1) < cur[1]:
-                        for i in T.unroll(m):
-                            acc[i] = acc[i] + pu[u * m + i]
-                            pu[u * m + i] = T.float32(0)
-                hand_over(acc, sums, cur, tx)
-                cur[0] = cur[0] + 1
-                cur[1] = bounds[cur[0] + 1]
-            for u in T.unroll(unroll):
-                for i in T.unroll(m):
-                    acc[i] = acc[i] + pu[u * m + i]
-
-        @T.prim_func
-        def bsr_decode_balanced(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle,
-                                sc_h: T.handle, zr_h: T.handle, work_h: T.handle, y_h: T.handle):
-            T.func_attr({"tirx.noalias": True})
-            nnz = T.int32()
-            x = T.match_buffer(x_h, (m, k), dt)
-            indptr = T.match_buffer(indptr_h, (nbr + 1,), "int32")
-            indices = T.match_buffer(indices_h, (nnz,), "uint16")
-            qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
-            sc = T.match_buffer(sc_h, (nnz, rows), "float16")
-            zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
-            work = T.match_buffer(work_h, (parts + 1,), "int32")
-            y = T.match_buffer(y_h, (m, n), dt)
-            x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)
-            for bx in T.thread_binding(parts, thread="blockIdx.x"):
-                for ty in T.thread_binding(warps, thread="threadIdx.y"):
-                    for tx in T.thread_binding(32, thread="threadIdx.x"):
-                        xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
-                        bounds = T.alloc_buffer((cap + 1,), "int32", scope="shared")  # a window's indptr
-                        sums = T.alloc_buffer((cap * m,), "float32", scope="shared")  # its rows' outputs
-                        cur = T.alloc_buffer((2,), "int32", scope="local")  # the warp's open row, its end
-                        pu = T.alloc_buffer((unroll * m,), "float32", scope="local")  # a trip's blocks' sums
-                        # shared values that steer control flow are read into registers first (TVM's sync
-                        # planner does not take shared loads in conditions or loop bounds)
-                        reg = T.alloc_buffer((3,), "int32", scope="local")
-                        acc = T.alloc_buffer((m,), "float32", scope="local")
-                        part = T.alloc_buffer((1,), "float32", scope="local")
-                        qf = T.alloc_buffer((cols,), "float32", scope="local")
-                        xl = T.alloc_buffer((cols,), dt, scope="local")
-                        h = T.alloc_buffer((1,), "uint32", scope="local")
-                        x2 = T.alloc_buffer((cols // 2,), "uint32", scope="local")
-                        dq = T.alloc_buffer((cols // 2,), "uint32", scope="local")
-                        wq = T.alloc_buffer((unroll, 1, wpl), "uint32", scope="local")
-                        sv = T.alloc_buffer((unroll, 1), "float32", scope="local")
-                        zv = T.alloc_buffer((unroll, 1), "uint32", scope="local")
-                        col = T.alloc_buffer((unroll,), "int32", scope="local")
-                        ix = T.alloc_buffer((unroll,), "uint16", scope="local")
-                        sh = T.alloc_buffer((unroll, 1), "uint16", scope="local")
-                        zb = T.alloc_buffer((unroll, 1), "uint8", scope="local")
-                        chk = T.alloc_buffer((1,), "uint32", scope="local")
-                        sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
-                        if smem:
-                            stage_activations(xs, x32, ty, tx)
-                        lane_blk = tx // lanes
-                        sub = tx % lanes
-                        first = work[bx]
-                        # rows come in windows of at most ``cap`` (one window unless a part has many short rows)
-                        for win in range((work[bx + 1] - first + cap - 1) // cap):
-                            w0 = first + win * cap
-                            nr = T.min(cap, work[bx + 1] - w0)
-                            for c in range(-(-(cap + 1) // threads)):
-                                if c * threads + ty * 32 + tx <= nr:
-                                    bounds[c * threads + ty * 32 + tx] = indptr[w0 + c * threads + ty * 32 + tx]
-                            for c in range(init):
-                                if c * threads + ty * 32 + tx < cap * m:
-                                    sums[c * threads + ty * 32 + tx] = T.float32(0)
-                            T.tvm_storage_sync("shared")
-                            # the window's kept blocks, split evenly over the warps in whole warp steps
-                            reg[0] = bounds[0]
-                            reg[1] = bounds[nr]
-                            share = (reg[1] - reg[0] + warps * step - 1) // (warps * step) * step
-                            start = reg[0] + ty * share
-                            count = T.max(T.min(share, reg[1] - start), 0)
-                            for j in T.unroll(m):
-                                acc[j] = T.float32(0)
-                            # The warp walks its rows in order, all lanes together: the open row ``cur[0]``
-                            # (ending at block cur[1]) sums in registers; where it ends inside a trip, the
-                            # trip's blocks before its end join it, the warp adds it up in shuffles and hands
-                            # it to the window's sums (one uncontended shared atomic per row and warp).
-                            if count > 0:  # binary search for the row holding the warp's first block
-                                cur[0] = 0
-                                cur[1] = nr
-                                for _ in range(steps):
-                                    reg[2] = bounds[(cur[0] + cur[1]) // 2]
-                                    if reg[2] <= start:
-                                        cur[0] = (cur[0] + cur[1]) // 2
-                                    else:
-                                        cur[1] = (cur[0] + cur[1]) // 2
-                                cur[1] = bounds[cur[0] + 1]
-                            for it in range((count + step * unroll - 1) // (step * unroll)):
-                                load_trip(it, start, count, 0, lane_blk, sub, ty, tx, indices, qw, sc, zr, ix, wq, sh,
-                                          zb, sv, zv, col, chk, sink)
-                                walk_trip(it, start, count, lane_blk, tx, x, x32, xs, wq, sv, zv, col, pu, acc, sums,
-                                          bounds, cur, dq, qf, xl, x2, h, part)
-                            if count > 0:
-                                hand_over(acc, sums, cur, tx)
-                            T.tvm_storage_sync("shared")
-                            for c in range(init):
-                                if c * threads + ty * 32 + tx < nr * m:
-                                    y[(c * threads + ty * 32 + tx) // nr, w0 + (c * threads + ty * 32 + tx) % nr] = (
-                                        T.Cast(dt, sums[(c * threads + ty * 32 + tx) % nr * m
-                                                        + (c * threads + ty * 32 + tx) // nr]))
-                            T.tvm_storage_sync("shared")
-
-        return bsr_decode_balanced
 
     @T.prim_func
     def bsr_decode(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
@@ -373,7 +142,11 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
                     xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
                     if smem:
-                        stage_activations(xs, x32, ty, tx)
+                        for c in range(stage):
+                            if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
+                                for v in T.vectorized(4):
+                                    xs[(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
+                                        (c * warps * 32 + ty * 32 + tx) * 4 + v]
                         T.tvm_storage_sync("shared")
                     acc = T.alloc_buffer((m * rw,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
@@ -405,10 +178,73 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             start = indptr[br]
                             count = indptr[br + 1] - start
                             for it in range((count + step * unroll - 1) // (step * unroll)):
-                                load_trip(it, start, count, r0, lane_blk, sub, ty, tx, indices, qw, sc, zr, ix, wq,
-                                          sh, zb, sv, zv, col, chk, sink)
                                 for u in T.unroll(unroll):
-                                    block_math(u, x, x32, xs, wq, sv, zv, col, acc, 0, dq, qf, xl, x2, h, part)
+                                    e = (it * unroll + u) * step + lane_blk
+                                    b = start + T.min(e, count - 1)
+                                    # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
+                                    T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
+                                    for r in T.unroll(rw):
+                                        if wpl == 1:
+                                            T.ptx.ld.global_.nc.b32(wq[u, r, 0], qw.ptr_to([b, r0 + r, sub]))
+                                        elif wpl == 2:
+                                            T.ptx.ld.global_.nc.v2.b32(wq[u, r, 0], wq[u, r, 1],
+                                                                       qw.ptr_to([b, r0 + r, sub * 2]))
+                                        else:
+                                            for w in T.vectorized(wpl):
+                                                wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
+                                        T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
+                                        T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
+                                        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
+                                            "float32", e < count)  # 0 for the clamped repeats past the row's end
+                                        zv[u, r] = T.Cast("uint32", zb[u, r])
+                                    col[u] = T.Cast("int32", ix[u]) * (group // 8) + sub * (cols // 8)
+                                if fence:
+                                    # A store that needs every loaded word: ptxas otherwise sinks each block's
+                                    # loads to their first use, leaving one block per lane in flight.
+                                    chk[0] = T.uint32(0)
+                                    for u in T.unroll(unroll):
+                                        chk[0] = chk[0] ^ T.Cast("uint32", ix[u])
+                                        for r in T.unroll(rw):
+                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[u, r]) ^ zv[u, r]
+                                            for w in T.unroll(wpl):
+                                                chk[0] = chk[0] ^ wq[u, r, w]
+                                    T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
+                                for u in T.unroll(unroll):
+                                    for r in T.unroll(rw):
+                                        if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
+                                            for j in T.unroll(cols // 2):
+                                                dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                                         ) | T.uint32(0x64006400)
+                                                T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
+                                        else:
+                                            for j in T.unroll(cols):
+                                                qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
+                                                    nibble(j) * bits if s.interleaved else j % per * bits))
+                                                    & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
+                                                        "float32", zv[u, r]))
+                                        for i in T.unroll(m):
+                                            if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
+                                                for c in T.unroll(cols // 8):
+                                                    if smem:
+                                                        for v in T.vectorized(4):
+                                                            x2[c * 4 + v] = xs[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                    else:
+                                                        for v in T.vectorized(4):
+                                                            x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                h[0] = T.uint32(0)
+                                                for j in T.unroll(cols // 2):
+                                                    T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
+                                                part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
+                                                    "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
+                                                        "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
+                                            else:
+                                                for c in T.unroll(cols // xv):
+                                                    for v in T.vectorized(xv):
+                                                        xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
+                                                part[0] = T.float32(0)
+                                                for j in T.unroll(cols):
+                                                    part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
+                                            acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
                         for j in range(m * rw):
                             red[0] = acc[j]
                             for o in T.unroll(5):

@@ -29,10 +29,6 @@ def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
     assert not any(c["tag"] == "wgmma" for c in cases)
     assert any(c["tag"] == "wgmma" for c in kernels.plan(archs=("sm_90a",))[1])
     assert {c["cfg"].split("_no_")[-1] for c in cases if c["tag"] == "ablation"} >= {"weights", "activations"}
-    # the balanced walk beside a warp per row, on the same shapes, M and both row allocations
-    bal = [c for c in cases if c["tag"] == "balanced"]
-    assert {(c["n"], c["k"], c["m"], c["alloc"], specs[c["kernel"]]["cfg"]["parts"] > 0) for c in bal} == {
-        (n, k, m, a, p) for n, k, m in decode for a in ("row", "layer") for p in (False, True)}
     # every decode shape and M has its dense int4 baseline
     assert all(kernels.kernel_name("dense_int4", n, k, m, 1) in specs for n, k, m in decode)
 
@@ -59,8 +55,8 @@ def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):
     assert len([c for c in cases if kernels.selected(c, name)]) > len(exact)  # substring: its configurations too
     assert all(c["tag"] == "unequal rows" for c in cases if kernels.selected(c, "unequal rows"))
     # !X: the rest, so a run too long for one call splits into two that cover every case once
-    rest = [c for c in cases if kernels.selected(c, "!balanced")]
-    assert rest and len(rest) + sum(kernels.selected(c, "balanced") for c in cases) == len(cases)
+    rest = [c for c in cases if kernels.selected(c, "!tiled,split-k")]
+    assert rest and len(rest) + sum(kernels.selected(c, "tiled,split-k") for c in cases) == len(cases)
     # a selection that matches nothing is a one-line error, before any compiler work, and writes nothing
     assert kernels.main(["build", str(tmp_path / "b"), "--only", "=no_such_kernel"]) == 2
     assert "selects no case" in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -1,6 +1,4 @@
 """BSR kernels against a numpy reference on random data (llvm), and CUDA builds checked for device code."""
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
@@ -96,12 +94,6 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         # 4 x 11008 activations (86 KB) staged in dynamic shared memory
         "decode_dyn_smem": tvm_schedules.bsr_matmul(BSRShape(64, 11008, 4, 16, 1, interleaved=True), 4, cuda_target),
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
-        # the balanced walk: staged activations (M = 1), the L1 gather with two lanes per block (M = 8), and
-        # activations in dynamic shared memory (M = 4, K = 11008)
-        "decode_balanced1": bsr_decode.bsr_decode_cuda(s, 1, replace(bsr_decode.tuned(1, 1, s.k), parts=264, warps=16)),
-        "decode_balanced8": bsr_decode.bsr_decode_cuda(s, 8, replace(bsr_decode.tuned(8, 1, s.k), parts=132)),
-        "decode_balanced_dyn": bsr_decode.bsr_decode_cuda(BSRShape(64, 11008, 4, 16, 1, interleaved=True), 4,
-                                                          replace(bsr_decode.tuned(4, 1, 11008), parts=8)),
         "decode_tall": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 8, cuda_target),
         "decode_tall1": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 1, cuda_target),
         "prefill_r1": tvm_schedules.bsr_matmul(BSRShape(576, 576, 4, 16, 1, interleaved=True), None, cuda_target),
