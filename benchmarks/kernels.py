@@ -18,6 +18,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
 import zlib
@@ -139,6 +140,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 4096):
                 for ablate in ("", "weights", "activations"):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, ablate=ablate), tag="ablation")
+    # Decode: is the row kernel bound by its loads or by the arithmetic between them, and do its three small
+    # metadata loads per block cost more than their bytes? Every load and no math, or the codes alone with
+    # the math, at more blocks per lane per trip (more bytes in flight per warp), beside the full kernel.
+    for n, k in (shapes[0], shapes[-2], shapes[-1]) if not quick else shapes[:1]:
+        for m in (1, 8):
+            for unroll in (2, 4, 8):
+                for ablate in ("", "math", "meta"):
+                    add("bsr_decode", n, k, m, 1, tag="ablation",
+                        cfg=replace(bsr_decode.tuned(m, 1, k), unroll=unroll, ablate=ablate))
     return kernels, cases
 
 
@@ -418,6 +428,11 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
             cache[key] = baselines(torch, tvm, lib, T, p, n, k, m, bench, x)
         row.update(cache[key])
         row["vs_fp16"] = row["fp16_us"] / t
+        if c["kind"] == "decode":  # a device-to-device copy of the same bytes: the ceiling at this size
+            size = ("copy", -(-moved // 2**16))
+            if size not in cache:
+                cache[size] = copy_us(torch, bench, moved)
+            row["copy_same_us"] = cache[size]
         if row.get("int4_us"):
             row["vs_int4"] = row["int4_us"] / t
         results.append(row)
@@ -430,6 +445,15 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         Path(out_json).write_text(json.dumps(doc, indent=1))
     print_table(doc)
     return 1 if failures else 0
+
+
+def copy_us(torch, bench, nbytes: int) -> float:
+    """A device-to-device copy that reads and writes ``nbytes`` in all, rotated over >= 3x the L2."""
+    numel = max(1, nbytes // 4)  # fp16 elements read (and as many written)
+    copies = max(2, -(-3 * L2_BYTES // nbytes))
+    pairs = [(torch.empty(numel, dtype=torch.float16, device="cuda"),
+              torch.empty(numel, dtype=torch.float16, device="cuda")) for _ in range(copies)]
+    return bench.time_us([lambda a=a, b=b: b.copy_(a) for a, b in pairs])
 
 
 def baselines(torch, tvm, lib, T, p, n, k, m, bench, x) -> dict:
@@ -496,16 +520,34 @@ def summary(doc: dict) -> str:
         return [r for r in res if all(r.get(k) == v for k, v in kw.items())]
 
     floor = f"; an empty kernel takes {doc['floor_us']:.1f} us back to back" if "floor_us" in doc else ""
+    same = all("copy_same_us" in r for r in pick(tag="main", kind="decode")) and pick(tag="main", kind="decode")
     out = [f"Device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write){floor}. "
            "W4 G16, fp16 activations; times are medians of 7 (us).", "",
-           "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline:", "",
-           "| shape N x K | M | time | GB/s | % of copy | x cuBLAS fp16 | x dlight int4 g32 | unequal rows: time (loss) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline"
+           + ("; same-byte copy: a device-to-device copy that moves as many bytes, the ceiling at this size"
+              if same else "") + ":", "",
+           "| shape N x K | M | time | GB/s | % of copy | x cuBLAS fp16 | x dlight int4 g32 | unequal rows: time (loss) |"
+           + (" same-byte copy: time (kernel's % of its speed) |" if same else ""),
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if same else "")]
     for r in pick(tag="main", kind="decode"):
         u = pick(tag="unequal rows", n=r["n"], k=r["k"], m=r["m"])
         loss = f"{u[0]['time_us']:.1f} ({u[0]['time_us'] / r['time_us'] - 1:+.0%})" if u else "-"
         out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['time_us']:.1f} | {r['gbs']:.0f} | {r['pct_copy']:.0f}% "
-                   f"| {r['vs_fp16']:.2f} | {r.get('vs_int4', float('nan')):.2f} | {loss} |")
+                   f"| {r['vs_fp16']:.2f} | {r.get('vs_int4', float('nan')):.2f} | {loss} |"
+                   + (f" {r['copy_same_us']:.1f} ({r['copy_same_us'] / r['time_us']:.0%}) |" if same else ""))
+    full = [r for r in pick(tag="ablation", kind="decode") if "_no_" not in r["cfg"]]
+    if full:
+        out += ["", "Decode, where the time goes (us): the row kernel beside itself with every load and no arithmetic, "
+                "and with only the codes loaded (indices, scales and zero points constant); both give wrong "
+                "results and are timed unchecked. By kept blocks per lane per loop trip:", "",
+                "| shape N x K | M | blocks per lane | full kernel | loads only | codes only |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in full:
+            cut = {a: [q for q in pick(tag="ablation", kind="decode", n=r["n"], k=r["k"], m=r["m"])
+                       if q["cfg"] == f"{r['cfg']}_no_{a}"] for a in ("math", "meta")}
+            unroll = re.match(r"w\d+u(\d+)", r["cfg"])[1]
+            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {unroll} | {r['time_us']:.1f} | "
+                       + " | ".join(f"{q[0]['time_us']:.1f}" if q else "-" for q in cut.values()) + " |")
     out += ["", "Time follows kept blocks (decode, R = 1):", "",
             "| shape N x K | M | 30% pruned | 50% pruned | 70% pruned |", "| --- | ---: | ---: | ---: | ---: |"]
     for r in pick(tag="main", kind="decode"):

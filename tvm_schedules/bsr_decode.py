@@ -42,6 +42,8 @@ class DecodeConfig:
     fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
+    ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
+    # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
     def stages(self, m: int, k: int) -> bool:
         """Whether this configuration stages the M x K fp16 activations in shared memory."""
@@ -52,7 +54,7 @@ class DecodeConfig:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
-            f"d{self.smem_kb}" if self.smem_kb != 48 else "")
+            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -117,6 +119,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     mask = 2**bits - 1
     half2 = cfg.half2 and s.interleaved and dt == "float16" and cols % 8 == 0
     fence = cfg.fence
+    meta = cfg.ablate != "meta"  # load the indices, scales and zero points (all but an ablation do)
     smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
     nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
@@ -182,7 +185,10 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                     e = (it * unroll + u) * step + lane_blk
                                     b = start + T.min(e, count - 1)
                                     # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
-                                    T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
+                                    if meta:
+                                        T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
+                                    else:  # ablation: a column spread like real ones, no index load
+                                        ix[u] = T.Cast("uint16", b % (k // group))
                                     for r in T.unroll(rw):
                                         if wpl == 1:
                                             T.ptx.ld.global_.nc.b32(wq[u, r, 0], qw.ptr_to([b, r0 + r, sub]))
@@ -192,8 +198,12 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         else:
                                             for w in T.vectorized(wpl):
                                                 wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
-                                        T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
-                                        T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
+                                        if meta:
+                                            T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
+                                            T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
+                                        else:  # ablation: scale 1, zero point 8
+                                            sh[u, r] = T.uint16(0x3C00)
+                                            zb[u, r] = T.uint8(8)
                                         sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
                                             "float32", e < count)  # 0 for the clamped repeats past the row's end
                                         zv[u, r] = T.Cast("uint32", zb[u, r])
@@ -209,7 +219,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                             for w in T.unroll(wpl):
                                                 chk[0] = chk[0] ^ wq[u, r, w]
                                     T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
-                                for u in T.unroll(unroll):
+                                for u in T.unroll(unroll if cfg.ablate != "math" else 0):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
                                             for j in T.unroll(cols // 2):

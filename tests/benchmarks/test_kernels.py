@@ -28,7 +28,7 @@ def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
     # wgmma variants only where their sm_90a code can be built; ablations never count as results
     assert not any(c["tag"] == "wgmma" for c in cases)
     assert any(c["tag"] == "wgmma" for c in kernels.plan(archs=("sm_90a",))[1])
-    assert {c["cfg"].split("_no_")[-1] for c in cases if c["tag"] == "ablation"} >= {"weights", "activations"}
+    assert {c["cfg"].split("_no_")[-1] for c in cases if c["tag"] == "ablation"} >= {"weights", "activations", "math", "meta"}
     # every decode shape and M has its dense int4 baseline
     assert all(kernels.kernel_name("dense_int4", n, k, m, 1) in specs for n, k, m in decode)
 
@@ -45,6 +45,19 @@ def test_report_fills_the_doc_between_markers(kernels, tmp_path):
     no_markers.write_text("text\n")
     with pytest.raises(SystemExit):
         kernels.write_doc(doc, no_markers)
+
+
+def test_report_shows_the_same_byte_copy_and_the_decode_ablation_when_measured(kernels):
+    doc = json.loads((ROOT / "benchmarks" / "results" / "kernels_h100.json").read_text())
+    assert "same-byte copy" not in kernels.summary(doc)  # results from before these columns: as they were
+    decode = [r for r in doc["results"] if r["tag"] == "main" and r["kind"] == "decode"]
+    for r in decode:
+        r["copy_same_us"] = r["time_us"] / 2
+    full = dict(decode[0], tag="ablation", cfg="w8u4l1hs1056f", time_us=20.0)
+    doc["results"] += [full, dict(full, cfg=full["cfg"] + "_no_math", time_us=10.0)]
+    text = kernels.summary(doc)
+    assert "same-byte copy" in text and f"| {decode[0]['time_us'] / 2:.1f} (50%) |" in text
+    assert "| 12288 x 4096 | 1 | 4 | 20.0 | 10.0 | - |" in text
 
 
 def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):
