@@ -140,6 +140,13 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 4096):
                 for ablate in ("", "weights", "activations"):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, ablate=ablate), tag="ablation")
+    for n, k in shapes:  # the compiled plan with its weight loads pinned ahead of the mma's (TiledConfig.pin)
+        for m in sorted(set(PREFILL_M) | {32, 64, 256}):
+            add("bsr_prefill_pinned", n, k, m, 1, tag="pinned")
+            if m in (32, 64, 256):  # the plan itself at these M (tag main has the others)
+                add("bsr_prefill", n, k, m, 1, tag="pinned")
+        for m in (512, 4096):
+            add("bsr_prefill_pinned", n, k, m, 16, tag="pinned")
     # Decode: is the row kernel bound by its loads or by the arithmetic between them, and do its three small
     # metadata loads per block cost more than their bytes? Every load and no math, or the codes alone with
     # the math, at more blocks per lane per trip (more bytes in flight per warp), beside the full kernel.
@@ -241,6 +248,9 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
+            elif fam == "bsr_prefill_pinned":  # the plan gqsa-compile would use, every entry with pinned loads
+                f = bsr_prefill_tiled.bsr_prefill_tiled(s, tuple((b, replace(c, pin=True))
+                                                                 for b, c in bsr_prefill_tiled.tuned(s)))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison
                 f = bsr_prefill.bsr_prefill_mma(s, bsr_prefill.tuned(s.rows))
             else:
@@ -601,6 +611,23 @@ def summary(doc: dict) -> str:
                 q = list({(r["n"], r["k"]): r for r in q}.values())
                 cells.append(f"{gmean(q, 'inv'):.2f}" if len(q) == len(SHAPES) else "-")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
+    pinned = pick(tag="pinned", family="bsr_prefill_pinned")
+    if pinned:
+        ms = sorted({r["m"] for r in pinned})
+        out += ["", "Prefill with the weight loads pinned ahead of the mma's (`TiledConfig.pin`: inline-PTX loads, "
+                "every block dequantized outside the branch that stores it) against the compiled plan: time ratio, "
+                "geometric mean over the seven shapes (below 1: pinned is faster):", "",
+                "| R | " + " | ".join(f"M = {m}" for m in ms) + " |", "| ---: |" + " ---: |" * len(ms)]
+        for rows in (1, 16):
+            cells = []
+            for m in ms:
+                pairs = [(r, [q for q in res if q["family"] == "bsr_prefill" and q["tag"] in ("main", "pinned")
+                              and (q["n"], q["k"], q["m"], q["rows"]) == (r["n"], r["k"], m, rows)
+                              and q["sparsity"] == 0.5 and q["alloc"] == "row" and not q["cfg"]])
+                         for r in pinned if r["m"] == m and r["rows"] == rows]
+                ratios = [r["time_us"] / q[0]["time_us"] for r, q in pairs if q]
+                cells.append(f"{gmean([{'v': x} for x in ratios], 'v'):.2f}" if ratios else "-")
+            out.append(f"| {rows} | " + " | ".join(cells) + " |")
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"]

@@ -29,6 +29,11 @@ def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
     assert not any(c["tag"] == "wgmma" for c in cases)
     assert any(c["tag"] == "wgmma" for c in kernels.plan(archs=("sm_90a",))[1])
     assert {c["cfg"].split("_no_")[-1] for c in cases if c["tag"] == "ablation"} >= {"weights", "activations", "math", "meta"}
+    # the pinned plan beside the compiled one at every prefill M of the report, R = 1 and 16
+    pinned = {(c["n"], c["k"], c["m"], c["rows"]) for c in cases if c["family"] == "bsr_prefill_pinned"}
+    plans = {(c["n"], c["k"], c["m"], c["rows"]) for c in cases if c["family"] == "bsr_prefill" and not c["cfg"]
+             and c["tag"] in ("main", "pinned")}
+    assert pinned and pinned <= plans
     # every decode shape and M has its dense int4 baseline
     assert all(kernels.kernel_name("dense_int4", n, k, m, 1) in specs for n, k, m in decode)
 
@@ -58,6 +63,11 @@ def test_report_shows_the_same_byte_copy_and_the_decode_ablation_when_measured(k
     text = kernels.summary(doc)
     assert "same-byte copy" in text and f"| {decode[0]['time_us'] / 2:.1f} (50%) |" in text
     assert "| 12288 x 4096 | 1 | 4 | 20.0 | 10.0 | - |" in text
+    # pinned weight loads: the ratio to the compiled plan on the same shape, M and R
+    plan = next(r for r in doc["results"] if r["tag"] == "main" and r["family"] == "bsr_prefill" and r["rows"] == 1)
+    doc["results"].append(dict(plan, tag="pinned", family="bsr_prefill_pinned", time_us=plan["time_us"] * 0.8))
+    text = kernels.summary(doc)
+    assert "pinned ahead of the mma's" in text and "| 1 | " + "0.80" in text.split("pinned ahead of the mma's")[1]
 
 
 def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):

@@ -107,6 +107,11 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         # G = 32 and R = 4 in the tiled GEMM: a lane's block spans two k-steps, rows share a block's indices
         "prefill_tiled_g32": bsr_prefill_tiled.bsr_prefill_tiled(BSRShape(320, 512, 4, 32, 4, interleaved=True),
                                                                  bsr_prefill_tiled.TiledConfig(chunk=128)),
+        # weight loads pinned ahead of the mma's (inline PTX; G = 16 and G = 32 words)
+        "prefill_tiled_pin": bsr_prefill_tiled.bsr_prefill_tiled(BSRShape(576, 576, 4, 16, 1, interleaved=True),
+                                                                 bsr_prefill_tiled.TiledConfig(pin=True)),
+        "prefill_tiled_pin_g32": bsr_prefill_tiled.bsr_prefill_tiled(
+            BSRShape(320, 512, 4, 32, 4, interleaved=True), bsr_prefill_tiled.TiledConfig(chunk=128, pin=True)),
         "prefill_simt": tvm_schedules.bsr_matmul(BSRShape(64, 256, 4, 8, 1), None, cuda_target),
         "attention": tvm_schedules.attention(9, 3, 64, 256, "float16", cuda_target),
         "append": tvm_schedules.cache_append(3, 64, 256, "float16", cuda_target),
@@ -126,7 +131,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         # prefill_r1: the tiled GEMM's three launches, chosen by M at run time
         assert {"prefill_r1_kernel", "prefill_r1_kernel_1", "prefill_r1_kernel_2", "prefill_r16_kernel",
                 "prefill_g32_sweep_kernel", "prefill_warp_r1_kernel", "prefill_warp_r16_kernel",
-                "prefill_tiled_g32_kernel"} <= mma, (arch, mma)
+                "prefill_tiled_g32_kernel", "prefill_tiled_pin_kernel", "prefill_tiled_pin_g32_kernel"} <= mma, (arch, mma)
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
