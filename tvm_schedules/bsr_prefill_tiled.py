@@ -214,15 +214,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     def load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, s16, z8, ch):
         """Lane j of a row's gpc lanes loads the row's block cur + j if it lies in this chunk: a row's kept
         blocks of a chunk are consecutive in memory, so the row's lanes read them coalesced."""
-        for c in T.unroll(items):
-            grp[c] = T.if_then_else(cur[c] + j < end[c], ix[c] - ch * gpc, gpc)  # gpc: not in this chunk
-            hits[c] = T.if_then_else(grp[c] >= 0 and grp[c] < gpc,
-                                     T.shift_left(T.uint32(1), T.Cast("uint32", T.max(T.min(grp[c], 31), 0))),
-                                     T.uint32(0))
-            for b in T.unroll(gpc.bit_length() - 1):  # OR over the row's lanes: bit g = group g is kept
-                T.ptx.shfl_sync.bfly.b32(sw[0], hits[c], T.uint32(1 << b), T.uint32(0x1F), T.uint32(0xFFFFFFFF))
-                hits[c] = hits[c] | sw[0]
-            if pin:  # inline PTX: the compiler cannot sink these into the branch of store_w that uses them
+        if pin:  # inline PTX, every item's loads before any shuffle: the compiler keeps them ahead of the mma's
+            for c in T.unroll(items):
                 if words == 2:
                     T.ptx.ld.global_.nc.v2.b32(cw[c * words], cw[c * words + 1], qw.ptr_to(
                         [T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb, 0]))
@@ -234,6 +227,15 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                                            (tid // gpc + c * rows_per_pass) % rb]))
                 T.ptx.ld.global_.nc.u8(z8[c], zr.ptr_to([T.min(cur[c] + j, nnz - 1),
                                                          (tid // gpc + c * rows_per_pass) % rb]))
+        for c in T.unroll(items):
+            grp[c] = T.if_then_else(cur[c] + j < end[c], ix[c] - ch * gpc, gpc)  # gpc: not in this chunk
+            hits[c] = T.if_then_else(grp[c] >= 0 and grp[c] < gpc,
+                                     T.shift_left(T.uint32(1), T.Cast("uint32", T.max(T.min(grp[c], 31), 0))),
+                                     T.uint32(0))
+            for b in T.unroll(gpc.bit_length() - 1):  # OR over the row's lanes: bit g = group g is kept
+                T.ptx.shfl_sync.bfly.b32(sw[0], hits[c], T.uint32(1 << b), T.uint32(0x1F), T.uint32(0xFFFFFFFF))
+                hits[c] = hits[c] | sw[0]
+            if pin:
                 scl[c] = T.Cast("uint32", s16[c])
                 zz[c] = T.Cast("uint32", z8[c])
             else:
