@@ -210,6 +210,18 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         for c in T.unroll(items):  # the column group of the row's block cur + j
             ix[c] = T.Cast("int32", indices[T.min(cur[c] + j, nnz - 1)])
 
+    def blk(cur, j, nnz, c):  # the block lane j loads for item c (clamped: past the row's end it is not used)
+        return T.min(cur[c] + j, nnz - 1)
+
+    def brow(tid, c):  # the row of its block that item c reads
+        return (tid // gpc + c * rows_per_pass) % rb
+
+    @T.macro
+    def dequant(dst, i, cw, scl, zz, c, q, t):  # codes 8q + 2t, +1 of item c -> one fp16 pair, into dst[i]
+        T.ptx.sub.f16x2(dst[i], ((cw[c * words + q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
+                        | T.uint32(0x64006400), (T.uint32(0x6400) + zz[c]) * T.uint32(0x10001))
+        T.ptx.mul.rn.f16x2(dst[i], dst[i], scl[c] * T.uint32(0x10001))
+
     @T.macro
     def load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, s16, z8, ch):
         """Lane j of a row's gpc lanes loads the row's block cur + j if it lies in this chunk: a row's kept
@@ -217,16 +229,13 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         if pin:  # inline PTX, every item's loads before any shuffle: the compiler keeps them ahead of the mma's
             for c in T.unroll(items):
                 if words == 2:
-                    T.ptx.ld.global_.nc.v2.b32(cw[c * words], cw[c * words + 1], qw.ptr_to(
-                        [T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb, 0]))
+                    T.ptx.ld.global_.nc.v2.b32(cw[c * words], cw[c * words + 1],
+                                               qw.ptr_to([blk(cur, j, nnz, c), brow(tid, c), 0]))
                 else:
-                    T.ptx.ld.global_.nc.v4.b32(cw[c * words], cw[c * words + 1], cw[c * words + 2],
-                                               cw[c * words + 3], qw.ptr_to(
-                                                   [T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb, 0]))
-                T.ptx.ld.global_.nc.b16(s16[c], sc.ptr_to([T.min(cur[c] + j, nnz - 1),
-                                                           (tid // gpc + c * rows_per_pass) % rb]))
-                T.ptx.ld.global_.nc.u8(z8[c], zr.ptr_to([T.min(cur[c] + j, nnz - 1),
-                                                         (tid // gpc + c * rows_per_pass) % rb]))
+                    T.ptx.ld.global_.nc.v4.b32(cw[c * words], cw[c * words + 1], cw[c * words + 2], cw[c * words + 3],
+                                               qw.ptr_to([blk(cur, j, nnz, c), brow(tid, c), 0]))
+                T.ptx.ld.global_.nc.b16(s16[c], sc.ptr_to([blk(cur, j, nnz, c), brow(tid, c)]))
+                T.ptx.ld.global_.nc.u8(z8[c], zr.ptr_to([blk(cur, j, nnz, c), brow(tid, c)]))
         for c in T.unroll(items):
             grp[c] = T.if_then_else(cur[c] + j < end[c], ix[c] - ch * gpc, gpc)  # gpc: not in this chunk
             hits[c] = T.if_then_else(grp[c] >= 0 and grp[c] < gpc,
@@ -240,10 +249,9 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                 zz[c] = T.Cast("uint32", z8[c])
             else:
                 for q in T.vectorized(words):
-                    cw[c * words + q] = qw[T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb, q]
-                scl[c] = T.Cast("uint32", T.reinterpret("uint16", sc[T.min(cur[c] + j, nnz - 1),
-                                                                     (tid // gpc + c * rows_per_pass) % rb]))
-                zz[c] = T.Cast("uint32", zr[T.min(cur[c] + j, nnz - 1), (tid // gpc + c * rows_per_pass) % rb])
+                    cw[c * words + q] = qw[blk(cur, j, nnz, c), brow(tid, c), q]
+                scl[c] = T.Cast("uint32", T.reinterpret("uint16", sc[blk(cur, j, nnz, c), brow(tid, c)]))
+                zz[c] = T.Cast("uint32", zr[blk(cur, j, nnz, c), brow(tid, c)])
             cur[c] = cur[c] + popc(hits[c])
 
     @T.macro
@@ -255,11 +263,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             for c in T.unroll(items):
                 for q in T.unroll(words):
                     for t in T.unroll(4):
-                        T.ptx.sub.f16x2(dd[(c * words + q) * 4 + t], ((cw[c * words + q] >> T.uint32(t * 4))
-                                                                      & T.uint32(0x000F000F)) | T.uint32(0x64006400),
-                                        (T.uint32(0x6400) + zz[c]) * T.uint32(0x10001))
-                        T.ptx.mul.rn.f16x2(dd[(c * words + q) * 4 + t], dd[(c * words + q) * 4 + t],
-                                           scl[c] * T.uint32(0x10001))
+                        dequant(dd, (c * words + q) * 4 + t, cw, scl, zz, c, q, t)
         for c in T.unroll(items):
             if pin and grp[c] >= 0 and grp[c] < gpc:
                 for q in T.unroll(words):
@@ -269,10 +273,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                         dd[(c * words + q) * 4 + 3])
             elif not pin and grp[c] >= 0 and grp[c] < gpc:
                 for q in T.unroll(words):
-                    for t in T.unroll(4):  # codes 8q + 2t, +1 -> one fp16 pair
-                        T.ptx.sub.f16x2(d[t], ((cw[c * words + q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
-                                        | T.uint32(0x64006400), (T.uint32(0x6400) + zz[c]) * T.uint32(0x10001))
-                        T.ptx.mul.rn.f16x2(d[t], d[t], scl[c] * T.uint32(0x10001))
+                    for t in T.unroll(4):
+                        dequant(d, t, cw, scl, zz, c, q, t)
                     T.ptx.st.shared.v4.b32(
                         sm.ptr_to([buf * wsize + offset(tid // gpc + c * rows_per_pass, grp[c] * group + q * 8, wslab)]),
                         d[0], d[1], d[2], d[3])
