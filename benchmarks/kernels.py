@@ -140,13 +140,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 4096):
                 for ablate in ("", "weights", "activations"):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, ablate=ablate), tag="ablation")
-    for n, k in shapes:  # the compiled plan with its weight loads pinned ahead of the mma's (TiledConfig.pin)
-        for m in sorted(set(PREFILL_M) | {32, 64, 256}):
-            add("bsr_prefill_pinned", n, k, m, 1, tag="pinned")
-            if m in (32, 64, 256):  # the plan itself at these M (tag main has the others)
-                add("bsr_prefill", n, k, m, 1, tag="pinned")
-        for m in (512, 4096):
-            add("bsr_prefill_pinned", n, k, m, 16, tag="pinned")
     # Decode: is the row kernel bound by its loads or by the arithmetic between them, and do its three small
     # metadata loads per block cost more than their bytes? Every load and no math, or the codes alone with
     # the math, at more blocks per lane per trip (more bytes in flight per warp), beside the full kernel.
@@ -156,6 +149,23 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for ablate in ("", "math", "meta"):
                     add("bsr_decode", n, k, m, 1, tag="ablation",
                         cfg=replace(bsr_decode.tuned(m, 1, k), unroll=unroll, ablate=ablate))
+    # Decode M >= 2: activations staged group-major with each lane's token order rotated (conflict-free
+    # gathers), beside the same launch without it; at M = 8 also staged at all (K = 4096: 64 KB), at M = 2
+    # also with two lanes per block.
+    for n, k in shapes if not quick else shapes[:1]:
+        for m in (2, 4, 8):
+            base = replace(bsr_decode.tuned(m, 1, k), rotate=False)
+            cfgs = {base} if base.stages(m, k) else set()
+            if m == 8:
+                cfgs |= {c for c in (bsr_decode.DecodeConfig(32, 4, 2, ctas=132, smem_kb=92),
+                                     bsr_decode.DecodeConfig(16, 4, 2, ctas=264, smem_kb=92)) if c.stages(m, k)}
+            if m == 2:  # two lanes per block, so a quarter-warp holds four blocks to rotate over
+                cfgs |= {c for c in (bsr_decode.DecodeConfig(16, 2, 2, ctas=264, smem_kb=92),
+                                     bsr_decode.DecodeConfig(16, 4, 2, ctas=264, smem_kb=92)) if c.stages(m, k)}
+            for cfg in sorted(cfgs, key=lambda c: c.key):
+                for rot in (False, True):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="rotate", cfg=replace(cfg, rotate=rot))
     return kernels, cases
 
 
@@ -248,9 +258,6 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
-            elif fam == "bsr_prefill_pinned":  # the plan gqsa-compile would use, every entry with pinned loads
-                f = bsr_prefill_tiled.bsr_prefill_tiled(s, tuple((b, replace(c, pin=True))
-                                                                 for b, c in bsr_prefill_tiled.tuned(s)))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison
                 f = bsr_prefill.bsr_prefill_mma(s, bsr_prefill.tuned(s.rows))
             else:
@@ -389,8 +396,8 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
 
     a = torch.empty(2**29, dtype=torch.float16, device="cuda")
     b = torch.empty_like(a)
-    copy_us = bench.time_us([lambda: b.copy_(a)], target_ms=20, samples=5)
-    copy_gbs = 2 * a.numel() * 2 / copy_us / 1e3
+    big_copy_us = bench.time_us([lambda: b.copy_(a)], target_ms=20, samples=5)
+    copy_gbs = 2 * a.numel() * 2 / big_copy_us / 1e3
     a = b = None  # free the 2 GiB
     print(f"device-to-device copy: {copy_gbs:.0f} GB/s", flush=True)
     one = torch.zeros(1, device="cuda")
@@ -401,7 +408,11 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
     results, failures = [], []
     layout = _load(here / "kernels" / "layout.py")
     cases = [c for c in p["cases"] if not only or selected(c, only)]
+    doc = {"device": gpu, "copy_gbs": copy_gbs, "floor_us": floor_us, "archs": p["archs"], "results": results,
+           "failures": failures}
     for i, c in enumerate(cases):
+        if out_json and i % 50 == 49:  # a run cut short (time limit, crash) keeps what it measured
+            _write_json(out_json, doc)
         n, k, m, rows = c["n"], c["k"], c["m"], c["rows"]
         rng = np.random.default_rng(zlib.crc32(c["kernel"].encode() + repr(c).encode()))
         bits, group = c.get("bits", BITS), c.get("group", GROUP)
@@ -450,11 +461,17 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
               f"{c['cfg']}: {t:.1f} us, {row['gbs']:.0f} GB/s ({row['pct_copy']:.0f}% copy), "
               f"{row['vs_fp16']:.2f}x fp16" + (f", {row['vs_int4']:.2f}x int4" if "vs_int4" in row else ""),
               flush=True)
-    doc = {"device": gpu, "copy_gbs": copy_gbs, "floor_us": floor_us, "archs": p["archs"], "results": results, "failures": failures}
     if out_json:
-        Path(out_json).write_text(json.dumps(doc, indent=1))
+        _write_json(out_json, doc)
     print_table(doc)
     return 1 if failures else 0
+
+
+def _write_json(path: str, doc: dict) -> None:
+    """Write through a temp file, so the JSON on disk is always whole."""
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
 
 
 def copy_us(torch, bench, nbytes: int) -> float:
@@ -502,6 +519,15 @@ def baselines(torch, tvm, lib, T, p, n, k, m, bench, x) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- report
+def merge(runs: list[list[dict]]) -> list[dict]:
+    """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
+    rows: dict = {}
+    for results in runs:
+        for r in results:
+            rows[tuple(r.get(f) for f in ("kernel", "tag", "n", "k", "m", "sparsity", "alloc"))] = r
+    return list(rows.values())
+
+
 def print_table(doc: dict) -> str:
     """Every case, one row each (the full record behind docs/perf.md's summary)."""
     lines = [f"device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write)", "",
@@ -549,14 +575,15 @@ def summary(doc: dict) -> str:
     if full:
         out += ["", "Decode, where the time goes (us): the row kernel beside itself with every load and no arithmetic, "
                 "and with only the codes loaded (indices, scales and zero points constant); both give wrong "
-                "results and are timed unchecked. By kept blocks per lane per loop trip:", "",
-                "| shape N x K | M | blocks per lane | full kernel | loads only | codes only |",
-                "| --- | ---: | ---: | ---: | ---: | ---: |"]
-        for r in full:
+                "results and are timed unchecked. By launch (warps, blocks per lane per trip, lanes per block, ...: "
+                "`DecodeConfig.key`) and kept blocks per lane per loop trip:", "",
+                "| shape N x K | M | launch | blocks per lane | full kernel | loads only | codes only |",
+                "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        for r in sorted(full, key=lambda r: (SHAPES.index((r["n"], r["k"])), r["m"], r["cfg"])):
             cut = {a: [q for q in pick(tag="ablation", kind="decode", n=r["n"], k=r["k"], m=r["m"])
                        if q["cfg"] == f"{r['cfg']}_no_{a}"] for a in ("math", "meta")}
             unroll = re.match(r"w\d+u(\d+)", r["cfg"])[1]
-            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {unroll} | {r['time_us']:.1f} | "
+            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['cfg']} | {unroll} | {r['time_us']:.1f} | "
                        + " | ".join(f"{q[0]['time_us']:.1f}" if q else "-" for q in cut.values()) + " |")
     out += ["", "Time follows kept blocks (decode, R = 1):", "",
             "| shape N x K | M | 30% pruned | 50% pruned | 70% pruned |", "| --- | ---: | ---: | ---: | ---: |"]
@@ -611,23 +638,19 @@ def summary(doc: dict) -> str:
                 q = list({(r["n"], r["k"]): r for r in q}.values())
                 cells.append(f"{gmean(q, 'inv'):.2f}" if len(q) == len(SHAPES) else "-")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
-    pinned = pick(tag="pinned", family="bsr_prefill_pinned")
-    if pinned:
-        ms = sorted({r["m"] for r in pinned})
-        out += ["", "Prefill with the weight loads pinned ahead of the mma's (`TiledConfig.pin`: inline-PTX loads, "
-                "every block dequantized outside the branch that stores it) against the compiled plan: time ratio, "
-                "geometric mean over the seven shapes (below 1: pinned is faster):", "",
-                "| R | " + " | ".join(f"M = {m}" for m in ms) + " |", "| ---: |" + " ---: |" * len(ms)]
-        for rows in (1, 16):
-            cells = []
-            for m in ms:
-                pairs = [(r, [q for q in res if q["family"] == "bsr_prefill" and q["tag"] in ("main", "pinned")
-                              and (q["n"], q["k"], q["m"], q["rows"]) == (r["n"], r["k"], m, rows)
-                              and q["sparsity"] == 0.5 and q["alloc"] == "row" and not q["cfg"]])
-                         for r in pinned if r["m"] == m and r["rows"] == rows]
-                ratios = [r["time_us"] / q[0]["time_us"] for r, q in pairs if q]
-                cells.append(f"{gmean([{'v': x} for x in ratios], 'v'):.2f}" if ratios else "-")
-            out.append(f"| {rows} | " + " | ".join(cells) + " |")
+    rotated = [r for r in pick(tag="rotate") if r["cfg"].endswith("r")]
+    if rotated:
+        out += ["", "Decode with the staged activations group-major and each lane's tokens rotated "
+                "(`DecodeConfig.rotate`) beside the same launch without it, time (us):", "",
+                "| shape N x K | M | launch | balanced rows | rotated | unequal rows | rotated |",
+                "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+        for r in rotated:
+            if r["alloc"] != "row":
+                continue
+            t = {(q["cfg"], q["alloc"]): q["time_us"] for q in pick(tag="rotate", n=r["n"], k=r["k"], m=r["m"])}
+            plain = r["cfg"][:-1]
+            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {plain} | " + " | ".join(
+                f"{t[(c, a)]:.1f}" if (c, a) in t else "-" for a in ("row", "layer") for c in (plain, r["cfg"])) + " |")
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"]
@@ -681,7 +704,7 @@ def main(argv=None) -> int:
             os.environ.setdefault("TQDM_DISABLE", "1")
             return run(a.bundle, a.json, a.only)
         docs = [json.loads(Path(f).read_text()) for f in a.json]
-        doc = dict(docs[0], results=[r for d in docs for r in d["results"]])
+        doc = dict(docs[-1], results=merge([d["results"] for d in docs]))
         print(summary(doc))
         if a.doc:
             write_doc(doc, Path(a.doc))

@@ -6,7 +6,10 @@ block, each lane a contiguous slice of the block's G columns, so every load of c
 and indices is coalesced across the warp. The one scattered access is the activation gather (each block
 sits at its own column): the thread block stages the M x K activations in shared memory once (where they
 fit in 48 KB) and loops over many block rows, and a lane gathers a whole 16-byte vector at a time. Measured
-on an H100 (docs/perf.md), the gather's transactions bound M >= 4, where two lanes per block halve them.
+on an H100 (docs/perf.md), the gather's transactions bound M >= 4, where two lanes per block halve them,
+and where the activations are staged group-major and each lane walks the tokens in an order rotated by its
+block's slot in the quarter-warp, so that the quarter-warp's four blocks, at random columns, never share a
+shared-memory bank (M = 8: 1.17-1.37x faster on the K = 4096 shapes).
 Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
 makes a trip's loads issue together. Rows with more blocks loop longer; unequal rows (per-layer sparsity)
 cost up to ~40% on shapes with few rows.
@@ -42,6 +45,8 @@ class DecodeConfig:
     fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
+    rotate: bool = False  # staged group-major ([group][token][columns]), each lane walking the tokens from
+    # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -54,7 +59,7 @@ class DecodeConfig:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
-            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -71,8 +76,15 @@ TUNED = {1: DecodeConfig(8, 2, 1), 2: DecodeConfig(8, 2, 1), 4: DecodeConfig(4, 
 # that stage the activations win (tag "sweep", all seven shapes, balanced and unequal rows: M = 4 8% faster,
 # M = 2 2.5%), up to 92 KB of them in dynamic shared memory (4096 x 14336 at M = 2: 18.4 -> 18.1 us, unequal
 # rows 26.5 -> 21.2 us; sm_89 allows 99 KB per thread block). M = 1 is best as it is; at M = 8 staging 64 KB
-# in dynamic shared memory gained nothing over the L1-cached gather (geometric mean 1.00 over 5 shapes).
-TUNED_STAGED = {2: DecodeConfig(16, 2, 1, ctas=264, smem_kb=92), 4: DecodeConfig(32, 4, 2, ctas=132, smem_kb=92)}
+# row-major in dynamic shared memory gained nothing over the L1-cached gather (geometric mean 1.00, 5 shapes).
+# At M = 4 and 8 the staged gathers are laid out group-major and rotated per lane (tag "rotate",
+# benchmarks/results/kernels_rotate_h100.json: 12288 x 4096 at M = 8 31.6 -> 24.4 us, M = 4 19.5 -> 17.7 us),
+# which also makes staging 64 KB worth it at M = 8. At M = 2 two lanes per block and 4 blocks per trip beat one
+# lane (same run, 12288 x 4096: 16.9 -> 14.4 us; 10-19% on all seven shapes, unequal rows -6% to +6%); with
+# two tokens, rotation has two bank slots to spread over and changes nothing there.
+TUNED_STAGED = {2: DecodeConfig(16, 4, 2, ctas=264, smem_kb=92),
+                4: DecodeConfig(32, 4, 2, ctas=132, smem_kb=92, rotate=True),
+                8: DecodeConfig(32, 4, 2, ctas=132, smem_kb=92, rotate=True)}
 
 
 # Tall blocks (R = 16, sweep of SWEEP_TALL): at M <= 2 a warp should take 4 of a block's rows, not all 16
@@ -104,6 +116,14 @@ def lanes_per_block(s: BSRShape, want: int) -> int:
     return ln
 
 
+def group_major(i, q, m: int, group: int):
+    """Staged position (in 16-byte chunks) of token ``i``'s chunk ``q`` (8 columns) when the activations are
+    laid out [column group][token][columns]: a group's M tokens side by side, 32 bytes each at G = 16, so
+    tokens rotated by a lane's slot in the quarter-warp land in distinct banks whatever the groups."""
+    cpg = group // 8
+    return (q // cpg * m + i) * cpg + q % cpg
+
+
 def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     n, k, rows, group, words, per, bits, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.bits, s.dtype
     nbr = s.block_rows
@@ -124,8 +144,18 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
     nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
     reps = -(-tasks // (nctas * warps))
+    rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
+    turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
     xwords = m * k // 2 if smem else 4
     stage = -(-xwords // 4 // (warps * 32))  # 16-byte copies per thread
+
+    def staged(chunk):
+        """Where the 16-byte chunk ``chunk`` of the row-major M x K activations sits in shared memory."""
+        return group_major(chunk // (k // 8), chunk % (k // 8), m, group) if rot else chunk
+
+    def gathered(i, q):
+        """Shared-memory chunk of token ``i``, 16-byte column chunk ``q``."""
+        return group_major(i, q, m, group) if rot else i * (k // 8) + q
 
     @T.prim_func
     def bsr_decode(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
@@ -148,7 +178,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                         for c in range(stage):
                             if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
                                 for v in T.vectorized(4):
-                                    xs[(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
+                                    xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
                                         (c * warps * 32 + ty * 32 + tx) * 4 + v]
                         T.tvm_storage_sync("shared")
                     acc = T.alloc_buffer((m * rw,), "float32", scope="local")
@@ -237,7 +267,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                 for c in T.unroll(cols // 8):
                                                     if smem:
                                                         for v in T.vectorized(4):
-                                                            x2[c * 4 + v] = xs[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                            x2[c * 4 + v] = xs[gathered(
+                                                                (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
                                                     else:
                                                         for v in T.vectorized(4):
                                                             x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
@@ -256,7 +287,11 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                     part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
                                             acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
                         for j in range(m * rw):
+                            # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]
+                            for t in range(1, turns):
+                                red[0] = T.if_then_else(lane_blk % turns == t,
+                                                        acc[(j // rw - t) % m * rw + j % rw], red[0])
                             for o in T.unroll(5):
                                 red[0] = red[0] + T.tvm_warp_shuffle_down(
                                     T.tvm_warp_activemask(), red[0], 16 >> o, 32, 32)

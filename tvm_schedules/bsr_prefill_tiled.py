@@ -34,11 +34,10 @@ rows of a tile keep different column groups, so the tensor-core work is dense an
 sparse. Needs 4-bit codes in the interleaved order, G a multiple of 16, fp16 and K a multiple of the
 chunk; bsr_prefill covers the rest.
 
-``pin=True`` is an experiment not yet run on a GPU (benchmarks/kernels.py, tag "pinned"). In the SASS of the
-128 x 128 plan, ptxas moves the second block's weight loads into the branch of store_w that uses them, after
-every mma of the chunk, so their latency is not hidden. Pinned, the loads are inline PTX and every block is
-dequantized outside that branch: the first block's loads then issue before the mma's and the second's
-midway through them. At 128 registers (2 thread blocks per SM), ptxas cannot move them earlier still.
+In the SASS of the 128 x 128 plan, ptxas moves the second block's weight loads into the branch of store_w
+that uses them, after every mma of the chunk. Loads pinned ahead of the mma's (inline PTX, every block
+dequantized outside the branch) were measured on an H100 and were not faster (0.97-1.10x the plan's time by
+M, docs/perf.md), so the loads stay plain.
 
 ``wgmma=True`` (sm_90a only; R < 16) keeps the same loads but lays both tiles out as wgmma's K-major core
 matrices and has each warpgroup run m64n{rows}k16 straight from shared memory. Measured on an H100 it is
@@ -68,14 +67,13 @@ class TiledConfig:
     blocks_per_sm: int = 2  # asked of ptxas (__launch_bounds__): caps registers at 64K / (threads x this)
     wgmma: bool = False  # sm_90a: each warpgroup (4 warps along the tokens) runs m64n{rows}k16 from shared memory
     splits: int = 1  # thread blocks along K, each summing its share into an fp32 workspace (small grids)
-    pin: bool = False  # the weight loads as inline PTX, so they stay ahead of the mma's (see load_w)
     ablate: str = ""  # measurement only, wrong results: "weights" leaves out loading and dequantizing the
     # weights, "activations" their copies (benchmarks/kernels.py times these unchecked, tag "ablation")
 
     @property
     def key(self) -> str:
         return (f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
-                + ("g" if self.wgmma else "") + (f"s{self.splits}" if self.splits > 1 else "") + ("p" if self.pin else "")
+                + ("g" if self.wgmma else "") + (f"s{self.splits}" if self.splits > 1 else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
     @property
@@ -157,7 +155,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     stride = ck + PAD
     wg = cfg.wgmma
     use_w, use_x = cfg.ablate != "weights", cfg.ablate != "activations"
-    pin = cfg.pin
     wsize, xsize = cfg.tile_halves(br), cfg.tile_halves(bt)
     xoff = 2 * wsize  # the activation buffers follow the two weight buffers
     wslab, xslab = slab(br), slab(bt)
@@ -223,19 +220,9 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         T.ptx.mul.rn.f16x2(dst[i], dst[i], scl[c] * T.uint32(0x10001))
 
     @T.macro
-    def load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, s16, z8, ch):
+    def load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch):
         """Lane j of a row's gpc lanes loads the row's block cur + j if it lies in this chunk: a row's kept
         blocks of a chunk are consecutive in memory, so the row's lanes read them coalesced."""
-        if pin:  # inline PTX, every item's loads before any shuffle: the compiler keeps them ahead of the mma's
-            for c in T.unroll(items):
-                if words == 2:
-                    T.ptx.ld.global_.nc.v2.b32(cw[c * words], cw[c * words + 1],
-                                               qw.ptr_to([blk(cur, j, nnz, c), brow(tid, c), 0]))
-                else:
-                    T.ptx.ld.global_.nc.v4.b32(cw[c * words], cw[c * words + 1], cw[c * words + 2], cw[c * words + 3],
-                                               qw.ptr_to([blk(cur, j, nnz, c), brow(tid, c), 0]))
-                T.ptx.ld.global_.nc.b16(s16[c], sc.ptr_to([blk(cur, j, nnz, c), brow(tid, c)]))
-                T.ptx.ld.global_.nc.u8(z8[c], zr.ptr_to([blk(cur, j, nnz, c), brow(tid, c)]))
         for c in T.unroll(items):
             grp[c] = T.if_then_else(cur[c] + j < end[c], ix[c] - ch * gpc, gpc)  # gpc: not in this chunk
             hits[c] = T.if_then_else(grp[c] >= 0 and grp[c] < gpc,
@@ -244,34 +231,19 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             for b in T.unroll(gpc.bit_length() - 1):  # OR over the row's lanes: bit g = group g is kept
                 T.ptx.shfl_sync.bfly.b32(sw[0], hits[c], T.uint32(1 << b), T.uint32(0x1F), T.uint32(0xFFFFFFFF))
                 hits[c] = hits[c] | sw[0]
-            if pin:
-                scl[c] = T.Cast("uint32", s16[c])
-                zz[c] = T.Cast("uint32", z8[c])
-            else:
-                for q in T.vectorized(words):
-                    cw[c * words + q] = qw[blk(cur, j, nnz, c), brow(tid, c), q]
-                scl[c] = T.Cast("uint32", T.reinterpret("uint16", sc[blk(cur, j, nnz, c), brow(tid, c)]))
-                zz[c] = T.Cast("uint32", zr[blk(cur, j, nnz, c), brow(tid, c)])
+            for q in T.vectorized(words):
+                cw[c * words + q] = qw[blk(cur, j, nnz, c), brow(tid, c), q]
+            scl[c] = T.Cast("uint32", T.reinterpret("uint16", sc[blk(cur, j, nnz, c), brow(tid, c)]))
+            zz[c] = T.Cast("uint32", zr[blk(cur, j, nnz, c), brow(tid, c)])
             cur[c] = cur[c] + popc(hits[c])
 
     @T.macro
-    def store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, dd, buf):
+    def store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, buf):
         """Lane j writes its block's 16 x (G / 16) values where the block's group lies, and zeros over group j
         if the row does not keep it: together the row's lanes fill its whole chunk. With R = 16 the mma's of
         pruned blocks are skipped instead, so the row's bitmask goes to shared memory and no zeros are written."""
-        if pin:  # every block dequantized, kept in chunk or not, so the loads have a use outside any branch
-            for c in T.unroll(items):
-                for q in T.unroll(words):
-                    for t in T.unroll(4):
-                        dequant(dd, (c * words + q) * 4 + t, cw, scl, zz, c, q, t)
         for c in T.unroll(items):
-            if pin and grp[c] >= 0 and grp[c] < gpc:
-                for q in T.unroll(words):
-                    T.ptx.st.shared.v4.b32(
-                        sm.ptr_to([buf * wsize + offset(tid // gpc + c * rows_per_pass, grp[c] * group + q * 8, wslab)]),
-                        dd[(c * words + q) * 4], dd[(c * words + q) * 4 + 1], dd[(c * words + q) * 4 + 2],
-                        dd[(c * words + q) * 4 + 3])
-            elif not pin and grp[c] >= 0 and grp[c] < gpc:
+            if grp[c] >= 0 and grp[c] < gpc:
                 for q in T.unroll(words):
                     for t in T.unroll(4):
                         dequant(d, t, cw, scl, zz, c, q, t)
@@ -336,9 +308,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             cw = T.alloc_buffer((items * words,), "uint32", scope="local")  # next chunk's blocks
                             scl = T.alloc_buffer((items,), "uint32", scope="local")
                             zz = T.alloc_buffer((items,), "uint32", scope="local")
-                            s16 = T.alloc_buffer((items,), "uint16", scope="local")  # pin: raw scale, zero
-                            z8 = T.alloc_buffer((items,), "uint8", scope="local")
-                            dd = T.alloc_buffer((items * words * 4,), "uint32", scope="local")  # pin: dequantized
                             d = T.alloc_buffer((4,), "uint32", scope="local")
                             cur = T.alloc_buffer((items,), "int32", scope="local")
                             end = T.alloc_buffer((items,), "int32", scope="local")
@@ -374,9 +343,9 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             if use_x:
                                 load_x(x, sm, m, tile(by), tid, first(by), 0)
                             if use_w:
-                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, s16, z8, first(by))
+                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
                                 load_index(indices, nnz, j, cur, ix)
-                                store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, dd, 0)
+                                store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
                             T.ptx["cp.async.wait_all"]()
                             if wg:  # the generic-proxy writes above must be visible to wgmma's async proxy
                                 T.ptx.fence.proxy.async_.shared__cta()
@@ -388,14 +357,14 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 if use_x:
                                     load_x(x, sm, m, tile(by), tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2)
                                 if use_w:
-                                    load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, s16, z8, first(by) + ch + 1)
+                                    load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
                                     load_index(indices, nnz, j, cur, ix)
                                 if wg:
                                     compute_wgmma(sm, acc, da, db, ty, ch % 2)
                                 else:
                                     compute(sm, hm, kb, af, bf, acc, tx, wri, wti, ch % 2)
                                 if use_w:
-                                    store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, dd, (ch + 1) % 2)
+                                    store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
                                 T.ptx["cp.async.wait_all"]()
                                 if wg:  # this chunk's wgmma's read the other buffer: done before it is rewritten
                                     T.ptx.wgmma.wait_group.sync.aligned(0)

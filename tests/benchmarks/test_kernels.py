@@ -29,11 +29,9 @@ def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
     assert not any(c["tag"] == "wgmma" for c in cases)
     assert any(c["tag"] == "wgmma" for c in kernels.plan(archs=("sm_90a",))[1])
     assert {c["cfg"].split("_no_")[-1] for c in cases if c["tag"] == "ablation"} >= {"weights", "activations", "math", "meta"}
-    # the pinned plan beside the compiled one at every prefill M of the report, R = 1 and 16
-    pinned = {(c["n"], c["k"], c["m"], c["rows"]) for c in cases if c["family"] == "bsr_prefill_pinned"}
-    plans = {(c["n"], c["k"], c["m"], c["rows"]) for c in cases if c["family"] == "bsr_prefill" and not c["cfg"]
-             and c["tag"] in ("main", "pinned")}
-    assert pinned and pinned <= plans
+    # every rotated decode launch beside the same launch unrotated, on balanced and unequal rows
+    rot = {(c["n"], c["k"], c["m"], c["cfg"], c["alloc"]) for c in cases if c["tag"] == "rotate"}
+    assert rot and all((n, k, m, cfg[:-1], a) in rot for n, k, m, cfg, a in rot if cfg.endswith("r"))
     # every decode shape and M has its dense int4 baseline
     assert all(kernels.kernel_name("dense_int4", n, k, m, 1) in specs for n, k, m in decode)
 
@@ -62,12 +60,12 @@ def test_report_shows_the_same_byte_copy_and_the_decode_ablation_when_measured(k
     doc["results"] += [full, dict(full, cfg=full["cfg"] + "_no_math", time_us=10.0)]
     text = kernels.summary(doc)
     assert "same-byte copy" in text and f"| {decode[0]['time_us'] / 2:.1f} (50%) |" in text
-    assert "| 12288 x 4096 | 1 | 4 | 20.0 | 10.0 | - |" in text
-    # pinned weight loads: the ratio to the compiled plan on the same shape, M and R
-    plan = next(r for r in doc["results"] if r["tag"] == "main" and r["family"] == "bsr_prefill" and r["rows"] == 1)
-    doc["results"].append(dict(plan, tag="pinned", family="bsr_prefill_pinned", time_us=plan["time_us"] * 0.8))
+    assert "| 12288 x 4096 | 1 | w8u4l1hs1056f | 4 | 20.0 | 10.0 | - |" in text
+    # a rotated launch beside the plain one, balanced and unequal rows
+    rot = dict(decode[0], tag="rotate", cfg="w32u4l2hs132fd92", time_us=30.0)
+    doc["results"] += [rot, dict(rot, cfg=rot["cfg"] + "r", time_us=24.0), dict(rot, alloc="layer", time_us=33.0)]
     text = kernels.summary(doc)
-    assert "pinned ahead of the mma's" in text and "| 1 | " + "0.80" in text.split("pinned ahead of the mma's")[1]
+    assert "| 12288 x 4096 | 1 | w32u4l2hs132fd92 | 30.0 | 24.0 | 33.0 | - |" in text
 
 
 def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):

@@ -87,7 +87,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
     from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
 
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
-    funcs = {f"decode{m}": tvm_schedules.bsr_matmul(s, m, cuda_target) for m in (1, 2, 4, 8)}
+    funcs = {f"decode{m}": tvm_schedules.bsr_matmul(s, m, cuda_target) for m in (1, 2, 4, 8)}  # 4, 8: rotated
     funcs.update({
         "decode_global_x": bsr_decode.bsr_decode_cuda(s, 1, bsr_decode.DecodeConfig(smem=False)),
         "decode_fp32": bsr_decode.bsr_decode_cuda(s, 2, bsr_decode.DecodeConfig(half2=False)),
@@ -107,11 +107,6 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         # G = 32 and R = 4 in the tiled GEMM: a lane's block spans two k-steps, rows share a block's indices
         "prefill_tiled_g32": bsr_prefill_tiled.bsr_prefill_tiled(BSRShape(320, 512, 4, 32, 4, interleaved=True),
                                                                  bsr_prefill_tiled.TiledConfig(chunk=128)),
-        # weight loads pinned ahead of the mma's (inline PTX; G = 16 and G = 32 words)
-        "prefill_tiled_pin": bsr_prefill_tiled.bsr_prefill_tiled(BSRShape(576, 576, 4, 16, 1, interleaved=True),
-                                                                 bsr_prefill_tiled.TiledConfig(pin=True)),
-        "prefill_tiled_pin_g32": bsr_prefill_tiled.bsr_prefill_tiled(
-            BSRShape(320, 512, 4, 32, 4, interleaved=True), bsr_prefill_tiled.TiledConfig(chunk=128, pin=True)),
         "prefill_simt": tvm_schedules.bsr_matmul(BSRShape(64, 256, 4, 8, 1), None, cuda_target),
         "attention": tvm_schedules.attention(9, 3, 64, 256, "float16", cuda_target),
         "append": tvm_schedules.cache_append(3, 64, 256, "float16", cuda_target),
@@ -131,7 +126,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         # prefill_r1: the tiled GEMM's three launches, chosen by M at run time
         assert {"prefill_r1_kernel", "prefill_r1_kernel_1", "prefill_r1_kernel_2", "prefill_r16_kernel",
                 "prefill_g32_sweep_kernel", "prefill_warp_r1_kernel", "prefill_warp_r16_kernel",
-                "prefill_tiled_g32_kernel", "prefill_tiled_pin_kernel", "prefill_tiled_pin_g32_kernel"} <= mma, (arch, mma)
+                "prefill_tiled_g32_kernel"} <= mma, (arch, mma)
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
@@ -168,6 +163,27 @@ def test_decode_tuning_follows_activation_staging():
     assert d.tuned(4, 1, 11008) == d.TUNED_STAGED[4]  # 88 KB: dynamic shared memory
     assert d.tuned(4, 1, 14336) == d.TUNED[4] and d.tuned(2, 1, 28672) == d.TUNED[2]
     assert d.tuned(1, 1, 4096) == d.TUNED[1] and d.tuned(1, 16, 4096) == d.TALL
+    # M = 8: staged (and rotated) where 64 KB fit, the L1-cached gather beyond
+    assert d.tuned(8, 1, 4096) == d.TUNED_STAGED[8] and d.tuned(8, 1, 11008) == d.TUNED[8]
+
+
+def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():
+    """The group-major layout moves each 16-byte activation chunk to its own place, and the four blocks of a
+    quarter-warp (two lanes each), with tokens rotated by slot, read four distinct 32-byte bank slots for any
+    four column groups: the property the rotation is for."""
+    from tvm_schedules import bsr_decode as d
+
+    for m, k, group in ((8, 256, 16), (4, 512, 16), (2, 256, 32)):
+        places = [d.group_major(i, q, m, group) for i in range(m) for q in range(k // 8)]
+        assert sorted(places) == list(range(m * k // 8))
+    rng = np.random.default_rng(0)
+    for m in (4, 8):
+        for _ in range(200):
+            groups = rng.integers(0, 256, size=4)
+            for i in range(m):
+                slots = {d.group_major((i + b) % m, 2 * g, m, 16) * 16 % 128 for b, g in enumerate(groups)}
+                assert len(slots) == 4, (m, groups, i)
+    assert d.TUNED_STAGED[8].rotate and d.TUNED_STAGED[4].rotate and not d.TUNED_STAGED[2].rotate
 
 
 def test_tiled_prefill_plan_is_chosen_by_m_and_recorded():
