@@ -166,6 +166,14 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for rot in (False, True):
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="rotate", cfg=replace(cfg, rotate=rot))
+    # Decode: rows to warps by a per-matrix longest-first plan (tvm_schedules.warp_plan) beside the default
+    # grid-stride order, on balanced and unequal rows
+    for n, k in shapes if not quick else shapes[:1]:
+        for m in (1, 2, 4, 8):
+            for p in (False, True):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="warp plan",
+                        cfg=replace(bsr_decode.tuned(m, 1, k), plan=p))
     return kernels, cases
 
 
@@ -255,6 +263,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_decode":
                 cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"], spec["k"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
+                if cfg.plan:  # what the GPU side needs to plan the rows of each case's weights
+                    spec["warp_plan"] = bsr_decode.launch(s, spec["m"], cfg)
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
@@ -274,7 +284,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
         (tmp / "kernels" / "plan.json").write_text(json.dumps(
             {"archs": archs, "bits": BITS, "group": GROUP, "kernels": kernels, "cases": cases}, indent=1))
         add_runtime(tmp, "3.12", cuda=True)
-        shutil.copy2(ROOT / "tvm_schedules" / "layout.py", tmp / "kernels" / "layout.py")
+        for helper in ("layout.py", "warp_plan.py"):  # the pure-numpy weight preparation the GPU side needs
+            shutil.copy2(ROOT / "tvm_schedules" / helper, tmp / "kernels" / helper)
         (tmp / "benchmarks").mkdir()
         (tmp / "benchmarks" / "kernels.py").write_text(Path(__file__).read_text())
         (tmp / "run.py").write_text(
@@ -407,6 +418,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
     cache: dict = {}
     results, failures = [], []
     layout = _load(here / "kernels" / "layout.py")
+    warp_plan = _load(here / "kernels" / "warp_plan.py")
     cases = [c for c in p["cases"] if not only or selected(c, only)]
     doc = {"device": gpu, "copy_gbs": copy_gbs, "floor_us": floor_us, "archs": p["archs"], "results": results,
            "failures": failures}
@@ -422,6 +434,8 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         spec = p["kernels"][c["kernel"]]
         if spec.get("interleaved") and bits == 4:
             arrays[2] = layout.interleave_codes(arrays[2])
+        if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
+            arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]
@@ -519,6 +533,21 @@ def baselines(torch, tvm, lib, T, p, n, k, m, bench, x) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- report
+def _variant_table(pick, tag: str, suffix: str, title: str) -> list[str]:
+    """Launches of ``tag`` whose key ends in ``suffix`` beside the same launch without it, balanced and unequal."""
+    variants = [r for r in pick(tag=tag) if r["cfg"].endswith(suffix) and r["alloc"] == "row"]
+    if not variants:
+        return []
+    out = ["", title, "", "| shape N x K | M | launch | balanced rows | " + tag + " | unequal rows | " + tag + " |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for r in variants:
+        t = {(q["cfg"], q["alloc"]): q["time_us"] for q in pick(tag=tag, n=r["n"], k=r["k"], m=r["m"])}
+        plain = r["cfg"][:-len(suffix)]
+        out.append(f"| {r['n']} x {r['k']} | {r['m']} | {plain} | " + " | ".join(
+            f"{t[(c, a)]:.1f}" if (c, a) in t else "-" for a in ("row", "layer") for c in (plain, r["cfg"])) + " |")
+    return out
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -638,19 +667,11 @@ def summary(doc: dict) -> str:
                 q = list({(r["n"], r["k"]): r for r in q}.values())
                 cells.append(f"{gmean(q, 'inv'):.2f}" if len(q) == len(SHAPES) else "-")
             out.append(f"| {label} | " + " | ".join(cells) + " |")
-    rotated = [r for r in pick(tag="rotate") if r["cfg"].endswith("r")]
-    if rotated:
-        out += ["", "Decode with the staged activations group-major and each lane's tokens rotated "
-                "(`DecodeConfig.rotate`) beside the same launch without it, time (us):", "",
-                "| shape N x K | M | launch | balanced rows | rotated | unequal rows | rotated |",
-                "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-        for r in rotated:
-            if r["alloc"] != "row":
-                continue
-            t = {(q["cfg"], q["alloc"]): q["time_us"] for q in pick(tag="rotate", n=r["n"], k=r["k"], m=r["m"])}
-            plain = r["cfg"][:-1]
-            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {plain} | " + " | ".join(
-                f"{t[(c, a)]:.1f}" if (c, a) in t else "-" for a in ("row", "layer") for c in (plain, r["cfg"])) + " |")
+    out += _variant_table(pick, "rotate", "r", "Decode with the staged activations group-major and each lane's "
+                          "tokens rotated (`DecodeConfig.rotate`) beside the same launch without it, time (us):")
+    out += _variant_table(pick, "warp plan", "p", "Decode with rows given to warps by a per-matrix longest-first "
+                          "plan (`DecodeConfig.plan`, `tvm_schedules/warp_plan.py`) beside the grid-stride order, "
+                          "time (us):")
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"]

@@ -12,7 +12,8 @@ block's slot in the quarter-warp, so that the quarter-warp's four blocks, at ran
 shared-memory bank (M = 8: 1.17-1.37x faster on the K = 4096 shapes).
 Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
 makes a trip's loads issue together. Rows with more blocks loop longer; unequal rows (per-layer sparsity)
-cost up to ~40% on shapes with few rows.
+cost up to ~40%. ``plan=True`` gives rows to warps by a per-matrix longest-first plan appended to indptr
+(tvm_schedules.warp_plan; measured: median loss +30% -> +17%), not yet used by gqsa-compile.
 
 Arithmetic: with 4-bit codes in the interleaved order (tvm_schedules.layout) one LOP3 turns a code pair
 into the half2 (1024 + c0, 1024 + c1), (c - z) is exact in fp16, the 16 products of a group are summed in
@@ -45,6 +46,7 @@ class DecodeConfig:
     fence: bool = True  # make every load of a trip complete before its math (all of a trip in flight)
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
+    plan: bool = False  # rows to warps by a per-matrix plan appended to indptr (tvm_schedules.warp_plan)
     rotate: bool = False  # staged group-major ([group][token][columns]), each lane walking the tokens from
     # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
@@ -59,7 +61,7 @@ class DecodeConfig:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
-            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + ("p" if self.plan else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -124,6 +126,21 @@ def group_major(i, q, m: int, group: int):
     return (q // cpg * m + i) * cpg + q % cpg
 
 
+def launch(s: BSRShape, m: int, cfg: DecodeConfig) -> dict:
+    """The grid's warps, tasks per block row and kept blocks per warp-trip: what ``warp_plan.lpt`` needs."""
+    splits = s.rows // rows_per_warp(s, m, cfg.row_budget)
+    lanes = lanes_per_block(s, cfg.lanes)
+    ctas = -(-s.block_rows * splits // cfg.warps)
+    if half2_path(s, cfg, lanes) and cfg.stages(m, s.k):  # thread blocks that stage loop over many rows
+        ctas = min(ctas, cfg.ctas)
+    return {"warps": ctas * cfg.warps, "splits": splits, "trip_blocks": 32 // lanes * cfg.unroll}
+
+
+def half2_path(s: BSRShape, cfg: DecodeConfig, lanes: int) -> bool:
+    """4-bit interleaved codes decoded in fp16 pairs (and activations gathered 16 bytes at a time)."""
+    return cfg.half2 and s.interleaved and s.dtype == "float16" and s.group // lanes % 8 == 0
+
+
 def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     n, k, rows, group, words, per, bits, dt = s.n, s.k, s.rows, s.group, s.words, s.per_word, s.bits, s.dtype
     nbr = s.block_rows
@@ -137,13 +154,15 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     xv = 8 if cols % 8 == 0 else cols  # activations per vector load (8 x fp16 = 16 bytes)
     step = 32 // lanes  # blocks per warp per unrolled step
     mask = 2**bits - 1
-    half2 = cfg.half2 and s.interleaved and dt == "float16" and cols % 8 == 0
+    half2 = half2_path(s, cfg, lanes)
     fence = cfg.fence
     meta = cfg.ablate != "meta"  # load the indices, scales and zero points (all but an ablation do)
     smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
-    nctas = min((tasks + warps - 1) // warps, cfg.ctas) if smem else (tasks + warps - 1) // warps
+    nctas = launch(s, m, cfg)["warps"] // warps
     reps = -(-tasks // (nctas * warps))
+    plan = cfg.plan
+    base, tbase = nbr + 1, -(-(nbr + 1 + nctas * warps + 1) // 4) * 4  # the plan's warp offsets, its records
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
     xwords = m * k // 2 if smem else 4
@@ -157,13 +176,26 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         """Shared-memory chunk of token ``i``, 16-byte column chunk ``q``."""
         return group_major(i, q, m, group) if rot else i * (k // 8) + q
 
+    def trips_of(span):
+        """Block rows this warp walks: its share of the plan, or one per round of the whole grid."""
+        return span[1] - span[0] if plan else reps
+
+    def task_of(rec, rep, bx, ty):
+        return rec[0] if plan else (rep * nctas + bx) * warps + ty
+
+    def start_of(indptr, rec, br):  # the row's first kept block (the plan's record carries it)
+        return rec[1] if plan else indptr[br]
+
+    def count_of(indptr, rec, br, start):
+        return rec[2] if plan else indptr[br + 1] - start
+
     @T.prim_func
     def bsr_decode(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
                    zr_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
         nnz = T.int32()
         x = T.match_buffer(x_h, (m, k), dt)
-        indptr = T.match_buffer(indptr_h, (nbr + 1,), "int32")
+        indptr = T.match_buffer(indptr_h, (tbase + 4 * tasks if plan else nbr + 1,), "int32")
         indices = T.match_buffer(indices_h, (nnz,), "uint16")
         qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
         sc = T.match_buffer(sc_h, (nnz, rows), "float16")
@@ -199,17 +231,25 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
                     sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
-                    for rep in range(reps):
+                    span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
+                    rec = T.alloc_buffer((4,), "int32", scope="local")  # plan: task, first block, block count
+                    if plan:  # plan warp ty * blocks + bx: a plan's consecutive warps sit on different SMs
+                        span[0] = indptr[base + ty * nctas + bx]
+                        span[1] = indptr[base + ty * nctas + bx + 1]
+                    for rep in range(trips_of(span)):
                         for j in range(m * rw):
                             acc[j] = T.float32(0)
-                        task = (rep * nctas + bx) * warps + ty
+                        if plan:
+                            for v in T.vectorized(4):
+                                rec[v] = indptr[tbase + (span[0] + rep) * 4 + v]
+                        task = task_of(rec, rep, bx, ty)
                         br = task // splits
                         r0 = task % splits * rw
                         lane_blk = tx // lanes
                         sub = tx % lanes
                         if task < tasks:
-                            start = indptr[br]
-                            count = indptr[br + 1] - start
+                            start = start_of(indptr, rec, br)
+                            count = count_of(indptr, rec, br, start)
                             for it in range((count + step * unroll - 1) // (step * unroll)):
                                 for u in T.unroll(unroll):
                                     e = (it * unroll + u) * step + lane_blk

@@ -66,6 +66,7 @@ def test_report_shows_the_same_byte_copy_and_the_decode_ablation_when_measured(k
     doc["results"] += [rot, dict(rot, cfg=rot["cfg"] + "r", time_us=24.0), dict(rot, alloc="layer", time_us=33.0)]
     text = kernels.summary(doc)
     assert "| 12288 x 4096 | 1 | w32u4l2hs132fd92 | 30.0 | 24.0 | 33.0 | - |" in text
+    assert "per-matrix longest-first" not in text  # no warp-plan results, no table
 
 
 def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):

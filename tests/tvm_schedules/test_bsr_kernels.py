@@ -1,4 +1,6 @@
 """BSR kernels against a numpy reference on random data (llvm), and CUDA builds checked for device code."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -92,6 +94,8 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "decode_global_x": bsr_decode.bsr_decode_cuda(s, 1, bsr_decode.DecodeConfig(smem=False)),
         "decode_fp32": bsr_decode.bsr_decode_cuda(s, 2, bsr_decode.DecodeConfig(half2=False)),
         "decode_no_math": bsr_decode.bsr_decode_cuda(s, 1, bsr_decode.DecodeConfig(ablate="math")),  # benchmark only
+        # rows to warps by a plan appended to indptr (tvm_schedules.warp_plan)
+        "decode_plan": bsr_decode.bsr_decode_cuda(s, 4, replace(bsr_decode.tuned(4, 1, s.k), plan=True)),
         # 4 x 11008 activations (86 KB) staged in dynamic shared memory
         "decode_dyn_smem": tvm_schedules.bsr_matmul(BSRShape(64, 11008, 4, 16, 1, interleaved=True), 4, cuda_target),
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
