@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 
 from .common import BSRShape, nibble
+from .warp_plan import records_at
 
 SMEM_BYTES = 48 * 1024  # static shared memory a thread block may use without an opt-in
 MAGIC = 0x4B000000  # bit pattern of 2^23 as fp32: OR-ing an integer c < 2^23 into it gives 2^23 + c exactly
@@ -61,7 +62,8 @@ class DecodeConfig:
         return f"w{self.warps}u{self.unroll}l{self.lanes}" + ("h" if self.half2 else "") + (
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
-            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + ("p" if self.plan else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
+            "p" if self.plan else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -162,7 +164,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     nctas = launch(s, m, cfg)["warps"] // warps
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
-    base, tbase = nbr + 1, -(-(nbr + 1 + nctas * warps + 1) // 4) * 4  # the plan's warp offsets, its records
+    base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
     xwords = m * k // 2 if smem else 4

@@ -21,6 +21,11 @@ import heapq
 import numpy as np
 
 
+def records_at(block_rows: int, warps: int) -> int:
+    """Index of the first record: after indptr and the W + 1 warp offsets, rounded up to 16 bytes."""
+    return -(-(block_rows + 1 + warps + 1) // 4) * 4
+
+
 def trips(indptr: np.ndarray, trip_blocks: int) -> np.ndarray:
     """Loop trips of each block row (kept blocks / blocks per warp-trip, rounded up), plus one for the row's
     fixed cost (its indptr load, the warp's reduction and store)."""
@@ -44,5 +49,5 @@ def lpt(indptr: np.ndarray, warps: int, splits: int, trip_blocks: int) -> np.nda
     rows = tasks // splits
     records = np.stack([tasks, indptr[rows], indptr[rows + 1] - indptr[rows], np.zeros_like(tasks)], 1)
     head = np.concatenate([indptr, first])
-    pad = np.zeros(-len(head) % 4, np.int64)
+    pad = np.zeros(records_at(len(indptr) - 1, warps) - len(head), np.int64)
     return np.concatenate([head, pad, records.ravel()]).astype(np.int32)

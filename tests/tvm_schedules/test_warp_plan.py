@@ -18,7 +18,8 @@ def test_plan_records_cover_every_task_once_and_balance_the_warps(rows, warps, s
     plan = warp_plan.lpt(indptr, warps, splits, 64)
     assert np.array_equal(plan[:rows + 1], indptr)  # the kernel's indptr, unchanged
     first = plan[rows + 1:rows + 1 + warps + 1]
-    base = -(-(rows + 1 + warps + 1) // 4) * 4  # records start 16-byte aligned
+    base = warp_plan.records_at(rows, warps)  # where the kernel reads them, 16-byte aligned after the offsets
+    assert base % 4 == 0 and rows + 1 + warps + 1 <= base < rows + 1 + warps + 1 + 4
     records = plan[base:].reshape(-1, 4)
     assert first[0] == 0 and first[-1] == len(records) == rows * splits and np.all(np.diff(first) >= 0)
     assert sorted(records[:, 0]) == list(range(rows * splits))
