@@ -174,6 +174,18 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for alloc in ("row", "layer"):
                     add("bsr_decode", n, k, m, 1, alloc=alloc, tag="warp plan",
                         cfg=replace(bsr_decode.tuned(m, 1, k), plan=p))
+    # Decode: a block row shared by 1, 2 or 4 warps of a thread block, each every kparts-th loop trip
+    # (DecodeConfig.kparts), on balanced and unequal rows
+    for n, k in shapes if not quick else shapes[:1]:
+        for m in DECODE_M:
+            base = bsr_decode.tuned(m, 1, k)
+            cfgs = [replace(base, kparts=kp) for kp in (1, 2, 4)]
+            if m <= 2:  # as many thread blocks (activation stagings) as one warp per row: kparts x the warps
+                cfgs += [replace(base, kparts=kp, warps=base.warps * kp) for kp in (2, 4)
+                         if base.warps * kp <= 32]
+            for cfg in cfgs:
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="k parts", cfg=cfg)
     return kernels, cases
 
 
