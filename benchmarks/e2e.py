@@ -5,6 +5,8 @@ Two halves, because the GPU host has no TVM compiler and the build host has no G
          (torch reference logits for a fixed prompt, prefill and teacher-forced decode steps)
   GPU:   python3 benchmarks/e2e.py run BUNDLE --reference ref.npz --json out.json
          (runtime-only: the bundle's own tvm; logits error vs the reference, prefill and decode tokens/s)
+  A/B:   ... run BUNDLE --reference ref.npz --artifact A --artifact B   (several artifacts, one process,
+         side by side with the ratio A / B; e.g. with and without CUDA graphs, gqsa-compile --no-cuda-graph)
 """
 from __future__ import annotations
 
@@ -34,13 +36,8 @@ def make_reference(ckpt: str, out: str, seed: int = 0) -> None:
     print(f"reference: {out} ({PROMPT} prompt + {STEPS} decode tokens)")
 
 
-def run(bundle: str, reference: str, out_json: str | None, prefill_len: int, decode_tokens: int) -> dict:
-    sys.path[:0] = [str(Path(bundle) / "site"), str(Path(bundle))]
-    from runtime.model import CompiledModel
-
-    t0 = time.perf_counter()
-    model = CompiledModel(Path(bundle) / "artifact")
-    load_s = time.perf_counter() - t0
+def measure(model, reference: str, prefill_len: int, decode_tokens: int) -> dict:
+    """Logits against the torch reference, then prefill and decode timed per call from Python."""
     ref = np.load(reference)
     ids, want = ref["ids"], ref["logits"]
     got = [model.prefill(ids[:PROMPT])]
@@ -65,23 +62,47 @@ def run(bundle: str, reference: str, out_json: str | None, prefill_len: int, dec
         t = time.perf_counter()
         tok = int(np.argmax(model.decode(tok, prefill_len + i)))
         dec.append(time.perf_counter() - t)
-    res = {
+    return {
         "device": str(model.dev), "target": model.manifest["target"], "archs": model.manifest["archs"],
-        "load_s": round(load_s, 3),
+        "cuda_graph": model.manifest.get("cuda_graph", False),
         "logits_max_abs_err": float(err), "logits_max_abs_ref": float(scale),
         "logits_rel_err": float(err / scale), "top1_agreement": top1,
         "prefill_tokens": prefill_len, "prefill_ms_median": 1e3 * float(np.median(pre)),
         "prefill_tok_s": prefill_len / float(np.median(pre)),
         "decode_tokens": decode_tokens, "decode_ms_median": 1e3 * float(np.median(dec[3:])),
         "decode_tok_s": 1.0 / float(np.median(dec[3:])),
-        "bundle_mib": round(sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file()) / 2**20, 1),
     }
-    print(f"{'metric':<24}{'value':>14}")
-    for k, v in res.items():
-        print(f"{k:<24}{v:>14.4g}" if isinstance(v, float) else f"{k:<24}{str(v):>14}")
+
+
+def run(bundle: str, reference: str, out_json: str | None, prefill_len: int, decode_tokens: int,
+        artifacts: list[str] | None = None) -> list[dict]:
+    """Each artifact (the bundle's own by default) loaded with the bundle's runtime and measured in turn; with
+    several, a last column gives each metric of the first artifact divided by the second's."""
+    sys.path[:0] = [str(Path(bundle) / "site"), str(Path(bundle))]
+    from runtime.model import CompiledModel
+
+    rows = []
+    for art in artifacts or [str(Path(bundle) / "artifact")]:
+        t0 = time.perf_counter()
+        model = CompiledModel(art)
+        load_s = time.perf_counter() - t0
+        res = {"artifact": Path(art).name, "load_s": round(load_s, 3),
+               **measure(model, reference, prefill_len, decode_tokens),
+               "bundle_mib": round(sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file()) / 2**20, 1)}
+        rows.append(res)
+        del model
+    ratio = len(rows) > 1
+    print(f"{'metric':<24}" + "".join(f"{r['artifact']:>16}" for r in rows) + (f"{'first / second':>16}" if ratio else ""))
+    for k in rows[0]:
+        vals = [r[k] for r in rows]
+        cell = lambda v: f"{v:>16.4g}" if isinstance(v, float) else f"{str(v):>16}"  # noqa: E731
+        line = f"{k:<24}" + "".join(cell(v) for v in vals)
+        if ratio and all(isinstance(v, float) for v in vals[:2]) and vals[1]:
+            line += f"{vals[0] / vals[1]:>16.3f}"
+        print(line)
     if out_json:
-        Path(out_json).write_text(json.dumps(res, indent=1))
-    return res
+        Path(out_json).write_text(json.dumps(rows[0] if len(rows) == 1 else rows, indent=1))
+    return rows
 
 
 def main() -> None:
@@ -96,11 +117,13 @@ def main() -> None:
     g.add_argument("--json", default=None)
     g.add_argument("--prefill-len", type=int, default=128)
     g.add_argument("--decode-tokens", type=int, default=64)
+    g.add_argument("--artifact", action="append", default=None,
+                   help="artifact folder to measure with the bundle's runtime, repeatable (default: the bundle's)")
     a = p.parse_args()
     if a.cmd == "reference":
         make_reference(a.ckpt, a.out)
     else:
-        run(a.bundle, a.reference, a.json, a.prefill_len, a.decode_tokens)
+        run(a.bundle, a.reference, a.json, a.prefill_len, a.decode_tokens, a.artifact)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, launch
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -174,18 +174,13 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for alloc in ("row", "layer"):
                     add("bsr_decode", n, k, m, 1, alloc=alloc, tag="warp plan",
                         cfg=replace(bsr_decode.tuned(m, 1, k), plan=p))
-    # Decode: a block row shared by 1, 2 or 4 warps of a thread block, each every kparts-th loop trip
-    # (DecodeConfig.kparts), on balanced and unequal rows
-    for n, k in shapes if not quick else shapes[:1]:
-        for m in DECODE_M:
-            base = bsr_decode.tuned(m, 1, k)
-            cfgs = [replace(base, kparts=kp) for kp in (1, 2, 4)]
-            if m <= 2:  # as many thread blocks (activation stagings) as one warp per row: kparts x the warps
-                cfgs += [replace(base, kparts=kp, warps=base.warps * kp) for kp in (2, 4)
-                         if base.warps * kp <= 32]
-            for cfg in cfgs:
-                for alloc in ("row", "layer"):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="k parts", cfg=cfg)
+    # Decode with programmatic dependent launch (sm_90+): back-to-back calls overlap one's launch and ramp-up
+    # with the previous one's drain, as consecutive GEMVs of a decode step would
+    if launch.supported(archs):
+        for n, k in shapes if not quick else shapes[:1]:
+            for m in DECODE_M:
+                for p in (False, True):
+                    add("bsr_decode", n, k, m, 1, tag="pdl", cfg=replace(bsr_decode.tuned(m, 1, k), pdl=p))
     return kernels, cases
 
 
@@ -251,7 +246,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, launch
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick, archs)
@@ -287,7 +282,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
                 f = tvm_schedules.bsr_matmul(s, None, target, prefill_cfg=cfg)
             funcs[name] = f.with_attr("global_symbol", name)
         print(f"building {len(funcs)} kernels for {', '.join(archs)}", flush=True)
-        lib = tvm.compile(tvm.IRModule(funcs), target=target)
+        lib = tvm.compile(tvm.IRModule(funcs), target=target, tir_pipeline=launch.PIPELINE)
     with writing_dir(Path(out)) as tmp:
         (tmp / "kernels").mkdir()
         lib.export_library(str(tmp / "kernels" / "kernels.so"))
@@ -560,6 +555,30 @@ def _variant_table(pick, tag: str, suffix: str, title: str) -> list[str]:
     return out
 
 
+def _pdl_table(pick) -> list[str]:
+    """Decode with programmatic dependent launch beside the same launch without it (tag "pdl", balanced rows).
+    benchmarks/results/kernels_pdl_h100.json holds the kept variant as ``...ge`` (it was measured beside an
+    early-trigger one, ``...g``, since removed); the code now names the kept variant ``...g``."""
+    rows = pick(tag="pdl")
+    suffix = "ge" if any(r["cfg"].endswith("ge") for r in rows) else "g"
+    out = ["", "Decode with programmatic dependent launch (`DecodeConfig.pdl`, sm_90+: waits for the previous kernel "
+           "before reading activations, lets the next launch once its loop is done), timed back to back as in a "
+           "chain of GEMVs, balanced rows:", "",
+           "| shape N x K | M | launch | time | with PDL | speed-up | % of copy | x cuBLAS fp16 | x dlight int4 g32 |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        if not r["cfg"].endswith(suffix):
+            continue
+        plain = r["cfg"][:-len(suffix)]
+        base = [q for q in pick(tag="pdl", n=r["n"], k=r["k"], m=r["m"]) if q["cfg"] == plain]
+        if base:
+            b = base[0]
+            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {plain} | {b['time_us']:.1f} | {r['time_us']:.1f} | "
+                       f"{b['time_us'] / r['time_us']:.2f} | {b['pct_copy']:.0f}% -> {r['pct_copy']:.0f}% | "
+                       f"{b['vs_fp16']:.2f} -> {r['vs_fp16']:.2f} | {b['vs_int4']:.2f} -> {r['vs_int4']:.2f} |")
+    return out if len(out) > 5 else []
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -684,6 +703,7 @@ def summary(doc: dict) -> str:
     out += _variant_table(pick, "warp plan", "p", "Decode with rows given to warps by a per-matrix longest-first "
                           "plan (`DecodeConfig.plan`, `tvm_schedules/warp_plan.py`) beside the grid-stride order, "
                           "time (us):")
+    out += _pdl_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"]

@@ -18,11 +18,13 @@ import onnx
 
 from runtime.files import sha256, writing_dir
 from training.checkpoint import copy_tokenizer, read_checkpoint
+from tvm_schedules import launch
 
 from . import cuda_toolchain
+from .fuse_projections import fuse_projections
 from .kernel_layout import code_order, to_kernel_layout
 from .onnx_export import build_graph, cache_names, weight_arrays
-from .onnx_import import LoweringContext, import_model
+from .onnx_import import VARYING_INPUTS, LoweringContext, import_model
 
 ARTIFACT_VERSION = 2  # 2: 4-bit codes of CUDA artifacts in the interleaved order (1 is still loadable)
 
@@ -53,29 +55,38 @@ def kernel_choices(mod) -> dict[str, str]:
 
 def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
                   archs: list[str] | None = None, dtype: str | None = None, log=print,
-                  order: str | None = None) -> Path:
+                  order: str | None = None, cuda_graph: bool = True, pdl: bool = False) -> Path:
     """``order``: the weights' code order (kernel_layout); the target's own by default. Tests pass
-    "interleaved4" with llvm to check the CUDA artifacts' layout end to end on a CPU."""
+    "interleaved4" with llvm to check the CUDA artifacts' layout end to end on a CPU.
+
+    ``cuda_graph`` (CUDA only): kernels that read only fixed-address tensors run as CUDA graphs, captured on
+    the first call and replayed after: a decode step is then one graph launch instead of hundreds of kernel
+    launches from the VM (onnx_import.VARYING_INPUTS says which inputs the runtime keeps in place).
+    ``pdl`` (CUDA, every arch sm_90+): decode GEMVs let the next kernel launch as they finish and wait for the
+    previous one before reading activations (tvm_schedules.launch)."""
     import tvm
 
     archs = archs or ["sm_87", "sm_90"]
+    if pdl and not (target == "cuda" and launch.supported(archs)):
+        raise CompileError(f"--pdl needs --target cuda and every --arch sm_90 or later (got {', '.join(archs)})")
     dtype = dtype or ("float16" if target == "cuda" else "float32")
     if dtype not in ("float16", "float32"):
         raise CompileError(f"unsupported dtype {dtype!r} (float16 or float32)")
     t0 = time.time()
     args, meta, dense, compressed = read_checkpoint(ckpt_dir)
     order = order or code_order(target)
-    compressed = to_kernel_layout(compressed, order)
+    compressed = fuse_projections(to_kernel_layout(compressed, order), args.n_layers)
     tgt = make_target(target, archs)
     log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices)")
     model = build_graph(args, dense, compressed, dtype)
     log("[2/4] import into Relax (prefill: T symbolic, decode: T = 1)")
     ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len,
-                          interleaved=order != "checkpoint")
+                          interleaved=order != "checkpoint", pdl=pdl)
     mod = import_model(model, ctx)
     log(f"[3/4] build for {target}" + (f" ({', '.join(archs)})" if target == "cuda" else ""))
-    with tgt:
-        executable = tvm.compile(mod, target=tgt)
+    cuda_graph = cuda_graph and target == "cuda"
+    with tgt, tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
+        executable = tvm.compile(mod, target=tgt, tir_pipeline=launch.PIPELINE)
 
     out = Path(out_dir)
     log(f"[4/4] write artifact {out}")
@@ -96,6 +107,9 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
             "format_version": meta["format_version"],
             "target": target, "archs": archs if target == "cuda" else [], "dtype": dtype,
             "entry_points": {"prefill": "T symbolic", "decode": "T = 1"},
+            "cuda_graph": cuda_graph,
+            "dependent_launch": pdl,
+            "varying_inputs": VARYING_INPUTS,
             "inputs": [{"name": "input_ids", "dtype": "int32", "shape": ["T"]},
                        {"name": "positions", "dtype": "int32", "shape": ["T"]}],
             "caches": {"names": cache_names(args), "dtype": dtype,

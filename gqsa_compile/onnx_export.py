@@ -10,6 +10,8 @@ the parts no ONNX op expresses are nodes of the ``gqsa`` domain whose inputs are
     gqsa.CachedAttention(q, k_cache, v_cache, positions)                 causal over the cache
 
 Weights are graph *inputs* (not initializers), so the file is small and the weights stay in one place.
+Where fuse_projections stacked a layer's q/k/v (or gate/up) into one matrix, one BSRMatMul and Slices of
+its output stand for the separate ones.
 Inputs, in order: input_ids [T], positions [T], k/v cache per layer [S, n_kv, head_dim], then weights.
 Output: logits [T, vocab] (fp32).
 """
@@ -100,6 +102,18 @@ def build_graph(args: ModelArgs, dense: dict[str, np.ndarray], compressed: dict[
         b = compressed[name]
         return g.op("BSRMatMul", x, *(f"{name}.{t}" for t in BSRWeight.TENSORS), domain=DOMAIN, **bsr_attrs(b))
 
+    def columns(x, sizes):
+        """Columns of [T, N] ``x`` in consecutive pieces (a fused projection's outputs), as Slices: unlike a
+        Split (a tuple, measured: one more kernel per piece), a slice fuses into the kernel that reads it."""
+        starts = np.cumsum([0] + sizes[:-1]).tolist()
+        return [g.op("Slice", x, g.const([a]), g.const([a + n]), g.const([1])) for a, n in zip(starts, sizes)]
+
+    def projections(x, p, fused, names, sizes):
+        """The outputs of ``names``: one BSRMatMul per matrix, or one for their rows stacked (fuse_projections)."""
+        if f"{p}.{fused}" in compressed:
+            return columns(linear(x, f"{p}.{fused}"), sizes)
+        return [linear(x, f"{p}.{n}") for n in names]
+
     def rmsnorm(x, weight):
         x32 = g.op("Cast", x, to=f32)
         ms = g.op("ReduceMean", g.op("Mul", x32, x32), axes_last, keepdims=1)
@@ -121,16 +135,18 @@ def build_graph(args: ModelArgs, dense: dict[str, np.ndarray], compressed: dict[
     for i in range(args.n_layers):
         p = f"layers.{i}"
         h = rmsnorm(x, f"{p}.input_layernorm.weight")
-        q = rope(g.op("Reshape", linear(h, f"{p}.self_attn.q_proj"), g.const([-1, H, D])), cos, sin)
-        k = rope(g.op("Reshape", linear(h, f"{p}.self_attn.k_proj"), g.const([-1, KV, D])), cos, sin)
-        v = g.op("Reshape", linear(h, f"{p}.self_attn.v_proj"), g.const([-1, KV, D]))
+        q, k, v = projections(h, p, "self_attn.qkv_proj", [f"self_attn.{n}_proj" for n in "qkv"],
+                              [H * D, KV * D, KV * D])
+        q = rope(g.op("Reshape", q, g.const([-1, H, D])), cos, sin)
+        k = rope(g.op("Reshape", k, g.const([-1, KV, D])), cos, sin)
+        v = g.op("Reshape", v, g.const([-1, KV, D]))
         kc = g.op("KVAppend", caches[f"{p}.k_cache"], k, pos, domain=DOMAIN)
         vc = g.op("KVAppend", caches[f"{p}.v_cache"], v, pos, domain=DOMAIN)
         a = g.op("CachedAttention", q, kc, vc, pos, domain=DOMAIN)
         x = g.op("Add", x, linear(g.op("Reshape", a, g.const([-1, H * D])), f"{p}.self_attn.o_proj"))
         h = rmsnorm(x, f"{p}.post_attention_layernorm.weight")
-        gate = linear(h, f"{p}.mlp.gate_proj")
-        up = linear(h, f"{p}.mlp.up_proj")
+        ffn = compressed[f"{p}.mlp.gate_up_proj"].shape[0] // 2 if f"{p}.mlp.gate_up_proj" in compressed else 0
+        gate, up = projections(h, p, "mlp.gate_up_proj", ["mlp.gate_proj", "mlp.up_proj"], [ffn, ffn])
         x = g.op("Add", x, linear(g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up), f"{p}.mlp.down_proj"))
     head = "lm_head" if "lm_head" in compressed else "embed_tokens"
     logits = g.op("Cast", linear(rmsnorm(x, "norm.weight"), head), to=f32)

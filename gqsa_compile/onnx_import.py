@@ -28,6 +28,7 @@ class LoweringContext:
     head_dim: int
     cache_len: int
     interleaved: bool = False  # 4-bit codes in the kernels' interleaved order (kernel_layout)
+    pdl: bool = False  # decode GEMVs with programmatic dependent launch (tvm_schedules.launch)
 
 
 _CTX: list[LoweringContext] = []
@@ -56,7 +57,7 @@ class BSRMatMul(_of.OnnxOpConverter):
         s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
         x = inputs[0]
         m = x.ty.shape[0]
-        gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target))
+        gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target, pdl=c.pdl))
         return relax.call_tir(gv, list(inputs), relax.TensorType([m, s.n], c.dtype))
 
 
@@ -119,6 +120,13 @@ class _Rebind(relax.PyExprMutator):
         return self.gvars.get(op.name_hint, op)
 
 
+# Inputs of each entry point that change address from call to call; the rest (caches, weights) the runtime
+# keeps in place. TVM's CUDA-graph rewrite (``num_input``) may capture kernels that read only fixed-address
+# tensors: decode's token and position live in device tensors the runtime overwrites, so all of decode is
+# fixed; prefill's token count varies, so its input_ids and positions are not.
+VARYING_INPUTS = {"prefill": 2, "decode": 0}
+
+
 def import_model(model: onnx.ModelProto, ctx: LoweringContext) -> tvm.IRModule:
     """One IRModule with Relax functions ``prefill`` (T symbolic) and ``decode`` (T = 1)."""
     parts = {"prefill": _import(model, ctx, None), "decode": _import(model, ctx, 1)}
@@ -131,5 +139,5 @@ def import_model(model: onnx.ModelProto, ctx: LoweringContext) -> tvm.IRModule:
     for entry, mod in parts.items():
         main = mod["main"]
         rebound = _Rebind(mod, gvars).visit_expr(main)
-        bb.add_func(rebound.with_attr("global_symbol", entry), entry)
+        bb.add_func(rebound.with_attrs({"global_symbol": entry, "num_input": VARYING_INPUTS[entry]}), entry)
     return bb.get()

@@ -106,21 +106,33 @@ class CompiledModel:
         self.max_seq_len = c["shape"][0]
         self.caches = [tvm.runtime.tensor(np.zeros(c["shape"], c["dtype"]), self.dev) for _ in c["names"]]
 
-    def _run(self, fn, ids: np.ndarray, start: int) -> np.ndarray:
-        if start + len(ids) > self.max_seq_len:
+        # decode's token and position: device tensors overwritten in place, as a captured CUDA graph reads them
+        # at the addresses it was captured with (manifest "varying_inputs")
+        self._step = [tvm.runtime.tensor(np.zeros(1, np.int32), self.dev) for _ in range(2)]
+        # decode with every argument bound once (a closure kept by the VM): a step passes none of the hundreds
+        # of cache and weight tensors through the FFI again
+        self.vm.save_function("decode", "gqsa_decode_step", *self._step, *self.caches, *self.weights)
+        self._decode_step = self.vm["gqsa_decode_step"]
+
+    def _check(self, start: int, n: int) -> None:
+        if start + n > self.max_seq_len:
             raise ValueError(f"sequence longer than the compiled cache ({self.max_seq_len} tokens)")
-        t = self.tvm.runtime.tensor
-        pos = np.arange(start, start + len(ids), dtype=np.int32)
-        out = fn(t(np.asarray(ids, np.int32), self.dev), t(pos, self.dev), *self.caches, *self.weights)
-        return out.numpy()
 
     def prefill(self, ids, start: int = 0) -> np.ndarray:
         """Logits [T, vocab] for ``ids`` placed at positions start..start+T-1 (the cache is written)."""
-        return self._run(self._prefill, np.asarray(ids), start)
+        ids = np.asarray(ids, np.int32)
+        self._check(start, len(ids))
+        t = self.tvm.runtime.tensor
+        pos = np.arange(start, start + len(ids), dtype=np.int32)
+        return self._prefill(t(ids, self.dev), t(pos, self.dev), *self.caches, *self.weights).numpy()
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         """Logits [vocab] for one token at ``pos``."""
-        return self._run(self._decode, np.array([token]), pos)[0]
+        self._check(pos, 1)
+        ids, where = self._step
+        ids.copyfrom(np.array([token], np.int32))
+        where.copyfrom(np.array([pos], np.int32))
+        return self._decode_step().numpy()[0]
 
     def sync(self):
         self.dev.sync()

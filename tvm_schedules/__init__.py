@@ -7,6 +7,8 @@ attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax need
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
 from .bsr_decode import tuned as decode_tuned
@@ -16,6 +18,7 @@ from .bsr_prefill_simt import bsr_prefill_simt
 from .common import BSRShape, is_gpu
 from .embedding import embedding
 from .kv_cache import kv_append
+from .launch import PIPELINE  # noqa: F401  (registers the TIR pipeline that flags dependent launches)
 
 DECODE_MAX_M = 8
 SCHEDULED = {"tirx.is_scheduled": True, "op_pattern": 8}
@@ -26,12 +29,13 @@ def _finish(func, name: str, config: str = "default"):
     return func.with_attrs({**SCHEDULED, "global_symbol": name, "gqsa.config": config})
 
 
-def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=None):
-    """The kernel for y[M, n] = x[M, k] W^T; ``m`` is the static token count, None when symbolic."""
+def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=None, pdl: bool = False):
+    """The kernel for y[M, n] = x[M, k] W^T; ``m`` is the static token count, None when symbolic. ``pdl``: decode
+    kernels use programmatic dependent launch (every arch of the build sm_90+, tvm_schedules.launch)."""
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
-        cfg = decode_cfg or decode_tuned(m, s.rows, s.k)
+        cfg = decode_cfg or replace(decode_tuned(m, s.rows, s.k), pdl=pdl)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     tiled = bsr_prefill_tiled.tuned(s)
     if prefill_cfg is None and all(bsr_prefill_tiled.supports(s, c) for _, c in tiled):

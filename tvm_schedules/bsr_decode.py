@@ -48,10 +48,10 @@ class DecodeConfig:
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
     plan: bool = False  # rows to warps by a per-matrix plan appended to indptr (tvm_schedules.warp_plan)
-    kparts: int = 1  # warps of one thread block sharing a block row, each every kparts-th loop trip, their sums
-    # meeting in shared memory: where rows are fewer than warps, the longest row's walk is split
     rotate: bool = False  # staged group-major ([group][token][columns]), each lane walking the tokens from
     # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
+    pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
+    # previous kernel's output before it reads the activations, and lets the next one launch once its loop is done
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -65,8 +65,7 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + (f"k{self.kparts}" if self.kparts > 1 else "") + (
-            f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -135,7 +134,7 @@ def launch(s: BSRShape, m: int, cfg: DecodeConfig) -> dict:
     """The grid's warps, tasks per block row and kept blocks per warp-trip: what ``warp_plan.lpt`` needs."""
     splits = s.rows // rows_per_warp(s, m, cfg.row_budget)
     lanes = lanes_per_block(s, cfg.lanes)
-    ctas = -(-s.block_rows * splits * cfg.kparts // cfg.warps)
+    ctas = -(-s.block_rows * splits // cfg.warps)
     if half2_path(s, cfg, lanes) and cfg.stages(m, s.k):  # thread blocks that stage loop over many rows
         ctas = min(ctas, cfg.ctas)
     return {"warps": ctas * cfg.warps, "splits": splits, "trip_blocks": 32 // lanes * cfg.unroll}
@@ -151,10 +150,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     nbr = s.block_rows
     rw = rows_per_warp(s, m, cfg.row_budget)
     splits = rows // rw  # warps per block row
-    kp = cfg.kparts  # warps per task, side by side in a thread block, each every kp-th trip of the row
-    tasks = nbr * splits * kp
+    tasks = nbr * splits
     warps, unroll = cfg.warps, cfg.unroll
-    assert warps % kp == 0 and not (kp > 1 and cfg.plan), "a task's parts share a thread block; no plan"
     lanes = lanes_per_block(s, cfg.lanes)
     wpl = words // lanes  # words per lane
     cols = group // lanes  # columns per lane
@@ -187,14 +184,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         """Block rows this warp walks: its share of the plan, or one per round of the whole grid."""
         return span[1] - span[0] if plan else reps
 
-    def trips_in(count, task):
-        """Loop trips of a warp over its row's ``count`` blocks: all, or every kp-th from its piece."""
-        su = step * unroll
-        return (count + su - 1) // su if kp == 1 else (count + su * kp - 1 - task % kp * su) // (su * kp)
-
-    def trip_of(it, task):
-        return it if kp == 1 else it * kp + task % kp
-
     def task_of(rec, rep, bx, ty):
         return rec[0] if plan else (rep * nctas + bx) * warps + ty
 
@@ -221,6 +210,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
                     xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
+                    if cfg.pdl:  # nothing before this reads what the previous kernel writes
+                        T.ptx.griddepcontrol.wait()
                     if smem:
                         for c in range(stage):
                             if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
@@ -245,10 +236,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
                     zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
-                    sink = T.alloc_buffer((warps * 32 + (warps * m * rw if kp > 1 else 0),), "uint32", scope="shared")
-                    # kparts: the warps' sums, behind the fence's words: a buffer of its own would share their
-                    # memory (TVM does not see the fence's inline-PTX stores), while slow warps still store there
-                    comb = T.decl_buffer((warps * m * rw,), "float32", data=sink.data, elem_offset=warps * 32)
+                    sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
                     rec = T.alloc_buffer((4,), "int32", scope="local")  # plan: task, first block, block count
                     if plan:  # plan warp ty * blocks + bx: a plan's consecutive warps sit on different SMs
@@ -261,16 +249,16 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             for v in T.vectorized(4):
                                 rec[v] = indptr[tbase + (span[0] + rep) * 4 + v]
                         task = task_of(rec, rep, bx, ty)
-                        br = task // kp // splits
-                        r0 = task // kp % splits * rw
+                        br = task // splits
+                        r0 = task % splits * rw
                         lane_blk = tx // lanes
                         sub = tx % lanes
                         if task < tasks:
                             start = start_of(indptr, rec, br)
                             count = count_of(indptr, rec, br, start)
-                            for it in range(trips_in(count, task)):
+                            for it in range((count + step * unroll - 1) // (step * unroll)):
                                 for u in T.unroll(unroll):
-                                    e = (trip_of(it, task) * unroll + u) * step + lane_blk
+                                    e = (it * unroll + u) * step + lane_blk
                                     b = start + T.min(e, count - 1)
                                     # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
                                     if meta:
@@ -353,18 +341,9 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             for o in T.unroll(5):
                                 red[0] = red[0] + T.tvm_warp_shuffle_down(
                                     T.tvm_warp_activemask(), red[0], 16 >> o, 32, 32)
-                            if kp > 1:
-                                if tx == 0:
-                                    comb[ty * m * rw + j] = red[0]
-                            elif tx == 0 and task < tasks:
+                            if tx == 0 and task < tasks:
                                 y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
-                        if kp > 1:  # the row's first part adds the others' sums, a lane per output
-                            T.tvm_storage_sync("shared")
-                            if tx < m * rw and task % kp == 0 and task < tasks:
-                                red[0] = comb[ty * m * rw + tx]
-                                for q in range(1, kp):
-                                    red[0] = red[0] + comb[(ty + q) * m * rw + tx]
-                                y[tx // rw, br * rows + r0 + tx % rw] = T.Cast(dt, red[0])
-                            T.tvm_storage_sync("shared")
+                    if cfg.pdl:  # the next kernel's thread blocks may take the SMs this one leaves
+                        T.ptx.griddepcontrol.launch_dependents()
 
     return bsr_decode

@@ -76,6 +76,10 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     assert fatbin_archs(out / "model.so") == {80, 87, 89, 90}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["archs"] == ARCHS and manifest["compression"]["bits"] == 4
+    # decode runs as one CUDA graph (captured on the first call), prefill (symbolic T) launches kernels
+    assert manifest["cuda_graph"] and manifest["varying_inputs"] == {"prefill": 2, "decode": 0}
+    so = (out / "model.so").read_bytes()
+    assert b"decode_cuda_graph_capture" in so and b"prefill_cuda_graph_capture" not in so
     # the weights are stored in the kernels' code order, and the chosen tuning is recorded per kernel
     from runtime.model import read_safetensors
     from training.checkpoint import read_checkpoint
@@ -84,9 +88,14 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     from tvm_schedules.layout import interleave_codes
 
     assert manifest["artifact_version"] == 2 and manifest["code_order"] == "interleaved4"
-    name, b = next(iter(read_checkpoint(tiny_ckpt)[3].items()))
+    compressed = read_checkpoint(tiny_ckpt)[3]
     stored = read_safetensors(out / "weights.safetensors")
-    np.testing.assert_array_equal(stored[f"{name}.qweight"], interleave_codes(b.qweight))
+    o = "layers.0.self_attn.o_proj"
+    np.testing.assert_array_equal(stored[f"{o}.qweight"], interleave_codes(compressed[o].qweight))
+    # q, k and v stacked into one matrix (fuse_projections), each part in the kernels' code order
+    qkv = np.concatenate([interleave_codes(compressed[f"layers.0.self_attn.{n}_proj"].qweight) for n in "qkv"])
+    np.testing.assert_array_equal(stored["layers.0.self_attn.qkv_proj.qweight"], qkv)
+    assert "layers.0.self_attn.q_proj.qweight" not in stored
     kernels = manifest["kernels"]
     assert any(k.startswith("bsr_decode_m1_") and v == tuned(1).key for k, v in kernels.items())
     assert any(k.startswith("bsr_prefill_") and v.startswith("m<=32:t64x32") and v.endswith(
@@ -119,6 +128,7 @@ def test_bad_inputs_give_one_line_errors(tiny_model, tiny_ckpt, tiny_artifact, t
     (other / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
     _one_line_error(_cli("main", str(other), "--target", "llvm", "-o", str(out)), out)
     _one_line_error(_cli("main", str(tiny_ckpt), "--target", "cuda", "--arch", "sm_42", "-o", str(out)), out)
+    _one_line_error(_cli("main", str(tiny_ckpt), "--target", "cuda", "--pdl", "-o", str(out)), out)  # sm_87 too
     _one_line_error(_cli("compress_main", str(tiny_model), "-o", str(out), "--bits", "5", "--sparsity", "0"), out)
     _one_line_error(_cli("compress_main", str(tiny_model), "-o", str(out), "--group", "12", "--sparsity", "0"), out)
     tampered = tmp_path / "tampered"
