@@ -179,8 +179,10 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     if launch.supported(archs):
         for n, k in shapes if not quick else shapes[:1]:
             for m in DECODE_M:
-                for p in (False, True):
-                    add("bsr_decode", n, k, m, 1, tag="pdl", cfg=replace(bsr_decode.tuned(m, 1, k), pdl=p))
+                for p, pf in ((False, False), (True, False), (True, True)):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl",
+                            cfg=replace(bsr_decode.tuned(m, 1, k), pdl=p, prefetch=pf))
     return kernels, cases
 
 
@@ -556,27 +558,29 @@ def _variant_table(pick, tag: str, suffix: str, title: str) -> list[str]:
 
 
 def _pdl_table(pick) -> list[str]:
-    """Decode with programmatic dependent launch beside the same launch without it (tag "pdl", balanced rows).
-    benchmarks/results/kernels_pdl_h100.json holds the kept variant as ``...ge`` (it was measured beside an
-    early-trigger one, ``...g``, since removed); the code now names the kept variant ``...g``."""
+    """Decode with programmatic dependent launch, and with an L2 prefetch before its wait, beside the same launch
+    without either (tag "pdl"), balanced and unequal rows."""
     rows = pick(tag="pdl")
-    suffix = "ge" if any(r["cfg"].endswith("ge") for r in rows) else "g"
+    plain = sorted({r["cfg"] for r in rows if not r["cfg"].endswith(("g", "gq"))})
+    if not plain:
+        return []
     out = ["", "Decode with programmatic dependent launch (`DecodeConfig.pdl`, sm_90+: waits for the previous kernel "
-           "before reading activations, lets the next launch once its loop is done), timed back to back as in a "
-           "chain of GEMVs, balanced rows:", "",
-           "| shape N x K | M | launch | time | with PDL | speed-up | % of copy | x cuBLAS fp16 | x dlight int4 g32 |",
-           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "before reading activations, lets the next launch once its loop is done) and with each warp's first row "
+           "prefetched into L2 before that wait (`prefetch`), timed back to back as in a chain of GEMVs; time (us), "
+           "then for the fastest of the three its % of the copy bandwidth and speed-up over cuBLAS fp16:", "",
+           "| shape N x K | M | launch | time | PDL | PDL + prefetch | unequal rows | PDL | PDL + prefetch "
+           "| best: % of copy | x cuBLAS fp16 |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        if not r["cfg"].endswith(suffix):
+        if r["cfg"] not in plain or r["alloc"] != "row":
             continue
-        plain = r["cfg"][:-len(suffix)]
-        base = [q for q in pick(tag="pdl", n=r["n"], k=r["k"], m=r["m"]) if q["cfg"] == plain]
-        if base:
-            b = base[0]
-            out.append(f"| {r['n']} x {r['k']} | {r['m']} | {plain} | {b['time_us']:.1f} | {r['time_us']:.1f} | "
-                       f"{b['time_us'] / r['time_us']:.2f} | {b['pct_copy']:.0f}% -> {r['pct_copy']:.0f}% | "
-                       f"{b['vs_fp16']:.2f} -> {r['vs_fp16']:.2f} | {b['vs_int4']:.2f} -> {r['vs_int4']:.2f} |")
-    return out if len(out) > 5 else []
+        t = {(q["cfg"], q["alloc"]): q for q in pick(tag="pdl", n=r["n"], k=r["k"], m=r["m"])}
+        keys = [r["cfg"], r["cfg"] + "g", r["cfg"] + "gq"]
+        best = min((t[(c, "row")] for c in keys if (c, "row") in t), key=lambda q: q["time_us"])
+        out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['cfg']} | " + " | ".join(
+            f"{t[(c, a)]['time_us']:.1f}" if (c, a) in t else "-" for a in ("row", "layer") for c in keys)
+            + f" | {best['pct_copy']:.0f}% | {best['vs_fp16']:.2f} |")
+    return out
 
 
 def merge(runs: list[list[dict]]) -> list[dict]:
