@@ -179,10 +179,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     if launch.supported(archs):
         for n, k in shapes if not quick else shapes[:1]:
             for m in DECODE_M:
-                for p, pf in ((False, False), (True, False), (True, True)):
+                for p in (False, True):
                     for alloc in ("row", "layer"):
-                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl",
-                            cfg=replace(bsr_decode.tuned(m, 1, k), pdl=p, prefetch=pf))
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl", cfg=replace(bsr_decode.tuned(m, 1, k), pdl=p))
     return kernels, cases
 
 
@@ -558,8 +557,8 @@ def _variant_table(pick, tag: str, suffix: str, title: str) -> list[str]:
 
 
 def _pdl_table(pick) -> list[str]:
-    """Decode with programmatic dependent launch, and with an L2 prefetch before its wait, beside the same launch
-    without either (tag "pdl"), balanced and unequal rows."""
+    """Decode with programmatic dependent launch beside the same launch without it (tag "pdl"), balanced and
+    unequal rows; kernels_pdl_prefetch_h100.json also holds a removed variant with an L2 prefetch (``...gq``)."""
     rows = pick(tag="pdl")
     plain = sorted({r["cfg"] for r in rows if not r["cfg"].endswith(("g", "gq"))})
     if not plain:

@@ -52,7 +52,6 @@ class DecodeConfig:
     # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
     # previous kernel's output before it reads the activations, and lets the next one launch once its loop is done
-    prefetch: bool = False  # with pdl: before waiting, each warp prefetches its first row's blocks into L2
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -66,7 +65,7 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + ("g" if self.pdl else "") + ("q" if self.prefetch else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -169,7 +168,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     plan = cfg.plan
     base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
-    assert not cfg.prefetch or (cfg.pdl and not plan), "prefetch: with pdl, in the grid-stride order"
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
     xwords = m * k // 2 if smem else 4
     stage = -(-xwords // 4 // (warps * 32))  # 16-byte copies per thread
@@ -195,14 +193,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     def count_of(indptr, rec, br, start):
         return rec[2] if plan else indptr[br + 1] - start
 
-    @T.macro
-    def prefetch_l2(view, unit, total, first, count):
-        """Blocks first .. first + count of an array of ``unit`` bytes per block, as whole 16-byte lines."""
-        lo = first * unit // 16 * 16
-        hi = T.min((first + count) * unit + 15, total) // 16 * 16
-        if hi > lo:
-            T.ptx.cp.async_.bulk.prefetch.L2.global_(view.ptr_to([lo]), T.Cast("uint32", hi - lo))
-
     @T.prim_func
     def bsr_decode(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
                    zr_h: T.handle, y_h: T.handle):
@@ -216,27 +206,10 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
         y = T.match_buffer(y_h, (m, n), dt)
         x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)  # activation pairs as 32-bit words
-        qb = T.decl_buffer((nnz * rows * words * 4,), "uint8", data=qw.data)  # byte views for the L2 prefetch
-        ib = T.decl_buffer((nnz * 2,), "uint8", data=indices.data)
-        sb = T.decl_buffer((nnz * rows * 2,), "uint8", data=sc.data)
-        zb8 = T.decl_buffer((nnz * rows,), "uint8", data=zr.data)
         for bx in T.thread_binding(nctas, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
                     xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
-                    pf = T.alloc_buffer((2,), "int32", scope="local")  # prefetch: first block, block count
-                    if cfg.prefetch:  # while the previous kernel drains: this warp's first row, one array per lane
-                        if tx < 4 and bx * warps + ty < tasks:
-                            pf[0] = indptr[(bx * warps + ty) // splits]
-                            pf[1] = indptr[(bx * warps + ty) // splits + 1] - pf[0]
-                            if tx == 0:
-                                prefetch_l2(qb, rows * words * 4, nnz * rows * words * 4, pf[0], pf[1])
-                            if tx == 1:
-                                prefetch_l2(ib, 2, nnz * 2, pf[0], pf[1])
-                            if tx == 2:
-                                prefetch_l2(sb, rows * 2, nnz * rows * 2, pf[0], pf[1])
-                            if tx == 3:
-                                prefetch_l2(zb8, rows, nnz * rows, pf[0], pf[1])
                     if cfg.pdl:  # nothing before this reads what the previous kernel writes
                         T.ptx.griddepcontrol.wait()
                     if smem:
