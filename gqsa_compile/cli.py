@@ -21,7 +21,7 @@ def main(argv=None) -> int:
                    help="launch every kernel from the VM instead of replaying CUDA graphs (cuda only)")
     p.add_argument("--pdl", action="store_true",
                    help="decode GEMVs with programmatic dependent launch (only where every --arch is sm_90+; "
-                        "1.16x faster in chains of GEMVs, no change on SmolLM2 end to end: docs/perf.md)")
+                        "batch-1 GEMVs 1.07-1.36x faster back to back, no change on SmolLM2 end to end: docs/perf.md)")
     p.add_argument("-o", "--output", default=None, help="artifact folder (default: MODEL_DIR-TARGET)")
     a = p.parse_args(argv)
 
