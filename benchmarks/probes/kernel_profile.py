@@ -1,0 +1,56 @@
+"""GPU time of one decode step by kernel family: torch.profiler (CUPTI) over the kernels the TVM runtime
+launches or replays, at positions 21-40 (GPU host, through a bundle; needs torch there).
+
+    python3 benchmarks/probes/kernel_profile.py BUNDLE ARTIFACT [ARTIFACT ...]
+"""
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+STEPS = 20
+
+
+def family(kernel: str) -> str:
+    """A kernel's name without its shape and numbering suffixes."""
+    name = re.sub(r"_n\d+.*|_kernel$|\d+$", "", kernel)
+    return re.sub(r"(_kernel)?(\d+)?$", "", name)
+
+
+def profile_decode(model) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    model.prefill(np.arange(16, dtype=np.int32))
+    for i in range(5):
+        model.decode(5, 16 + i)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(STEPS):
+            model.decode(5, 21 + i)
+        torch.cuda.synchronize()
+    fam = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            fam[family(e.name)][0] += 1
+            fam[family(e.name)][1] += getattr(e, "device_time", None) or getattr(e, "cuda_time", 0.0)
+    total = sum(v[1] for v in fam.values())
+    print(f"{model.dir}: {sum(v[0] for v in fam.values()) / STEPS:.0f} GPU activities per step, "
+          f"{total / STEPS / 1e3:.3f} ms of GPU time per step")
+    for k, (n, t) in sorted(fam.items(), key=lambda kv: -kv[1][1])[:16]:
+        print(f"  {k[:60]:<60} {n / STEPS:6.0f} per step {t / STEPS:9.1f} us ({100 * t / total:4.1f}%)")
+
+
+def main() -> None:
+    bundle = Path(sys.argv[1])
+    sys.path[:0] = [str(bundle / "site"), str(bundle)]
+    from runtime.model import CompiledModel
+
+    for art in sys.argv[2:]:
+        profile_decode(CompiledModel(art))
+
+
+if __name__ == "__main__":
+    main()
