@@ -6,7 +6,6 @@ launches or replays, at positions 21-40 (GPU host, through a bundle; needs torch
 import re
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
@@ -44,12 +43,10 @@ def profile_decode(model) -> None:
 
 
 def main() -> None:
-    bundle = Path(sys.argv[1])
-    sys.path[:0] = [str(bundle / "site"), str(bundle)]
-    from runtime.model import CompiledModel
+    from probe import compiled_models  # this folder is on sys.path when run as a script
 
-    for art in sys.argv[2:]:
-        profile_decode(CompiledModel(art))
+    for model in compiled_models(sys.argv[1:]):
+        profile_decode(model)
 
 
 if __name__ == "__main__":

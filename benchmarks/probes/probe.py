@@ -49,13 +49,18 @@ def probe(model) -> None:
                                                                           repeat=3)())
 
 
-def main() -> None:
-    bundle = Path(sys.argv[1])
+def compiled_models(argv: list[str]):
+    """``BUNDLE ARTIFACT ...``: each artifact loaded with the bundle's runtime, one at a time."""
+    bundle = Path(argv[0])
     sys.path[:0] = [str(bundle / "site"), str(bundle)]
     from runtime.model import CompiledModel
 
-    for art in sys.argv[2:]:
-        probe(CompiledModel(art))
+    return (CompiledModel(art) for art in argv[1:])
+
+
+def main() -> None:
+    for model in compiled_models(sys.argv[1:]):
+        probe(model)
 
 
 if __name__ == "__main__":
