@@ -182,6 +182,13 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for p in (False, True):
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl", cfg=replace(bsr_decode.tuned(m, 1, k), pdl=p))
+        # M = 1 launches retuned with PDL on: with the next kernel overlapping this one's tail, fewer and
+        # longer-lived thread blocks or more loads in flight may pay off differently
+        for n, k in shapes if not quick else shapes[:1]:
+            for warps, ctas, unroll in ((8, 528, 2), (8, 264, 2), (16, 264, 2), (16, 132, 2), (32, 132, 2),
+                                        (8, 1056, 4), (16, 528, 2)):
+                add("bsr_decode", n, k, 1, 1, tag="pdl sweep", cfg=replace(
+                    bsr_decode.tuned(1, 1, k), warps=warps, ctas=ctas, unroll=unroll, pdl=True))
     return kernels, cases
 
 
