@@ -26,7 +26,9 @@ from .kernel_layout import code_order, to_kernel_layout
 from .onnx_export import build_graph, cache_names, weight_arrays
 from .onnx_import import VARYING_INPUTS, LoweringContext, import_model
 
-ARTIFACT_VERSION = 2  # 2: 4-bit codes of CUDA artifacts in the interleaved order (1 is still loadable)
+# 2: 4-bit codes of CUDA artifacts in the interleaved order; 3: decode captured as a CUDA graph, so a runtime
+# must keep decode's inputs at fixed addresses (runtime.model.ARTIFACT_VERSION: the newest a runtime runs)
+ARTIFACT_VERSION = 3
 
 
 class CompileError(RuntimeError):

@@ -74,6 +74,11 @@ def import_tvm(cuda: bool):
     return tvm
 
 
+# The newest artifact layout this runtime runs (docs/format.md). 3: decode may be a captured CUDA graph, which
+# needs decode's inputs kept at fixed addresses, as this runtime does.
+ARTIFACT_VERSION = 3
+
+
 class CompiledModel:
     """Prefill and decode over a KV cache that lives on the device between calls."""
 
@@ -86,6 +91,9 @@ class CompiledModel:
             self.manifest = m = json.loads(mpath.read_text())
         except json.JSONDecodeError as e:
             raise ArtifactError(f"{mpath}: corrupt JSON ({e.msg})") from None
+        if m.get("artifact_version", 1) > ARTIFACT_VERSION:
+            raise ArtifactError(f"{self.dir}: artifact version {m['artifact_version']} is newer than this runtime "
+                                f"reads ({ARTIFACT_VERSION}); use the runtime of the gqsa that built it")
         for f, digest in m["checksums"].items():
             p = self.dir / f
             if not p.is_file():

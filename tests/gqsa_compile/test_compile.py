@@ -87,7 +87,7 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     from tvm_schedules.bsr_decode import tuned
     from tvm_schedules.layout import interleave_codes
 
-    assert manifest["artifact_version"] == 2 and manifest["code_order"] == "interleaved4"
+    assert manifest["artifact_version"] == 3 and manifest["code_order"] == "interleaved4"
     compressed = read_checkpoint(tiny_ckpt)[3]
     stored = read_safetensors(out / "weights.safetensors")
     o = "layers.0.self_attn.o_proj"
@@ -138,3 +138,9 @@ def test_bad_inputs_give_one_line_errors(tiny_model, tiny_ckpt, tiny_artifact, t
         f.write(b"\x01\x02\x03\x04")
     r = _cli("run", str(tampered))
     assert r.returncode == 2 and "checksum" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    newer = tmp_path / "newer"  # built by a later gqsa: refused, not run with the wrong assumptions
+    shutil.copytree(tiny_artifact, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "artifact_version": 99}))
+    r = _cli("run", str(newer))
+    assert r.returncode == 2 and "newer than this runtime" in r.stderr and len(r.stderr.strip().splitlines()) == 1
