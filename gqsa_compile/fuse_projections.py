@@ -4,7 +4,7 @@ Matrices that read the same activations can run as one kernel. At SmolLM2's size
 cost (2.6 us for 0.1-0.35 MB, docs/perf.md), so five launches per layer cost more than two; prefill's small
 grids fill more of the GPU too. BSR block rows are independent, so stacking two matrices' rows is exact:
 indptr of the second continues from the first's kept blocks, and the block arrays are appended. The graph
-then splits the output (onnx_export), which Relax fuses into the consumers where it can.
+then slices the one output (onnx_export), and the slices fuse into the kernels that read them.
 """
 from __future__ import annotations
 

@@ -145,8 +145,8 @@ def build_graph(args: ModelArgs, dense: dict[str, np.ndarray], compressed: dict[
         a = g.op("CachedAttention", q, kc, vc, pos, domain=DOMAIN)
         x = g.op("Add", x, linear(g.op("Reshape", a, g.const([-1, H * D])), f"{p}.self_attn.o_proj"))
         h = rmsnorm(x, f"{p}.post_attention_layernorm.weight")
-        ffn = compressed[f"{p}.mlp.gate_up_proj"].shape[0] // 2 if f"{p}.mlp.gate_up_proj" in compressed else 0
-        gate, up = projections(h, p, "mlp.gate_up_proj", ["mlp.gate_proj", "mlp.up_proj"], [ffn, ffn])
+        gate, up = projections(h, p, "mlp.gate_up_proj", ["mlp.gate_proj", "mlp.up_proj"],
+                               [args.hidden_dim, args.hidden_dim])
         x = g.op("Add", x, linear(g.op("Mul", g.op("Mul", gate, g.op("Sigmoid", gate)), up), f"{p}.mlp.down_proj"))
     head = "lm_head" if "lm_head" in compressed else "embed_tokens"
     logits = g.op("Cast", linear(rmsnorm(x, "norm.weight"), head), to=f32)
