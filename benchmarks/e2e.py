@@ -81,21 +81,23 @@ def run(bundle: str, reference: str, out_json: str | None, prefill_len: int, dec
     sys.path[:0] = [str(Path(bundle) / "site"), str(Path(bundle))]
     from runtime.model import CompiledModel
 
+    bundle_mib = round(sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file()) / 2**20, 1)
     rows = []
     for art in artifacts or [str(Path(bundle) / "artifact")]:
         t0 = time.perf_counter()
         model = CompiledModel(art)
         load_s = time.perf_counter() - t0
-        res = {"artifact": Path(art).name, "load_s": round(load_s, 3),
-               **measure(model, reference, prefill_len, decode_tokens),
-               "bundle_mib": round(sum(f.stat().st_size for f in Path(bundle).rglob("*") if f.is_file()) / 2**20, 1)}
-        rows.append(res)
+        rows.append({"artifact": Path(art).name, "load_s": round(load_s, 3),
+                     **measure(model, reference, prefill_len, decode_tokens), "bundle_mib": bundle_mib})
         del model
     ratio = len(rows) > 1
+
+    def cell(v) -> str:
+        return f"{v:>16.4g}" if isinstance(v, float) else f"{str(v):>16}"
+
     print(f"{'metric':<24}" + "".join(f"{r['artifact']:>16}" for r in rows) + (f"{'first / second':>16}" if ratio else ""))
     for k in rows[0]:
         vals = [r[k] for r in rows]
-        cell = lambda v: f"{v:>16.4g}" if isinstance(v, float) else f"{str(v):>16}"  # noqa: E731
         line = f"{k:<24}" + "".join(cell(v) for v in vals)
         if ratio and all(isinstance(v, float) for v in vals[:2]) and vals[1]:
             line += f"{vals[0] / vals[1]:>16.3f}"
