@@ -174,6 +174,14 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for alloc in ("row", "layer"):
                     add("bsr_decode", n, k, m, 1, alloc=alloc, tag="warp plan",
                         cfg=replace(bsr_decode.tuned(m, 1, k), plan=p))
+    # Decode: the plan that also cuts long rows into pieces for warps of one thread block (DecodeConfig.split),
+    # beside the plan of whole rows and the grid-stride order, on balanced and unequal rows
+    for n, k in shapes if not quick else shapes[:1]:
+        for m in DECODE_M:
+            base = bsr_decode.tuned(m, 1, k)
+            for cfg in (base, replace(base, plan=True), replace(base, plan=True, split=True)):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="split plan", cfg=cfg)
     # Decode with programmatic dependent launch (sm_90+): back-to-back calls overlap one's launch and ramp-up
     # with the previous one's drain, as consecutive GEMVs of a decode step would
     if launch.supported(archs):
@@ -589,6 +597,29 @@ def _pdl_table(pick) -> list[str]:
     return out
 
 
+def _split_table(pick) -> list[str]:
+    """Tag "split plan": the grid-stride order, the plan of whole rows, and the plan that cuts long rows, each on
+    balanced and unequal rows, and the unequal-row loss of each against its own balanced time."""
+    rows = [r for r in pick(tag="split plan") if r["alloc"] == "row" and not r["cfg"].endswith(("p", "pk"))]
+    if not rows:
+        return []
+    out = ["", "Decode with rows given to warps by a per-matrix plan (`DecodeConfig.plan`) that also cuts rows longer "
+           "than a warp's share into pieces for warps of one thread block (`DecodeConfig.split`, their sums meet in "
+           "shared memory), beside the plan of whole rows and the grid-stride order; time (us), and the unequal "
+           "rows' loss against balanced rows with the same kernel:", "",
+           "| shape N x K | M | launch | balanced | plan | split plan | unequal | plan | split plan "
+           "| loss | plan loss | split plan loss |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        t = {(q["cfg"], q["alloc"]): q["time_us"] for q in pick(tag="split plan", n=r["n"], k=r["k"], m=r["m"])}
+        keys = [r["cfg"], r["cfg"] + "p", r["cfg"] + "pk"]
+        cells = [f"{t[(c, a)]:.1f}" if (c, a) in t else "-" for a in ("row", "layer") for c in keys]
+        loss = [f"{t[(c, 'layer')] / t[(c, 'row')] - 1:+.0%}" if (c, "row") in t and (c, "layer") in t else "-"
+                for c in keys]
+        out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['cfg']} | " + " | ".join(cells + loss) + " |")
+    return out
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -714,6 +745,7 @@ def summary(doc: dict) -> str:
                           "plan (`DecodeConfig.plan`, `tvm_schedules/warp_plan.py`) beside the grid-stride order, "
                           "time (us):")
     out += _pdl_table(pick)
+    out += _split_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"]
