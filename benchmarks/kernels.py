@@ -174,14 +174,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for alloc in ("row", "layer"):
                     add("bsr_decode", n, k, m, 1, alloc=alloc, tag="warp plan",
                         cfg=replace(bsr_decode.tuned(m, 1, k), plan=p))
-    # Decode: the plan that also cuts long rows into pieces for warps of one thread block (DecodeConfig.split),
-    # beside the plan of whole rows and the grid-stride order, on balanced and unequal rows
-    for n, k in shapes if not quick else shapes[:1]:
-        for m in DECODE_M:
-            base = bsr_decode.tuned(m, 1, k)
-            for cfg in (base, replace(base, plan=True), replace(base, plan=True, split=True)):
-                for alloc in ("row", "layer"):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="split plan", cfg=cfg)
     # Decode with programmatic dependent launch (sm_90+): back-to-back calls overlap one's launch and ramp-up
     # with the previous one's drain, as consecutive GEMVs of a decode step would
     if launch.supported(archs):
@@ -598,8 +590,9 @@ def _pdl_table(pick) -> list[str]:
 
 
 def _split_table(pick) -> list[str]:
-    """Tag "split plan": the grid-stride order, the plan of whole rows, and the plan that cuts long rows, each on
-    balanced and unequal rows, and the unequal-row loss of each against its own balanced time."""
+    """Tag "split plan" (kernels_split_h100.json; the variant was removed after it, commit b2a9f90): the
+    grid-stride order, the plan of whole rows, and the plan that also cut long rows, each on balanced and unequal
+    rows, and the unequal-row loss of each against its own balanced time."""
     rows = [r for r in pick(tag="split plan") if r["alloc"] == "row" and not r["cfg"].endswith(("p", "pk"))]
     if not rows:
         return []

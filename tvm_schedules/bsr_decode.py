@@ -30,7 +30,6 @@ from tvm.script import tirx as T
 from .common import BSRShape, nibble
 from .warp_plan import records_at
 
-SLOTS_PER_WARP = 4  # shared-memory slots for the sums of split rows' pieces (DecodeConfig.split)
 SMEM_BYTES = 48 * 1024  # static shared memory a thread block may use without an opt-in
 MAGIC = 0x4B000000  # bit pattern of 2^23 as fp32: OR-ing an integer c < 2^23 into it gives 2^23 + c exactly
 
@@ -49,8 +48,6 @@ class DecodeConfig:
     row_budget: int = 16  # M x (block rows per warp) at most: tall blocks split their rows over warps beyond
     smem_kb: int = 48  # stage activations up to this size; beyond 48 KB in dynamic shared memory (opt-in)
     plan: bool = False  # rows to warps by a per-matrix plan appended to indptr (tvm_schedules.warp_plan)
-    split: bool = False  # the plan may cut long rows into pieces for warps of one thread block, their sums
-    # meeting in shared memory (slots: 4 per warp)
     rotate: bool = False  # staged group-major ([group][token][columns]), each lane walking the tokens from
     # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
@@ -68,7 +65,7 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + ("k" if self.split else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -140,8 +137,7 @@ def launch(s: BSRShape, m: int, cfg: DecodeConfig) -> dict:
     ctas = -(-s.block_rows * splits // cfg.warps)
     if half2_path(s, cfg, lanes) and cfg.stages(m, s.k):  # thread blocks that stage loop over many rows
         ctas = min(ctas, cfg.ctas)
-    return {"warps": ctas * cfg.warps, "splits": splits, "trip_blocks": 32 // lanes * cfg.unroll, "ctas": ctas,
-            "slots": SLOTS_PER_WARP * cfg.warps if cfg.split else 0}
+    return {"warps": ctas * cfg.warps, "splits": splits, "trip_blocks": 32 // lanes * cfg.unroll}
 
 
 def half2_path(s: BSRShape, cfg: DecodeConfig, lanes: int) -> bool:
@@ -170,11 +166,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     nctas = launch(s, m, cfg)["warps"] // warps
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
-    split = plan and cfg.split
-    slots = SLOTS_PER_WARP * warps
-    # where the plan's warp offsets, thread-block entry offsets, entries_at and records start
-    base, cbase = nbr + 1, nbr + 1 + nctas * warps + 1
-    tbase = records_at(nbr, nctas * warps, nctas)
+    base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
     xwords = m * k // 2 if smem else 4
@@ -207,8 +199,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         T.func_attr({"tirx.noalias": True})
         nnz = T.int32()
         x = T.match_buffer(x_h, (m, k), dt)
-        plen = T.int32()
-        indptr = T.match_buffer(indptr_h, (plen if plan else nbr + 1,), "int32")
+        indptr = T.match_buffer(indptr_h, (tbase + 4 * tasks if plan else nbr + 1,), "int32")
         indices = T.match_buffer(indices_h, (nnz,), "uint16")
         qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
         sc = T.match_buffer(sc_h, (nnz, rows), "float16")
@@ -247,10 +238,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
                     sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
-                    rec = T.alloc_buffer((4,), "int32", scope="local")  # plan: task, first block, count, slot + 1
-                    ent = T.alloc_buffer((4,), "int32", scope="local")  # split: task, first slot, pieces
-                    pw = T.alloc_buffer((slots * m * rw if split else 1,), "float32", scope="shared")
-                    tot = T.alloc_buffer((1,), "float32", scope="local")
+                    rec = T.alloc_buffer((4,), "int32", scope="local")  # plan: task, first block, block count
                     if plan:  # plan warp ty * blocks + bx: a plan's consecutive warps sit on different SMs
                         span[0] = indptr[base + ty * nctas + bx]
                         span[1] = indptr[base + ty * nctas + bx + 1]
@@ -354,23 +342,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                 red[0] = red[0] + T.tvm_warp_shuffle_down(
                                     T.tvm_warp_activemask(), red[0], 16 >> o, 32, 32)
                             if tx == 0 and task < tasks:
-                                if split:  # a piece of a split row: its sum to the row's slot
-                                    if rec[3] > 0:
-                                        pw[(rec[3] - 1) * m * rw + j] = red[0]
-                                    else:
-                                        y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
-                                else:
-                                    y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
-                    if split:  # every piece is in: the thread block adds up its split rows, a warp per row
-                        T.tvm_storage_sync("shared")
-                        for e in range((indptr[cbase + bx + 1] - indptr[cbase + bx] - ty + warps - 1) // warps):
-                            for v in T.vectorized(4):
-                                ent[v] = indptr[indptr[cbase + nctas + 1] + (indptr[cbase + bx] + ty + e * warps) * 4 + v]
-                            if tx < m * rw:
-                                tot[0] = T.float32(0)
-                                for q in range(ent[2]):
-                                    tot[0] = tot[0] + pw[(ent[1] + q) * m * rw + tx]
-                                y[tx // rw, ent[0] // splits * rows + ent[0] % splits * rw + tx % rw] = T.Cast(dt, tot[0])
+                                y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
                     if cfg.pdl:  # the next kernel's thread blocks may take the SMs this one leaves
                         T.ptx.griddepcontrol.launch_dependents()
 
