@@ -128,11 +128,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for base in (bsr_prefill_tiled.SMALL, bsr_prefill_tiled.MID, bsr_prefill_tiled.LARGE):
                 for splits in (1, 2, 4):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k")
-    for n, k in shapes:  # R = 1 at large M: every weight dequantized once per call, then an fp16 tile GEMM
-        for m in (512, 4096):
-            add("bsr_prefill_tiled", n, k, m, 1, cfg=bsr_prefill_tiled.DEFAULT, tag="predequant")
-            for cfg in bsr_prefill_tiled.SWEEP_PREDEQUANT:
-                add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="predequant")
     wgmma = "sm_90a" in archs  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
     if wgmma:
         for n, k in shapes:

@@ -67,8 +67,6 @@ class TiledConfig:
     blocks_per_sm: int = 2  # asked of ptxas (__launch_bounds__): caps registers at 64K / (threads x this)
     wgmma: bool = False  # sm_90a: each warpgroup (4 warps along the tokens) runs m64n{rows}k16 from shared memory
     splits: int = 1  # thread blocks along K, each summing its share into an fp32 workspace (small grids)
-    predequant: bool = False  # R = 1: a first launch dequantizes every weight once into an fp16 scratch laid
-    # out tile by tile, and the GEMM copies its tiles with cp.async like the activations (no per-tile dequant)
     ablate: str = ""  # measurement only, wrong results: "weights" leaves out loading and dequantizing the
     # weights, "activations" their copies (benchmarks/kernels.py times these unchecked, tag "ablation")
 
@@ -76,7 +74,6 @@ class TiledConfig:
     def key(self) -> str:
         return (f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
                 + ("g" if self.wgmma else "") + (f"s{self.splits}" if self.splits > 1 else "")
-                + ("d" if self.predequant else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
     @property
@@ -104,10 +101,6 @@ SWEEP = [TiledConfig(128, 128, 4, 2), TiledConfig(128, 128, 2, 2), TiledConfig(1
 SWEEP_WGMMA = [TiledConfig(128, 128, 1, 8, wgmma=True), TiledConfig(256, 128, 1, 8, blocks_per_sm=1, wgmma=True),
                TiledConfig(128, 64, 1, 4, blocks_per_sm=3, wgmma=True), TiledConfig(256, 64, 1, 4, wgmma=True),
                TiledConfig(128, 256, 1, 16, blocks_per_sm=1, wgmma=True)]
-# The weights dequantized once per call by a first launch, the GEMM copying fp16 tiles (R = 1, large M)
-SWEEP_PREDEQUANT = [replace(DEFAULT, predequant=True), TiledConfig(128, 128, 2, 2, predequant=True),
-                    TiledConfig(256, 128, 4, 2, blocks_per_sm=1, predequant=True),
-                    TiledConfig(128, 256, 2, 4, blocks_per_sm=1, predequant=True)]
 # Chosen by M at run time, and by the number of 128-row tiles N makes (benchmarks/kernels.py, tags "tiled" and
 # "split-k": all seven shapes at M = 16 .. 4096 on an H100). Short token tiles waste less at small M; where a
 # grid of few row tiles would leave SMs idle, smaller tiles and thread blocks along K (split-K) fill them:
@@ -136,9 +129,6 @@ def supports(s: BSRShape, cfg: TiledConfig = DEFAULT) -> bool:
                           and cfg.rows % 16 == 0 and cfg.rows <= 256 and s.rows < 16):
         return False  # a warpgroup: 64 tokens x all the rows; R = 16 keeps the mma.sync walk that skips blocks
     gpc = cfg.chunk // s.group if s.group else 0
-    if cfg.predequant and (cfg.wgmma or cfg.splits > 1 or cfg.ablate or s.rows != 1
-                           or (cfg.rows * cfg.chunk // 8) % cfg.threads):
-        return False
     return (s.interleaved and s.bits == 4 and s.group % 16 == 0 and cfg.chunk % s.group == 0
             and gpc in (1, 2, 4, 8, 16) and s.k % (cfg.chunk * cfg.splits) == 0 and s.n % 2 == 0 and s.dtype == "float16"
             and s.rows in (1, 2, 4, 8, 16) and wrow % 16 == 0 and wtok % 16 == 0
@@ -168,9 +158,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     wsize, xsize = cfg.tile_halves(br), cfg.tile_halves(bt)
     xoff = 2 * wsize  # the activation buffers follow the two weight buffers
     wslab, xslab = slab(br), slab(bt)
-    pd = cfg.predequant
-    wcopies = br * ck // 8 // threads  # 16-byte cp.async per thread per chunk of the pre-dequantized tile
-    prepass = _dequant_pass(s, br, ck) if pd else None
 
     def offset(r, kk, sl):  # fp16 offset of (row r, column kk) in a stage of a tile whose slabs are sl apart
         return kk // 8 * sl + r // 8 * 64 + r % 8 * 8 + kk % 8 if wg else r * stride + kk
@@ -214,16 +201,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                 x.ptr_to([T.min(by * bt + xpiece(c * threads + tid)[0], m - 1),
                           ch * ck + xpiece(c * threads + tid)[1] * 8]), 16)
         T.ptx["cp.async.commit_group"]()
-
-    @T.macro
-    def load_wd(wd, sm, bx, tid, ch, buf):
-        """The thread block's rows x chunk tile of the pre-dequantized weights: contiguous in the scratch."""
-        for c in T.unroll(wcopies):
-            T.ptx["cp.async.cg.shared.global"](
-                sm.ptr_to([buf * wsize + offset((c * threads + tid) // (ck // 8), (c * threads + tid) % (ck // 8) * 8,
-                                                wslab)]),
-                wd.ptr_to([((bx * nch + ch) * br + (c * threads + tid) // (ck // 8)) * ck
-                           + (c * threads + tid) % (ck // 8) * 8]), 16)
 
     @T.macro
     def load_index(indices, nnz, j, cur, ix):
@@ -318,9 +295,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         T.ptx.wgmma.commit_group.sync.aligned()
 
     @T.macro
-    def launch(x, indptr, indices, qw, sc, zr, y2, ws, wd, m, nnz):
-        if pd:
-            prepass(indptr, indices, qw, sc, zr, wd)
+    def launch(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz):
         for by in T.thread_binding((m + bt - 1) // bt * splits, thread="blockIdx.y"):
             for bx in T.thread_binding(row_tiles, thread="blockIdx.x"):
                 for ty in T.thread_binding(warps, thread="threadIdx.y"):
@@ -364,13 +339,10 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                             cur[c] = (cur[c] + lo[0]) // 2 + 1
                                         else:
                                             lo[0] = (cur[c] + lo[0]) // 2
-                            if pd:
-                                load_wd(wd, sm, bx, tid, 0, 0)
-                            else:
-                                load_index(indices, nnz, j, cur, ix)
+                            load_index(indices, nnz, j, cur, ix)
                             if use_x:
                                 load_x(x, sm, m, tile(by), tid, first(by), 0)
-                            if use_w and not pd:
+                            if use_w:
                                 load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
                                 load_index(indices, nnz, j, cur, ix)
                                 store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
@@ -382,18 +354,16 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 # the next chunk's loads go out before this chunk's mma's (past the last chunk they
                                 # are harmless: clamped columns, no kept groups, a buffer nobody reads); its index
                                 # loads went out one chunk earlier still, so the code loads wait on nothing
-                                if pd:
-                                    load_wd(wd, sm, bx, tid, T.min(ch + 1, nch - 1), (ch + 1) % 2)
                                 if use_x:
                                     load_x(x, sm, m, tile(by), tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2)
-                                if use_w and not pd:
+                                if use_w:
                                     load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
                                     load_index(indices, nnz, j, cur, ix)
                                 if wg:
                                     compute_wgmma(sm, acc, da, db, ty, ch % 2)
                                 else:
                                     compute(sm, hm, kb, af, bf, acc, tx, wri, wti, ch % 2)
-                                if use_w and not pd:
+                                if use_w:
                                     store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, (ch + 1) % 2)
                                 T.ptx["cp.async.wait_all"]()
                                 if wg:  # this chunk's wgmma's read the other buffer: done before it is rewritten
@@ -426,68 +396,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     return launch
 
 
-def scratch_halves(s: BSRShape, cfg: TiledConfig) -> int:
-    """fp16 of the pre-dequantized weights: N rounded up to whole row tiles, times K."""
-    return -(-s.n // cfg.rows) * cfg.rows * s.k if cfg.predequant else 0
-
-
-def _dequant_pass(s: BSRShape, br: int, ck: int):
-    """The first launch of a ``predequant`` configuration: a warp per weight row writes all of the row's K
-    columns as fp16, zeros where the row keeps no block, into the scratch laid out [row tile][chunk][row of
-    the tile][column of the chunk], so that each of the GEMM's tiles is 2 x rows x chunk contiguous bytes.
-    The warp first marks, in shared memory, which block (if any) holds each column group of its row; then
-    lane l writes groups l, l + 32, ...: 32 bytes each, four lanes a 128-byte line."""
-    n, k, group, words = s.n, s.k, s.group, s.words
-    kg, nch, wpb = k // group, k // ck, 8  # column groups, chunks, warps (rows) per thread block
-    gpl = -(-kg // 32)
-
-    @T.macro
-    def dequant_pass(indptr, indices, qw, sc, zr, wd):
-        wd2 = T.decl_buffer((wd.shape[0] // 2,), "uint32", data=wd.data)
-        for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
-            for wy in T.thread_binding(wpb, thread="threadIdx.y"):
-                for lx in T.thread_binding(32, thread="threadIdx.x"):
-                    slot = T.alloc_buffer((wpb * kg,), "int32", scope="shared")  # group -> its block, or -1
-                    cw = T.alloc_buffer((words,), "uint32", scope="local")
-                    dd = T.alloc_buffer((group // 2,), "uint32", scope="local")
-                    blk = T.alloc_buffer((1,), "int32", scope="local")
-                    for g0 in range(gpl):
-                        if g0 * 32 + lx < kg:
-                            slot[wy * kg + g0 * 32 + lx] = -1
-                    T.tvm_storage_sync("shared")
-                    if bi * wpb + wy < n:
-                        for i in range((indptr[bi * wpb + wy + 1] - indptr[bi * wpb + wy] + 31) // 32):
-                            if indptr[bi * wpb + wy] + i * 32 + lx < indptr[bi * wpb + wy + 1]:
-                                slot[wy * kg + T.Cast("int32", indices[indptr[bi * wpb + wy] + i * 32 + lx])] = (
-                                    indptr[bi * wpb + wy] + i * 32 + lx)
-                    T.tvm_storage_sync("shared")
-                    if bi * wpb + wy < n:
-                        for g0 in range(gpl):
-                            if g0 * 32 + lx < kg:
-                                blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
-                                if blk[0] >= 0:
-                                    for q in T.vectorized(words):
-                                        cw[q] = qw[blk[0], 0, q]
-                                    for q in T.unroll(words):
-                                        for t in T.unroll(4):  # codes 8q + 2t, +1: (c - z) * s as an fp16 pair
-                                            T.ptx.sub.f16x2(
-                                                dd[q * 4 + t], ((cw[q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
-                                                | T.uint32(0x64006400), (T.uint32(0x6400) + T.Cast(
-                                                    "uint32", zr[blk[0], 0])) * T.uint32(0x10001))
-                                            T.ptx.mul.rn.f16x2(dd[q * 4 + t], dd[q * 4 + t], T.Cast("uint32", T.reinterpret(
-                                                "uint16", sc[blk[0], 0])) * T.uint32(0x10001))
-                                else:
-                                    for v in T.unroll(group // 2):
-                                        dd[v] = T.uint32(0)
-                                for h in T.unroll(group // 8):
-                                    for v in T.vectorized(4):
-                                        wd2[((((bi * wpb + wy) // br * nch + (g0 * 32 + lx) * group // ck) * br
-                                              + (bi * wpb + wy) % br) * ck + (g0 * 32 + lx) * group % ck) // 2
-                                            + h * 4 + v] = dd[h * 4 + v]
-
-    return dequant_pass
-
-
 def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     """``plan``: one configuration, or ((max_m, cfg), ..., (None, cfg)): the first whose max_m >= M runs (M is
     only known at run time; the host side of the PrimFunc picks the launch)."""
@@ -498,7 +406,6 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     bounds = [b for b, _ in plan[:-1]]
     nplan = len(plan)
     max_splits = max(c.splits for _, c in plan)
-    scratch = max(scratch_halves(s, c) for _, c in plan)
     assert nplan <= 4, "at most four configurations by M"
     one, two, three, last = (launches + [launches[-1]] * 3)[:3] + launches[-1:]
 
@@ -520,15 +427,14 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
         y = T.match_buffer(y_h, (m, n), dt)
         y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)  # output pairs as 32-bit words
         ws = T.alloc_buffer((max_splits * m * n if max_splits > 1 else 1,), "float32", scope="global")  # split-K sums
-        wd = T.alloc_buffer((max(scratch, 2),), dt, scope="global")  # pre-dequantized weights (predequant)
         if below(m, 0):  # the plan's bounds in order (a missing entry's False drops its branch while parsing)
-            one(x, indptr, indices, qw, sc, zr, y2, ws, wd, m, nnz)
+            one(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         elif below(m, 1):
-            two(x, indptr, indices, qw, sc, zr, y2, ws, wd, m, nnz)
+            two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         elif below(m, 2):
-            three(x, indptr, indices, qw, sc, zr, y2, ws, wd, m, nnz)
+            three(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         else:
-            last(x, indptr, indices, qw, sc, zr, y2, ws, wd, m, nnz)
+            last(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
 
     return bsr_prefill
 
