@@ -44,7 +44,7 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, launch
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -135,6 +135,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_prefill", n, k, m, 1, tag="wgmma")
                 for cfg in bsr_prefill_tiled.SWEEP_WGMMA:
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="wgmma")
+    if wgmma:  # R = 1, sm_90a: weights dequantized once per call, then a wgmma GEMM over a shared-memory ring
+        for n, k in shapes:
+            for m in (512, 4096):
+                add("bsr_prefill", n, k, m, 1, tag="wgmma pipeline")
+                for cfg in bsr_prefill_wgmma.SWEEP:
+                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma pipeline")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):
@@ -254,7 +260,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, launch
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick, archs)
@@ -283,6 +289,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
+            elif fam == "bsr_prefill_wgmma":
+                f = bsr_prefill_wgmma.bsr_prefill_wgmma(s, bsr_prefill_wgmma.WgmmaConfig(**spec["cfg"]))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison
                 f = bsr_prefill.bsr_prefill_mma(s, bsr_prefill.tuned(s.rows))
             else:

@@ -57,18 +57,23 @@ def kernel_choices(mod) -> dict[str, str]:
 
 def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
                   archs: list[str] | None = None, dtype: str | None = None, log=print,
-                  order: str | None = None, cuda_graph: bool = True, pdl: bool = False) -> Path:
+                  order: str | None = None, cuda_graph: bool = True, pdl: bool | None = None) -> Path:
     """``order``: the weights' code order (kernel_layout); the target's own by default. Tests pass
     "interleaved4" with llvm to check the CUDA artifacts' layout end to end on a CPU.
 
     ``cuda_graph`` (CUDA only): kernels that read only fixed-address tensors run as CUDA graphs, captured on
     the first call and replayed after: a decode step is then one graph launch instead of hundreds of kernel
     launches from the VM (onnx_import.VARYING_INPUTS says which inputs the runtime keeps in place).
-    ``pdl`` (CUDA, every arch sm_90+): decode GEMVs let the next kernel launch as they finish and wait for the
-    previous one before reading activations (tvm_schedules.launch)."""
+    ``pdl`` (CUDA, every arch sm_90+; None: on exactly there): every kernel is a programmatic dependent launch
+    (tvm_schedules.launch):
+    decode GEMVs let the next kernel launch as their loop ends and wait for the previous one only before
+    reading activations; every other kernel waits for the previous one first, and small ones (at most one
+    wave of thread blocks) then let the next one launch at once."""
     import tvm
 
     archs = archs or ["sm_87", "sm_90"]
+    if pdl is None:
+        pdl = target == "cuda" and launch.supported(archs)
     if pdl and not (target == "cuda" and launch.supported(archs)):
         raise CompileError(f"--pdl needs --target cuda and every --arch sm_90 or later (got {', '.join(archs)})")
     dtype = dtype or ("float16" if target == "cuda" else "float32")
@@ -88,7 +93,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     log(f"[3/4] build for {target}" + (f" ({', '.join(archs)})" if target == "cuda" else ""))
     cuda_graph = cuda_graph and target == "cuda"
     with tgt, tvm.transform.PassContext(config={"relax.backend.use_cuda_graph": cuda_graph}):
-        executable = tvm.compile(mod, target=tgt, tir_pipeline=launch.PIPELINE)
+        executable = tvm.compile(mod, target=tgt, tir_pipeline=launch.PIPELINE_ALL if pdl else launch.PIPELINE)
 
     out = Path(out_dir)
     log(f"[4/4] write artifact {out}")

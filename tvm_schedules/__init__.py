@@ -1,7 +1,8 @@
 """Hand-written TensorIR kernels for the GQSA model, chosen per target and shape.
 
 Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_prefill_tiled (CUDA tensor cores, any M: 4-bit
-codes), bsr_prefill (CUDA tensor cores, any M: the other code widths),
+codes), bsr_prefill (CUDA tensor cores, any M: the other code widths), bsr_prefill_wgmma (sm_90a, R = 1:
+weights dequantized once, then a pipelined wgmma GEMM; measured by benchmarks/kernels.py, in no plan yet),
 bsr_prefill_simt (CUDA without tensor cores: G = 8, fp32), bsr_cpu (llvm),
 attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax needs to leave it alone.
 """

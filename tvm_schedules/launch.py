@@ -12,11 +12,16 @@ kernel that waits on the grid dependency, and only those. ``griddepcontrol`` exi
 """
 from __future__ import annotations
 
+import re
+
 import tvm
 from tvm.s_tir import pipeline as s_tir_pipeline
+from tvm.script import tirx as T
 from tvm.tirx import compilation_pipeline
 
 PIPELINE = "gqsa"
+PIPELINE_ALL = "gqsa_pdl"  # every kernel a dependent launch (gqsa-compile --pdl)
+SMALL_GRID = 132  # thread blocks: at most one wave on an H100, so an early trigger takes no slot it needs
 PDL_TAG = "tirx.use_programtic_dependent_launch"  # (sic) TVM's spelling
 DYN_SMEM_TAG = "tirx.use_dyn_shared_memory"  # must stay the last launch parameter
 LAUNCH_PARAMS = "tirx.kernel_launch_params"
@@ -45,9 +50,49 @@ def flag_dependent_launch(mod, _ctx):
     return mod
 
 
-def _pipeline():
+def _grid_size(func) -> int | None:
+    """Thread blocks of a device kernel (the product of its blockIdx extents), None where one is not a constant
+    (TVM 0.27's Python side has no statement visitor; its script is what waits_on_grid reads too)."""
+    size = 1
+    for extent in re.findall(r'T\.launch_thread\("blockIdx\.[xyz]", (.*)\) as blockIdx', func.script()):
+        if not extent.strip().isdigit():
+            return None
+        size *= int(extent)
+    return size
+
+
+def _prepend(stmt, first):
+    """``first`` inside the kernel's leading attributes (thread extents), so every thread runs it first."""
+    if isinstance(stmt, tvm.tirx.AttrStmt):
+        return tvm.tirx.AttrStmt(stmt.node, stmt.attr_key, stmt.value, _prepend(stmt.body, first))
+    return tvm.tirx.SeqStmt(first + [stmt])
+
+
+@tvm.transform.module_pass(opt_level=0, name="gqsa.WaitOnGridEverywhere")
+def wait_on_grid_everywhere(mod, _ctx):
+    """Every device kernel that does not wait on the grid dependency yet waits for it before anything else, so
+    all of them can be launched as dependents: a kernel's thread blocks are placed while the one before it
+    finishes. Each then lets the next kernel launch as soon as its own wait is over (that one cannot pass its
+    own wait before this one ends, so at most one kernel runs ahead), unless its grid is a constant of more
+    than SMALL_GRID thread blocks: an early trigger in the decode GEMV, whose 1056 thread blocks fill the
+    GPU, measured slower (docs/perf.md). A grid that grows with the token count triggers early too: the next
+    kernel launches only once every thread block of this one has started, so it takes slots of the last wave."""
+    for gv, func in list(mod.functions_items()):
+        if (func.attrs or {}).get(LAUNCH_PARAMS) is None or waits_on_grid(func):
+            continue
+        size = _grid_size(func)
+        first = [tvm.tirx.Evaluate(T.ptx.griddepcontrol.wait())]
+        if size is None or size <= SMALL_GRID:
+            first.append(tvm.tirx.Evaluate(T.ptx.griddepcontrol.launch_dependents()))
+        mod.update_func(gv, func.with_body(_prepend(func.body, first)))
+    return mod
+
+
+def _pipeline(everywhere: bool = False):
     lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
-    return lower, finalize_host, lambda: tvm.ir.transform.Sequential([finalize_device(), flag_dependent_launch])
+    device = [finalize_device()] + [wait_on_grid_everywhere] * everywhere + [flag_dependent_launch]
+    return lower, finalize_host, lambda: tvm.ir.transform.Sequential(device)
 
 
 compilation_pipeline.register_tir_pipeline(PIPELINE, _pipeline)
+compilation_pipeline.register_tir_pipeline(PIPELINE_ALL, lambda: _pipeline(everywhere=True))

@@ -80,6 +80,8 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     assert manifest["cuda_graph"] and manifest["varying_inputs"] == {"prefill": 2, "decode": 0}
     so = (out / "model.so").read_bytes()
     assert b"decode_cuda_graph_capture" in so and b"prefill_cuda_graph_capture" not in so
+    # sm_80-89 have no griddepcontrol: plain launches
+    assert not manifest["dependent_launch"] and b"use_programtic_dependent_launch" not in so
     # the weights are stored in the kernels' code order, and the chosen tuning is recorded per kernel
     from runtime.model import read_safetensors
     from training.checkpoint import read_checkpoint
@@ -113,6 +115,27 @@ def _one_line_error(r, out_dir):
     assert len(r.stderr.strip().splitlines()) == 1 and "error:" in r.stderr, r.stderr
     assert not out_dir.exists()
     assert not list(out_dir.parent.glob(f".{out_dir.name}.*"))  # no temp folder left behind
+
+
+def test_sm90_builds_launch_every_kernel_as_a_dependent(tiny_ckpt, tmp_path):
+    """Where every arch is sm_90+, dependent launch is the default: every kernel waits on the one before it
+    (tvm_schedules.launch), so each one's launch parameters carry the flag; --no-pdl builds without."""
+    import re
+
+    from gqsa_compile.compiler import compile_model
+
+    out = compile_model(tiny_ckpt, tmp_path / "pdl", "cuda", ["sm_90"], log=lambda *a: None)
+    assert json.loads((out / "manifest.json").read_text())["dependent_launch"]
+    so = (out / "model.so").read_bytes()
+    # the CUDA module's function table: each kernel's name twice (length-prefixed), its argument types and
+    # launch parameters, up to the next kernel's entry
+    starts = [m.start() for m in re.finditer(rb"(.{8})(\w+_kernel(?:_\d+)?)(.{8})\2", so, re.S)
+              if int.from_bytes(m[1], "little") == len(m[2])]
+    entries = [so[a:b] for a, b in zip(starts, starts[1:] + [starts[-1] + 4096])]
+    assert len(entries) > 20 and all(b"tirx.use_programtic_dependent_launch" in e for e in entries)
+    plain = compile_model(tiny_ckpt, tmp_path / "plain", "cuda", ["sm_90"], pdl=False, log=lambda *a: None)
+    assert not json.loads((plain / "manifest.json").read_text())["dependent_launch"]
+    assert b"use_programtic_dependent_launch" not in (plain / "model.so").read_bytes()
 
 
 def test_bad_inputs_give_one_line_errors(tiny_model, tiny_ckpt, tiny_artifact, tmp_path):

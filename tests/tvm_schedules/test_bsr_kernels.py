@@ -159,6 +159,35 @@ def test_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert set(sass) == {90} and "wg_kernel" in functions_with(sass[90], "HGMMA")
 
 
+def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
+    """bsr_prefill_wgmma: a dequantizing launch, then the wgmma GEMM over a ring in dynamic shared memory
+    (real HGMMA in an sm_90a cubin); every core-matrix row of a tile is one 16-byte copy, and the copies of a
+    chunk cover the tile's rows x columns exactly once."""
+    from gqsa_compile import cuda_toolchain
+    from gqsa_compile.cuda_toolchain import functions_with, has_device_code, sass_by_arch
+    from tvm_schedules import bsr_prefill_wgmma as w
+
+    cfg = w.WgmmaConfig(256, 2, 4, tokens_first=True)
+    covered = {w.offset(r, kk, cfg.rows) for r in range(cfg.rows) for kk in range(0, w.CHUNK, 8)}
+    assert len(covered) == cfg.rows * w.CHUNK // 8 and max(covered) < w.tile_halves(cfg.rows)
+    assert all(o % 8 == 0 for o in covered) and w.slab(cfg.rows) * 2 % 16 == 0
+    assert (cfg.stages * (w.tile_halves(cfg.rows) + w.tile_halves(cfg.tokens)) * 2) <= 227 * 1024
+    s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
+    assert all(w.supports(s, c) for c in w.SWEEP) and not w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
+    cuda_toolchain.setup(["sm_90a"])
+    try:
+        target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+        f = w.bsr_prefill_wgmma(s, cfg).with_attr("global_symbol", "wgp")
+        with target:
+            lib = tvm.compile(tvm.IRModule({"wgp": f}), target=target)
+        lib.export_library(tmp_path / "wgp.so")
+    finally:
+        cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])  # what the module's other tests build for
+    assert has_device_code(tmp_path / "wgp.so") == (True, False)
+    sass = sass_by_arch(tmp_path / "wgp.so")
+    assert set(sass) == {90} and functions_with(sass[90], "HGMMA") == {"wgp_kernel_1"}
+
+
 def test_decode_tuning_follows_activation_staging():
     """Fewer, larger thread blocks only where the activations are staged (M x K x 2 bytes <= 92 KB)."""
     from tvm_schedules import bsr_decode as d

@@ -1,0 +1,226 @@
+"""BSR int4 prefill on Hopper (sm_90a), R = 1: dequantize every weight once, then a pipelined wgmma GEMM.
+
+Why (docs/perf.md): the tiled mma.sync GEMM (bsr_prefill_tiled) is bound by L1 traffic, most of it the
+ldmatrix of its operands, so even without any weight work it takes 1.9x cuBLAS's time; and its wgmma variant
+waited for each chunk's copies and wgmma's before the next, leaving the tensor cores idle. Here:
+
+- a first launch writes the whole matrix as fp16 (zeros for pruned groups) into a scratch laid out tile by
+  tile in wgmma's K-major core-matrix order, so each of the GEMM's weight tiles is a contiguous copy;
+- the GEMM keeps ``stages`` chunks of 64 columns in a shared-memory ring, copied with ``cp.async`` two
+  chunks ahead; each warpgroup issues its wgmma's m64n{rows}k16 on one chunk and, before the next chunk,
+  waits only for the wgmma's of the chunk before (``wgmma.wait_group 1``), so copies, the barrier and the
+  tensor cores overlap. One barrier per chunk: the buffer a chunk's copies overwrite was last read by the
+  wgmma's of two chunks back, which every warpgroup had waited for before that barrier.
+
+Measured on an H200 (docs/perf.md): 256 x 128 tiles, 4 stages, token tiles first run R = 1 at M = 4096 in
+2.2-2.3x cuBLAS's time, 1.25-1.31x faster than the mma.sync plan, but slower at M = 512 (the first launch's
+traffic, 1.45 waves). Its warps stall on the copies' data; the next step is TMA copies from a producer warp
+and per-stage mbarriers. Not in gqsa-compile's plan: it needs sm_90a and N x K x 2 bytes of scratch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.script import tirx as T
+
+from .bsr_prefill_tiled import slab  # the same K-major core-matrix tiles, 16 bytes between 8-column slabs
+from .common import BSRShape
+
+CHUNK = 64  # input columns per stage (the default)
+WG_TOKENS = 64  # tokens per warpgroup (wgmma's M)
+
+
+@dataclass(frozen=True)
+class WgmmaConfig:
+    rows: int = 128  # weight rows per thread block (wgmma's N)
+    warpgroups: int = 2  # each 64 tokens
+    stages: int = 4  # chunks in the shared-memory ring (copies run stages - 2 chunks ahead)
+    chunk: int = CHUNK  # input columns per stage: smaller chunks, more of them in flight in the same memory
+    tokens_first: bool = False  # thread blocks ordered token tile first: those running at once share weight
+    # tiles in L2 (and the activations stay there), instead of sweeping all the weights every few token tiles
+
+    @property
+    def tokens(self) -> int:
+        return WG_TOKENS * self.warpgroups
+
+    @property
+    def key(self) -> str:
+        return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
+                + ("t" if self.tokens_first else ""))
+
+
+SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConfig(128, 1, 4),
+         WgmmaConfig(256, 2, 3, tokens_first=True), WgmmaConfig(256, 2, 4, tokens_first=True),
+         WgmmaConfig(128, 2, 4, tokens_first=True), WgmmaConfig(256, 2, 8, 32, True), WgmmaConfig(256, 2, 6, 32, True)]
+
+
+def tile_halves(rows: int, chunk: int = CHUNK) -> int:
+    return chunk // 8 * slab(rows)
+
+
+def offset(r, kk, rows: int):
+    """fp16 offset of (row r, column kk) in a rows x chunk tile: K-major core matrices (8 rows x 16 bytes)."""
+    return kk // 8 * slab(rows) + r // 8 * 64 + r % 8 * 8 + kk % 8
+
+
+def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
+    return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
+            and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3)
+
+
+def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
+    return -(-s.n // cfg.rows) * (s.k // cfg.chunk) * tile_halves(cfg.rows, cfg.chunk)
+
+
+def _dequant_pass(s: BSRShape, br: int, ck: int):
+    """A warp per weight row marks in shared memory which block holds each column group of its row, then
+    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
+    n, k, group, words = s.n, s.k, s.group, s.words
+    kg, nch, wpb = k // group, k // ck, 8
+    gpl = -(-kg // 32)
+    th = tile_halves(br, ck)
+
+    @T.macro
+    def dequant_pass(indptr, indices, qw, sc, zr, wd2):
+        for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
+            for wy in T.thread_binding(wpb, thread="threadIdx.y"):
+                for lx in T.thread_binding(32, thread="threadIdx.x"):
+                    slot = T.alloc_buffer((wpb * kg,), "int32", scope="shared")  # group -> its block, or -1
+                    cw = T.alloc_buffer((words,), "uint32", scope="local")
+                    dd = T.alloc_buffer((8,), "uint32", scope="local")
+                    blk = T.alloc_buffer((1,), "int32", scope="local")
+                    for g0 in range(gpl):
+                        if g0 * 32 + lx < kg:
+                            slot[wy * kg + g0 * 32 + lx] = -1
+                    T.tvm_storage_sync("shared")
+                    if bi * wpb + wy < n:
+                        for i in range((indptr[bi * wpb + wy + 1] - indptr[bi * wpb + wy] + 31) // 32):
+                            if indptr[bi * wpb + wy] + i * 32 + lx < indptr[bi * wpb + wy + 1]:
+                                slot[wy * kg + T.Cast("int32", indices[indptr[bi * wpb + wy] + i * 32 + lx])] = (
+                                    indptr[bi * wpb + wy] + i * 32 + lx)
+                    T.tvm_storage_sync("shared")
+                    if bi * wpb + wy < n:
+                        for g0 in range(gpl):
+                            if g0 * 32 + lx < kg:
+                                blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
+                                if blk[0] >= 0:
+                                    for q in T.vectorized(words):
+                                        cw[q] = qw[blk[0], 0, q]
+                                    for q in T.unroll(words):
+                                        for t in T.unroll(4):  # codes 8q + 2t, +1: (c - z) * s as an fp16 pair
+                                            T.ptx.sub.f16x2(
+                                                dd[q * 4 + t], ((cw[q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
+                                                | T.uint32(0x64006400),
+                                                (T.uint32(0x6400) + T.Cast("uint32", zr[blk[0], 0])) * T.uint32(0x10001))
+                                            T.ptx.mul.rn.f16x2(dd[q * 4 + t], dd[q * 4 + t], T.Cast("uint32", T.reinterpret(
+                                                "uint16", sc[blk[0], 0])) * T.uint32(0x10001))
+                                else:
+                                    for v in T.unroll(8):
+                                        dd[v] = T.uint32(0)
+                                for h in T.unroll(2):  # the group's two 8-column slabs
+                                    for v in T.vectorized(4):
+                                        wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
+                                              + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
+                                                       br)) // 2 + v] = dd[h * 4 + v]
+
+    return dequant_pass
+
+
+def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
+    assert supports(s, cfg), (s, cfg)
+    n, k, dt = s.n, s.k, s.dtype
+    br, bt, stages = cfg.rows, cfg.tokens, cfg.stages
+    threads = 128 * cfg.warpgroups
+    ck = cfg.chunk
+    nch = k // ck
+    wsize, xsize = tile_halves(br, ck), tile_halves(bt, ck)
+    stage = wsize + xsize
+    wcopies = br * ck // 8 // threads  # 16-byte cp.async per thread per chunk
+    xcopies = bt * ck // 8 // threads
+    pieces = ck // 8  # 16-byte pieces of a token's chunk
+    row_tiles = (n + br - 1) // br
+    ahead = stages - 2  # chunks in flight beyond the one being multiplied
+    prepass = _dequant_pass(s, br, ck)
+
+    def mma_async(acc, da, db):
+        return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
+            *[acc[i] for i in range(br // 2)], da, db, T.ptx.pred(1), 1, 1, 0, 0)
+
+    @T.macro
+    def load(x, wd, sm, m, by, bx, tid, ch, buf):
+        """Chunk ch of the weight tile (a contiguous run of the scratch) and of the activations."""
+        for c in T.unroll(wcopies):  # slab (c * threads + tid) // br, core-matrix row (c * threads + tid) % br
+            T.ptx["cp.async.cg.shared.global"](
+                sm.ptr_to([buf * stage + (c * threads + tid) // br * slab(br) + (c * threads + tid) % br * 8]),
+                wd.ptr_to([(bx * nch + ch) * wsize + (c * threads + tid) // br * slab(br)
+                           + (c * threads + tid) % br * 8]), 16)
+        for c in T.unroll(xcopies):  # pieces lanes read one token's chunk
+            T.ptx["cp.async.cg.shared.global"](
+                sm.ptr_to([buf * stage + wsize + offset((c * threads + tid) // pieces, (c * threads + tid) % pieces * 8,
+                                                        bt)]),
+                x.ptr_to([T.min(by * bt + (c * threads + tid) // pieces, m - 1), ch * ck + (c * threads + tid) % pieces * 8]),
+                16)
+        T.ptx["cp.async.commit_group"]()
+
+    @T.macro
+    def multiply(sm, acc, da, db, wg, buf):
+        T.ptx.wgmma.fence.sync.aligned()
+        for ks in T.unroll(ck // 16):
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(da[0]), sm.ptr_to(
+                [buf * stage + wsize + offset(wg * WG_TOKENS, ks * 16, bt)]), slab(bt) // 8, 8, 0)  # 16-byte units
+            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
+                [buf * stage + offset(0, ks * 16, br)]), slab(br) // 8, 8, 0)
+            mma_async(acc, da[0], db[0])
+        T.ptx.wgmma.commit_group.sync.aligned()
+
+    @T.prim_func
+    def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
+                    zr_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        nnz = T.int32()
+        x = T.match_buffer(x_h, (m, k), dt)
+        indptr = T.match_buffer(indptr_h, (s.block_rows + 1,), "int32")
+        indices = T.match_buffer(indices_h, (nnz,), "uint16")
+        qw = T.match_buffer(qw_h, (nnz, 1, s.words), "uint32")
+        sc = T.match_buffer(sc_h, (nnz, 1), "float16")
+        zr = T.match_buffer(zr_h, (nnz, 1), "uint8")
+        y = T.match_buffer(y_h, (m, n), dt)
+        y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)
+        wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
+        wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
+        prepass(indptr, indices, qw, sc, zr, wd2)
+        for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
+            for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
+                for ty in T.thread_binding(threads // 32, thread="threadIdx.y"):
+                    for tx in T.thread_binding(32, thread="threadIdx.x"):
+                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1):
+                            sm = T.alloc_buffer((stages * stage,), dt, scope="shared.dyn")
+                            acc = T.alloc_buffer((br // 2,), "float32", scope="local")
+                            da = T.alloc_buffer((1,), "uint64", scope="local")
+                            db = T.alloc_buffer((1,), "uint64", scope="local")
+                            tid = ty * 32 + tx
+                            for i in range(br // 2):
+                                acc[i] = T.float32(0)
+                            for p in range(ahead):
+                                load(x, wd, sm, m, by, bx, tid, p, p)
+                            for ch in T.serial(nch):
+                                T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
+                                T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
+                                T.tvm_storage_sync("shared")
+                                # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
+                                # warpgroup before this barrier (past the last chunk: clamped, never read)
+                                load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
+                                multiply(sm, acc, da, db, ty // 4, ch % stages)
+                                T.ptx.wgmma.wait_group.sync.aligned(1)
+                            T.ptx.wgmma.wait_group.sync.aligned(0)
+                            for ni in T.unroll(br // 8):
+                                for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
+                                    if (by * bt + ty * 16 + tx // 4 + h * 8 < m
+                                            and bx * br + ni * 8 + tx % 4 * 2 < n):
+                                        y2[((by * bt + ty * 16 + tx // 4 + h * 8) * n + bx * br + ni * 8 + tx % 4 * 2) // 2] = (
+                                            T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
+                                            | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
+                                                dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+
+    return bsr_prefill
