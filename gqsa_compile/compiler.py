@@ -65,10 +65,9 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     the first call and replayed after: a decode step is then one graph launch instead of hundreds of kernel
     launches from the VM (onnx_import.VARYING_INPUTS says which inputs the runtime keeps in place).
     ``pdl`` (CUDA, every arch sm_90+; None: on exactly there): every kernel is a programmatic dependent launch
-    (tvm_schedules.launch):
-    decode GEMVs let the next kernel launch as their loop ends and wait for the previous one only before
-    reading activations; every other kernel waits for the previous one first, and small ones (at most one
-    wave of thread blocks) then let the next one launch at once."""
+    (tvm_schedules.launch): decode GEMVs let the next kernel launch as their loop ends and wait for the previous
+    one only before reading activations; every other kernel waits for the previous one first and then lets the
+    next one launch, unless its grid is a constant of more than one wave of thread blocks."""
     import tvm
 
     archs = archs or ["sm_87", "sm_90"]

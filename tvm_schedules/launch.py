@@ -8,7 +8,10 @@ next one may launch (``griddepcontrol.launch_dependents``); the launch itself mu
 (``cuLaunchKernelEx`` with programmatic stream serialization), which TVM's CUDA runtime does for kernels
 whose launch parameters carry its flag. TVM 0.27 computes those parameters itself and never adds the flag,
 so kernels are built with the TIR pipeline ``PIPELINE``: TVM's default plus one device pass that flags every
-kernel that waits on the grid dependency, and only those. ``griddepcontrol`` exists from sm_90 on.
+kernel that waits on the grid dependency, and only those. ``PIPELINE_ALL`` (gqsa-compile's default where every
+arch is sm_90+) first makes every other kernel wait too, so that all of a model's kernels take part: the
+GEMVs alone gained nothing end to end, between norms, RoPE and attention launched the plain way.
+``griddepcontrol`` exists from sm_90 on.
 """
 from __future__ import annotations
 
@@ -33,8 +36,11 @@ def supported(archs: list[str]) -> bool:
     return all(int("".join(c for c in a if c.isdigit())) >= MIN_ARCH for a in archs)
 
 
+WAIT_CALL = 'griddepcontrol("wait"'  # how a kernel's script shows the call
+
+
 def waits_on_grid(func) -> bool:
-    return 'griddepcontrol("wait"' in func.script()
+    return WAIT_CALL in func.script()
 
 
 @tvm.transform.module_pass(opt_level=0, name="gqsa.FlagDependentLaunch")
@@ -50,11 +56,11 @@ def flag_dependent_launch(mod, _ctx):
     return mod
 
 
-def _grid_size(func) -> int | None:
+def _grid_size(script: str) -> int | None:
     """Thread blocks of a device kernel (the product of its blockIdx extents), None where one is not a constant
     (TVM 0.27's Python side has no statement visitor; its script is what waits_on_grid reads too)."""
     size = 1
-    for extent in re.findall(r'T\.launch_thread\("blockIdx\.[xyz]", (.*)\) as blockIdx', func.script()):
+    for extent in re.findall(r'T\.launch_thread\("blockIdx\.[xyz]", (.*)\) as blockIdx', script):
         if not extent.strip().isdigit():
             return None
         size *= int(extent)
@@ -78,9 +84,12 @@ def wait_on_grid_everywhere(mod, _ctx):
     GPU, measured slower (docs/perf.md). A grid that grows with the token count triggers early too: the next
     kernel launches only once every thread block of this one has started, so it takes slots of the last wave."""
     for gv, func in list(mod.functions_items()):
-        if (func.attrs or {}).get(LAUNCH_PARAMS) is None or waits_on_grid(func):
+        if (func.attrs or {}).get(LAUNCH_PARAMS) is None:
             continue
-        size = _grid_size(func)
+        script = func.script()
+        if WAIT_CALL in script:
+            continue
+        size = _grid_size(script)
         first = [tvm.tirx.Evaluate(T.ptx.griddepcontrol.wait())]
         if size is None or size <= SMALL_GRID:
             first.append(tvm.tirx.Evaluate(T.ptx.griddepcontrol.launch_dependents()))
