@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 
 from .common import BSRShape, nibble
+from .launch import SMALL_GRID
 from .warp_plan import records_at
 
 SMEM_BYTES = 48 * 1024  # static shared memory a thread block may use without an opt-in
@@ -51,7 +52,8 @@ class DecodeConfig:
     rotate: bool = False  # staged group-major ([group][token][columns]), each lane walking the tokens from
     # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
-    # previous kernel's output before it reads the activations, and lets the next one launch once its loop is done
+    # previous kernel's output before it reads the activations, and lets the next one launch once its loop is
+    # done (right after the wait where its grid is one wave)
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -164,6 +166,10 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
     nctas = launch(s, m, cfg)["warps"] // warps
+    # PDL: where the grid is one wave, let the next kernel launch right after the wait (measured the same as
+    # after the loop at 132 thread blocks, 1-2% faster in the compiled SmolLM2; at 1056 thread blocks it cost
+    # M = 1 1.2x: docs/perf.md)
+    early = nctas <= SMALL_GRID
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
     base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
@@ -212,6 +218,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
                     if cfg.pdl:  # nothing before this reads what the previous kernel writes
                         T.ptx.griddepcontrol.wait()
+                        if early:  # one wave of thread blocks: the next kernel's take no slot this one needs
+                            T.ptx.griddepcontrol.launch_dependents()
                     if smem:
                         for c in range(stage):
                             if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
@@ -343,7 +351,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                     T.tvm_warp_activemask(), red[0], 16 >> o, 32, 32)
                             if tx == 0 and task < tasks:
                                 y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
-                    if cfg.pdl:  # the next kernel's thread blocks may take the SMs this one leaves
+                    if cfg.pdl and not early:  # the next kernel's thread blocks may take the SMs this one leaves
                         T.ptx.griddepcontrol.launch_dependents()
 
     return bsr_decode

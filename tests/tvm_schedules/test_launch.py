@@ -39,7 +39,8 @@ def test_only_waiting_decode_kernels_are_flagged(m, tmp_path):
 
 def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     """gqsa-compile --pdl: kernels that do not wait yet wait first thing, and then trigger the next launch
-    unless their grid is a constant of more than one wave; the PDL GEMV keeps its own places."""
+    unless their grid is a constant of more than one wave; the PDL GEMV waits before staging activations and
+    triggers right after where its grid is one wave, after its loop where it is larger."""
     import re
 
     import tvm
@@ -52,8 +53,10 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     cuda_toolchain.setup(["sm_90"])
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     s = BSRShape(256, 512, 4, 16, 1, "float16", True)
+    big = BSRShape(12288, 512, 4, 16, 1, "float16", True)  # 1056 thread blocks at M = 1
     funcs = {"gemv": tvm_schedules.bsr_matmul(s, 1, target, pdl=True),
-             "big": tvm_schedules.bsr_matmul(BSRShape(12288, 512, 4, 16, 1, "float16", True), 1, target),
+             "biggemv": tvm_schedules.bsr_matmul(big, 1, target, pdl=True),
+             "big": tvm_schedules.bsr_matmul(big, 1, target),
              "attention": tvm_schedules.attention(9, 3, 64, 256, "float16", target),  # grid: tokens x heads
              "append": tvm_schedules.cache_append(3, 64, 256, "float16", target)}
     funcs = {k: f.with_attr("global_symbol", k) for k, f in funcs.items()}
@@ -66,12 +69,14 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     wait, trigger = "tvm_builtin_ptx_griddepcontrol_wait();", "tvm_builtin_ptx_griddepcontrol_launch_dependents();"
     for name, body in kernels.items():
         lines = [ln.strip() for ln in body.strip().splitlines()]
-        assert lines.count(wait) == 1 and lines.count(trigger) == 1 - name.startswith("big"), name
+        assert lines.count(wait) == 1 and lines.count(trigger) == 1 - name.startswith("big_"), name
         if name.startswith(("attention", "append")):
             assert lines[:2] == [wait, trigger], name
-        if name.startswith("big"):  # 1056 thread blocks: the next kernel launches as this one ends
+        if name.startswith("big_"):  # 1056 thread blocks: the next kernel launches as this one ends
             assert lines[0] == wait
-        if name.startswith("gemv"):  # its own: the wait before staging activations, the trigger after its loop
+        if name.startswith("gemv"):  # its own wait, before staging activations; one wave: the trigger right after
+            assert lines[lines.index(wait) + 1] == trigger
+        if name.startswith("biggemv"):  # 1056 thread blocks: the trigger after its loop
             assert lines.index(trigger) > lines.index(wait) + 10
     lib.export_library(str(tmp_path / "k.so"))
     assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == len(kernels)
