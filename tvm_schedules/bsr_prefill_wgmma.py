@@ -6,7 +6,7 @@ waited for each chunk's copies and wgmma's before the next, leaving the tensor c
 
 - a first launch writes the whole matrix as fp16 (zeros for pruned groups) into a scratch laid out tile by
   tile in wgmma's K-major core-matrix order, so each of the GEMM's weight tiles is a contiguous copy;
-- the GEMM keeps ``stages`` chunks of 64 columns in a shared-memory ring, copied with ``cp.async`` two
+- the GEMM keeps ``stages`` chunks of 64 columns in a shared-memory ring, copied with ``cp.async`` stages - 2
   chunks ahead; each warpgroup issues its wgmma's m64n{rows}k16 on one chunk and, before the next chunk,
   waits only for the wgmma's of the chunk before (``wgmma.wait_group 1``), so copies, the barrier and the
   tensor cores overlap. One barrier per chunk: the buffer a chunk's copies overwrite was last read by the
