@@ -21,7 +21,7 @@ def main(argv=None) -> int:
                    help="launch every kernel from the VM instead of replaying CUDA graphs (cuda only)")
     p.add_argument("--pdl", action="store_const", const=True, default=None,
                    help="every kernel a programmatic dependent launch, placed while the one before it finishes "
-                        "(needs every --arch sm_90+; the default where they all are: SmolLM2 decode 1.16x faster "
+                        "(needs every --arch sm_90+; the default where they all are: SmolLM2 decode 1.16-1.18x faster "
                         "on an H200, docs/perf.md)")
     p.add_argument("--no-pdl", dest="pdl", action="store_const", const=False,
                    help="plain launches even where every --arch is sm_90+")
