@@ -134,37 +134,42 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
-def test_wgmma_prefill_builds_for_sm90a(tmp_path):
-    """The tiled GEMM's Hopper variant (operands straight from shared memory) is real wgmma code in an sm_90a
-    cubin; its layout pads 8-column slabs by 16 bytes (a multiple of 16, as the matrix descriptor needs)."""
+def _hgmma_kernels(func, name: str, tmp_path) -> set:
+    """Build ``func`` alone for sm_90a (wgmma needs the arch-specific target) and return the kernels whose
+    SASS holds HGMMA, after checking the library holds device code for sm_90 only and no CUDA source."""
     from gqsa_compile import cuda_toolchain
     from gqsa_compile.cuda_toolchain import functions_with, has_device_code, sass_by_arch
-    from tvm_schedules import bsr_prefill_tiled as t
 
     cuda_toolchain.setup(["sm_90a"])
     try:
         target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
-        s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
-        assert all(t.supports(s, c) for c in t.SWEEP_WGMMA)
-        assert not t.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True), t.SWEEP_WGMMA[0])
-        assert t.slab(128) * 2 % 16 == 0 and t.SWEEP_WGMMA[0].smem_bytes() < 99 * 1024
-        f = t.bsr_prefill_tiled(s, t.SWEEP_WGMMA[0]).with_attr("global_symbol", "wg")
         with target:
-            lib = tvm.compile(tvm.IRModule({"wg": f}), target=target)
-        lib.export_library(tmp_path / "wg.so")
+            lib = tvm.compile(tvm.IRModule({name: func.with_attr("global_symbol", name)}), target=target)
+        lib.export_library(tmp_path / f"{name}.so")
     finally:
         cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])  # what the module's other tests build for
-    assert has_device_code(tmp_path / "wg.so") == (True, False)
-    sass = sass_by_arch(tmp_path / "wg.so")
-    assert set(sass) == {90} and "wg_kernel" in functions_with(sass[90], "HGMMA")
+    assert has_device_code(tmp_path / f"{name}.so") == (True, False)
+    sass = sass_by_arch(tmp_path / f"{name}.so")
+    assert set(sass) == {90}
+    return set(functions_with(sass[90], "HGMMA"))
+
+
+def test_wgmma_prefill_builds_for_sm90a(tmp_path):
+    """The tiled GEMM's Hopper variant (operands straight from shared memory) is real wgmma code in an sm_90a
+    cubin; its layout pads 8-column slabs by 16 bytes (a multiple of 16, as the matrix descriptor needs)."""
+    from tvm_schedules import bsr_prefill_tiled as t
+
+    s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
+    assert all(t.supports(s, c) for c in t.SWEEP_WGMMA)
+    assert not t.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True), t.SWEEP_WGMMA[0])
+    assert t.slab(128) * 2 % 16 == 0 and t.SWEEP_WGMMA[0].smem_bytes() < 99 * 1024
+    assert "wg_kernel" in _hgmma_kernels(t.bsr_prefill_tiled(s, t.SWEEP_WGMMA[0]), "wg", tmp_path)
 
 
 def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     """bsr_prefill_wgmma: a dequantizing launch, then the wgmma GEMM over a ring in dynamic shared memory
     (real HGMMA in an sm_90a cubin); every core-matrix row of a tile is one 16-byte copy, and the copies of a
     chunk cover the tile's rows x columns exactly once."""
-    from gqsa_compile import cuda_toolchain
-    from gqsa_compile.cuda_toolchain import functions_with, has_device_code, sass_by_arch
     from tvm_schedules import bsr_prefill_wgmma as w
 
     cfg = w.WgmmaConfig(256, 2, 4, tokens_first=True)
@@ -174,18 +179,7 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert (cfg.stages * (w.tile_halves(cfg.rows) + w.tile_halves(cfg.tokens)) * 2) <= 227 * 1024
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
     assert all(w.supports(s, c) for c in w.SWEEP) and not w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
-    cuda_toolchain.setup(["sm_90a"])
-    try:
-        target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
-        f = w.bsr_prefill_wgmma(s, cfg).with_attr("global_symbol", "wgp")
-        with target:
-            lib = tvm.compile(tvm.IRModule({"wgp": f}), target=target)
-        lib.export_library(tmp_path / "wgp.so")
-    finally:
-        cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])  # what the module's other tests build for
-    assert has_device_code(tmp_path / "wgp.so") == (True, False)
-    sass = sass_by_arch(tmp_path / "wgp.so")
-    assert set(sass) == {90} and functions_with(sass[90], "HGMMA") == {"wgp_kernel_1"}
+    assert _hgmma_kernels(w.bsr_prefill_wgmma(s, cfg), "wgp", tmp_path) == {"wgp_kernel_1"}
 
 
 def test_decode_tuning_follows_activation_staging():
