@@ -12,10 +12,14 @@ waited for each chunk's copies and wgmma's before the next, leaving the tensor c
   tensor cores overlap. One barrier per chunk: the buffer a chunk's copies overwrite was last read by the
   wgmma's of two chunks back, which every warpgroup had waited for before that barrier.
 
-Measured on an H200 (docs/perf.md): 256 x 128 tiles, 4 stages, token tiles first run R = 1 at M = 4096 in
-2.2-2.3x cuBLAS's time, 1.25-1.31x faster than the mma.sync plan, but slower at M = 512 (the first launch's
-traffic, 1.45 waves). Its warps stall on the copies' data; the next step is TMA copies from a producer warp
-and per-stage mbarriers. Not in gqsa-compile's plan: it needs sm_90a and N x K x 2 bytes of scratch.
+``producer=True`` replaces the copies and the barrier: the activations are laid out in the same tiles by one
+more launch, and a ninth warp fills the ring with two bulk copies per stage, completing on the stage's "full"
+mbarrier; the warpgroups wait on that and arrive on its "empty" mbarrier once their wgmma's of it are done.
+
+Measured on an H200 (docs/perf.md), 256 x 128 tiles, 4 stages, token tiles first: R = 1 at M = 4096 in
+2.2-2.3x cuBLAS's time with cp.async (1.25-1.31x faster than the mma.sync plan; its warps stalled on the
+copies' data), 1.6-2.0x with the producer warp; slower than the plan at M = 512 (the extra launches' traffic,
+1.45 waves). Not in gqsa-compile's plan: it needs sm_90a and N x K x 2 bytes of scratch.
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ class WgmmaConfig:
     chunk: int = CHUNK  # input columns per stage: smaller chunks, more of them in flight in the same memory
     tokens_first: bool = False  # thread blocks ordered token tile first: those running at once share weight
     # tiles in L2 (and the activations stay there), instead of sweeping all the weights every few token tiles
+    producer: bool = False  # a producer warp fills the ring with bulk copies (the activations too are laid
+    # out in tiles first), signalling per-stage mbarriers; the warpgroups release a stage when its wgmma's are
+    # done: no barrier of the whole thread block, no copies issued by the warpgroups
 
     @property
     def tokens(self) -> int:
@@ -46,12 +53,13 @@ class WgmmaConfig:
     @property
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
-                + ("t" if self.tokens_first else ""))
+                + ("t" if self.tokens_first else "") + ("w" if self.producer else ""))
 
 
 SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConfig(128, 1, 4),
          WgmmaConfig(256, 2, 3, tokens_first=True), WgmmaConfig(256, 2, 4, tokens_first=True),
-         WgmmaConfig(128, 2, 4, tokens_first=True), WgmmaConfig(256, 2, 8, 32, True), WgmmaConfig(256, 2, 6, 32, True)]
+         WgmmaConfig(128, 2, 4, tokens_first=True), WgmmaConfig(256, 2, 8, 32, True), WgmmaConfig(256, 2, 6, 32, True),
+         WgmmaConfig(256, 2, 4, tokens_first=True, producer=True), WgmmaConfig(256, 2, 3, tokens_first=True, producer=True)]
 
 
 def tile_halves(rows: int, chunk: int = CHUNK) -> int:
@@ -135,6 +143,10 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
     nch = k // ck
     wsize, xsize = tile_halves(br, ck), tile_halves(bt, ck)
     stage = wsize + xsize
+    ws = cfg.producer
+    # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
+    # sizes the activation tiles' buffer by what is written: the full tile read past its end)
+    wcopy, xcopy = 2 * (wsize - 8), 2 * (xsize - 8)
     wcopies = br * ck // 8 // threads  # 16-byte cp.async per thread per chunk
     xcopies = bt * ck // 8 // threads
     pieces = ck // 8  # 16-byte pieces of a token's chunk
@@ -163,6 +175,24 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
         T.ptx["cp.async.commit_group"]()
 
     @T.macro
+    def relayout_x(x, xt, m):
+        """Producer variant: the activations in the same tiles as the weights ([token tile][chunk][tile]), so
+        that a stage's activations are one bulk copy too (rows past M repeat the last token, never stored)."""
+        for bi in T.thread_binding(((m + bt - 1) // bt * bt * (k // 8) + 255) // 256, thread="blockIdx.x"):
+            for ti in T.thread_binding(256, thread="threadIdx.x"):
+                if bi * 256 + ti < (m + bt - 1) // bt * bt * (k // 8):
+                    for v in T.vectorized(8):
+                        xt[((bi * 256 + ti) // (k // 8) // bt * nch + (bi * 256 + ti) % (k // 8) * 8 // ck) * xsize
+                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt) + v] = x[
+                            T.min((bi * 256 + ti) // (k // 8), m - 1), (bi * 256 + ti) % (k // 8) * 8 + v]
+
+    @T.macro
+    def wait_bar(bars, i, parity, ready):
+        ready[0] = T.uint32(0)
+        while ready[0] == T.uint32(0):
+            T.ptx.mbarrier.try_wait.parity.shared__cta.b64(ready[0], bars.ptr_to([i]), T.Cast("uint32", parity))
+
+    @T.macro
     def multiply(sm, acc, da, db, wg, buf):
         T.ptx.wgmma.fence.sync.aligned()
         for ks in T.unroll(ck // 16):
@@ -189,10 +219,13 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
         y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
         wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
+        xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws else 1,), dt, scope="global")
         prepass(indptr, indices, qw, sc, zr, wd2)
+        if ws:
+            relayout_x(x, xt, m)
         for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
             for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
-                for ty in T.thread_binding(threads // 32, thread="threadIdx.y"):
+                for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1):
                             sm = T.alloc_buffer((stages * stage,), dt, scope="shared.dyn")
@@ -200,23 +233,58 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
                             da = T.alloc_buffer((1,), "uint64", scope="local")
                             db = T.alloc_buffer((1,), "uint64", scope="local")
                             tid = ty * 32 + tx
+                            bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
+                            ready = T.alloc_buffer((1,), "uint32", scope="local")
                             for i in range(br // 2):
                                 acc[i] = T.float32(0)
-                            for p in range(ahead):
-                                load(x, wd, sm, m, by, bx, tid, p, p)
-                            for ch in T.serial(nch):
-                                T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
-                                T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
+                            if ws:
+                                if tid == threads:
+                                    # TVM sizes shared memory by the highest element the kernel names, and the bulk
+                                    # copies name only where they start: name the last (a padding slot no copy or
+                                    # wgmma reaches), or the ring is cut short and the copies write past its end
+                                    sm[stages * stage - 1] = T.Cast(dt, 0)
+                                    for i in range(stages):
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
+                                    T.ptx.fence.mbarrier_init.release.cluster()
                                 T.tvm_storage_sync("shared")
-                                # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
-                                # warpgroup before this barrier (past the last chunk: clamped, never read)
-                                load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
-                                multiply(sm, acc, da, db, ty // 4, ch % stages)
-                                T.ptx.wgmma.wait_group.sync.aligned(1)
-                            T.ptx.wgmma.wait_group.sync.aligned(0)
+                                if ty == threads // 32:  # the producer warp: one lane fills the ring
+                                    if tx == 0:
+                                        for ch in T.serial(nch):
+                                            if ch >= stages:  # the warpgroups released chunk ch - stages
+                                                wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
+                                            T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
+                                                bars.ptr_to([ch % stages]), T.uint32(wcopy + xcopy))
+                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                sm.ptr_to([ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
+                                                T.uint32(wcopy), bars.ptr_to([ch % stages]))
+                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                sm.ptr_to([ch % stages * stage + wsize]), xt.ptr_to([(by * nch + ch) * xsize]),
+                                                T.uint32(xcopy), bars.ptr_to([ch % stages]))
+                                else:
+                                    for ch in T.serial(nch):
+                                        wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
+                                        multiply(sm, acc, da, db, ty // 4, ch % stages)
+                                        T.ptx.wgmma.wait_group.sync.aligned(1)
+                                        if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
+                                            T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
+                                    T.ptx.wgmma.wait_group.sync.aligned(0)
+                            else:
+                                for p in range(ahead):
+                                    load(x, wd, sm, m, by, bx, tid, p, p)
+                                for ch in T.serial(nch):
+                                    T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
+                                    T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
+                                    T.tvm_storage_sync("shared")
+                                    # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
+                                    # warpgroup before this barrier (past the last chunk: clamped, never read)
+                                    load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
+                                    multiply(sm, acc, da, db, ty // 4, ch % stages)
+                                    T.ptx.wgmma.wait_group.sync.aligned(1)
+                                T.ptx.wgmma.wait_group.sync.aligned(0)
                             for ni in T.unroll(br // 8):
                                 for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
-                                    if (by * bt + ty * 16 + tx // 4 + h * 8 < m
+                                    if (by * bt + ty * 16 + tx // 4 + h * 8 < m and ty < threads // 32
                                             and bx * br + ni * 8 + tx % 4 * 2 < n):
                                         y2[((by * bt + ty * 16 + tx // 4 + h * 8) * n + bx * br + ni * 8 + tx % 4 * 2) // 2] = (
                                             T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))

@@ -134,9 +134,10 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
 
 
-def _hgmma_kernels(func, name: str, tmp_path) -> set:
+def _hgmma_kernels(func, name: str, tmp_path):
     """Build ``func`` alone for sm_90a (wgmma needs the arch-specific target) and return the kernels whose
-    SASS holds HGMMA, after checking the library holds device code for sm_90 only and no CUDA source."""
+    SASS holds HGMMA, after checking the library holds device code for sm_90 only and no CUDA source, and
+    the built module (for what its host code asks of the launches)."""
     from gqsa_compile import cuda_toolchain
     from gqsa_compile.cuda_toolchain import functions_with, has_device_code, sass_by_arch
 
@@ -151,7 +152,7 @@ def _hgmma_kernels(func, name: str, tmp_path) -> set:
     assert has_device_code(tmp_path / f"{name}.so") == (True, False)
     sass = sass_by_arch(tmp_path / f"{name}.so")
     assert set(sass) == {90}
-    return set(functions_with(sass[90], "HGMMA"))
+    return set(functions_with(sass[90], "HGMMA")), lib.mod
 
 
 def test_wgmma_prefill_builds_for_sm90a(tmp_path):
@@ -163,7 +164,7 @@ def test_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert all(t.supports(s, c) for c in t.SWEEP_WGMMA)
     assert not t.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True), t.SWEEP_WGMMA[0])
     assert t.slab(128) * 2 % 16 == 0 and t.SWEEP_WGMMA[0].smem_bytes() < 99 * 1024
-    assert "wg_kernel" in _hgmma_kernels(t.bsr_prefill_tiled(s, t.SWEEP_WGMMA[0]), "wg", tmp_path)
+    assert "wg_kernel" in _hgmma_kernels(t.bsr_prefill_tiled(s, t.SWEEP_WGMMA[0]), "wg", tmp_path)[0]
 
 
 def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
@@ -179,7 +180,14 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert (cfg.stages * (w.tile_halves(cfg.rows) + w.tile_halves(cfg.tokens)) * 2) <= 227 * 1024
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
     assert all(w.supports(s, c) for c in w.SWEEP) and not w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
-    assert _hgmma_kernels(w.bsr_prefill_wgmma(s, cfg), "wgp", tmp_path) == {"wgp_kernel_1"}
+    assert _hgmma_kernels(w.bsr_prefill_wgmma(s, cfg), "wgp", tmp_path)[0] == {"wgp_kernel_1"}
+    # the producer warp's variant: bulk copies name only where they start, so the launch must still ask for
+    # the whole ring of shared memory (its first build got 3 KB less and wrote past the end)
+    ws = replace(cfg, producer=True)
+    kernels, mod = _hgmma_kernels(w.bsr_prefill_wgmma(s, ws), "wgw", tmp_path)
+    assert kernels == {"wgw_kernel_2"}  # dequantize, lay out the activations, then the GEMM
+    ring = ws.stages * (w.tile_halves(ws.rows) + w.tile_halves(ws.tokens)) * 2
+    assert f"i64 {ring}" in mod.inspect_source("ll")
 
 
 def test_decode_tuning_follows_activation_staging():
