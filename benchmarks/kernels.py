@@ -141,6 +141,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_prefill", n, k, m, 1, tag="wgmma pipeline")
                 for cfg in bsr_prefill_wgmma.SWEEP:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma pipeline")
+            for m in (1024, 2048):  # where the producer-warp kernel overtakes the compiled plan
+                add("bsr_prefill", n, k, m, 1, tag="wgmma crossover")
+                add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma crossover")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):

@@ -60,6 +60,7 @@ SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConf
          WgmmaConfig(256, 2, 3, tokens_first=True), WgmmaConfig(256, 2, 4, tokens_first=True),
          WgmmaConfig(128, 2, 4, tokens_first=True), WgmmaConfig(256, 2, 8, 32, True), WgmmaConfig(256, 2, 6, 32, True),
          WgmmaConfig(256, 2, 4, tokens_first=True, producer=True), WgmmaConfig(256, 2, 3, tokens_first=True, producer=True)]
+BEST = WgmmaConfig(256, 2, 4, tokens_first=True, producer=True)  # fastest at M = 4096 on an H200 (docs/perf.md)
 
 
 def tile_halves(rows: int, chunk: int = CHUNK) -> int:
