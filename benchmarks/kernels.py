@@ -144,6 +144,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (1024, 2048):  # where the producer-warp kernel overtakes the compiled plan
                 add("bsr_prefill", n, k, m, 1, tag="wgmma crossover")
                 add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma crossover")
+            for m in (2047, 2048, 4096):  # what gqsa-compile builds for sm_90a: the plan, wgmma from 2048 tokens
+                add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):
@@ -292,6 +294,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
+            elif fam == "bsr_prefill_sm90a":  # gqsa-compile's choice when every arch is sm_90a
+                f = tvm_schedules.bsr_matmul(s, None, target, wgmma=True)
             elif fam == "bsr_prefill_wgmma":
                 f = bsr_prefill_wgmma.bsr_prefill_wgmma(s, bsr_prefill_wgmma.WgmmaConfig(**spec["cfg"]))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison

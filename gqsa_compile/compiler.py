@@ -87,7 +87,8 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     model = build_graph(args, dense, compressed, dtype)
     log("[2/4] import into Relax (prefill: T symbolic, decode: T = 1)")
     ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len,
-                          interleaved=order != "checkpoint", pdl=pdl)
+                          interleaved=order != "checkpoint", pdl=pdl,
+                          wgmma=target == "cuda" and all(a == "sm_90a" for a in archs))
     mod = import_model(model, ctx)
     log(f"[3/4] build for {target}" + (f" ({', '.join(archs)})" if target == "cuda" else ""))
     cuda_graph = cuda_graph and target == "cuda"

@@ -29,6 +29,7 @@ class LoweringContext:
     cache_len: int
     interleaved: bool = False  # 4-bit codes in the kernels' interleaved order (kernel_layout)
     pdl: bool = False  # decode GEMVs with programmatic dependent launch (tvm_schedules.launch)
+    wgmma: bool = False  # every arch sm_90a: long prefills on Hopper's wgmma (tvm_schedules.bsr_prefill_wgmma)
 
 
 _CTX: list[LoweringContext] = []
@@ -57,7 +58,7 @@ class BSRMatMul(_of.OnnxOpConverter):
         s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved)
         x = inputs[0]
         m = x.ty.shape[0]
-        gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target, pdl=c.pdl))
+        gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target, pdl=c.pdl, wgmma=c.wgmma))
         return relax.call_tir(gv, list(inputs), relax.TensorType([m, s.n], c.dtype))
 
 

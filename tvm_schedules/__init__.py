@@ -2,7 +2,7 @@
 
 Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_prefill_tiled (CUDA tensor cores, any M: 4-bit
 codes), bsr_prefill (CUDA tensor cores, any M: the other code widths), bsr_prefill_wgmma (sm_90a, R = 1:
-weights dequantized once, then a pipelined wgmma GEMM; measured by benchmarks/kernels.py, in no plan yet),
+weights dequantized once, then a pipelined wgmma GEMM; the plan's last entry in sm_90a builds),
 bsr_prefill_simt (CUDA without tensor cores: G = 8, fp32), bsr_cpu (llvm),
 attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax needs to leave it alone.
 """
@@ -30,16 +30,18 @@ def _finish(func, name: str, config: str = "default"):
     return func.with_attrs({**SCHEDULED, "global_symbol": name, "gqsa.config": config})
 
 
-def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=None, pdl: bool = False):
+def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=None, pdl: bool = False,
+               wgmma: bool = False):
     """The kernel for y[M, n] = x[M, k] W^T; ``m`` is the static token count, None when symbolic. ``pdl``: decode
-    kernels use programmatic dependent launch (every arch of the build sm_90+, tvm_schedules.launch)."""
+    kernels use programmatic dependent launch (every arch of the build sm_90+, tvm_schedules.launch). ``wgmma``
+    (every arch of the build sm_90a): long prefills run bsr_prefill_wgmma (bsr_prefill_tiled.WGMMA_ABOVE)."""
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
         cfg = decode_cfg or replace(decode_tuned(m, s.rows, s.k), pdl=pdl)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
-    tiled = bsr_prefill_tiled.tuned(s)
-    if prefill_cfg is None and all(bsr_prefill_tiled.supports(s, c) for _, c in tiled):
+    tiled = bsr_prefill_tiled.tuned(s, wgmma=wgmma)
+    if prefill_cfg is None and bsr_prefill_tiled.plan_supported(s, tiled):
         return _finish(bsr_prefill_tiled.bsr_prefill_tiled(s, tiled), f"bsr_prefill_{s.key}",
                        bsr_prefill_tiled.config_key(tiled))
     cfg = prefill_cfg or bsr_prefill.tuned(s.rows)

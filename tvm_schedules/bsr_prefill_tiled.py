@@ -113,14 +113,27 @@ TUNED = {"few rows": ((32, replace(SMALL, splits=4)), (128, replace(MID, splits=
          "many rows": ((32, LARGE), (64, MID), (None, DEFAULT))}
 
 
-def tuned(s: BSRShape) -> tuple:
+# sm_90a builds (every arch of the build): above this many tokens R = 1 runs bsr_prefill_wgmma's producer-warp
+# kernel. On an H200 (tag "wgmma crossover") it ran 0.90-1.19x the plan's speed at M = 1024 and 1.25-1.51x at
+# 2048; with the bound at 1024, M = 1025 (9 token tiles) ran 0.72x on K = 11008 and 14336 (tag "plan sm90a"),
+# so it starts at 2048, the first M where every shape measured faster.
+WGMMA_ABOVE = 2047
+
+
+def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
     """The plan for a matrix: which configuration runs for which M (by its row tiles: fewer than 64, fewer than
-    128, more), each with as many splits as divide its chunks (SmolLM2's K = 576 is 9 chunks: no split)."""
+    128, more), each with as many splits as divide its chunks (SmolLM2's K = 576 is 9 chunks: no split).
+    ``wgmma`` (sm_90a builds): above WGMMA_ABOVE tokens, bsr_prefill_wgmma where it supports the matrix."""
+    from . import bsr_prefill_wgmma
+
     tiles = -(-s.n // DEFAULT.rows)
     plan = TUNED["few rows" if tiles < 64 else "some rows" if tiles < 128 else "many rows"]
     fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
                                             and (s.k // c.chunk) % d == 0))) for bound, c in plan]
-    return tuple(e for i, e in enumerate(fitted) if i + 1 == len(fitted) or e[1] != fitted[i + 1][1])
+    plan = tuple(e for i, e in enumerate(fitted) if i + 1 == len(fitted) or e[1] != fitted[i + 1][1])
+    if wgmma and bsr_prefill_wgmma.supports(s, bsr_prefill_wgmma.BEST):
+        plan = plan[:-1] + ((WGMMA_ABOVE, plan[-1][1]), (None, bsr_prefill_wgmma.BEST))
+    return plan
 
 
 def supports(s: BSRShape, cfg: TiledConfig = DEFAULT) -> bool:
@@ -396,18 +409,38 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     return launch
 
 
+def plan_supported(s: BSRShape, plan: tuple) -> bool:
+    """Whether every configuration of a plan (tiled, or bsr_prefill_wgmma's) takes this matrix."""
+    from . import bsr_prefill_wgmma
+
+    return all(supports(s, c) if isinstance(c, TiledConfig) else bsr_prefill_wgmma.supports(s, c) for _, c in plan)
+
+
+def _wgmma_launch(s: BSRShape, cfg):
+    """bsr_prefill_wgmma's launches with this family's launch signature (no split-K workspace)."""
+    from . import bsr_prefill_wgmma
+
+    run = bsr_prefill_wgmma.launch(s, cfg)
+
+    @T.macro
+    def launch(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz):
+        run(x, indptr, indices, qw, sc, zr, y2, m)
+
+    return launch
+
+
 def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     """``plan``: one configuration, or ((max_m, cfg), ..., (None, cfg)): the first whose max_m >= M runs (M is
     only known at run time; the host side of the PrimFunc picks the launch)."""
     plan = ((None, plan),) if isinstance(plan, TiledConfig) else tuple(plan)
-    assert plan[-1][0] is None and all(supports(s, c) for _, c in plan), (s, plan)
+    assert plan[-1][0] is None and plan_supported(s, plan), (s, plan)
     n, k, rb, dt = s.n, s.k, s.rows, s.dtype
-    launches = [_launch(s, c) for _, c in plan]
+    launches = [_launch(s, c) if isinstance(c, TiledConfig) else _wgmma_launch(s, c) for _, c in plan]
     bounds = [b for b, _ in plan[:-1]]
     nplan = len(plan)
-    max_splits = max(c.splits for _, c in plan)
-    assert nplan <= 4, "at most four configurations by M"
-    one, two, three, last = (launches + [launches[-1]] * 3)[:3] + launches[-1:]
+    max_splits = max(getattr(c, "splits", 1) for _, c in plan)
+    assert nplan <= 5, "at most five configurations by M"
+    one, two, three, four, last = (launches + [launches[-1]] * 4)[:4] + launches[-1:]
 
     def below(m, i):  # does entry i (not the last) take M = m?
         return m <= bounds[i] if i + 1 < nplan else False
@@ -433,6 +466,8 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
             two(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         elif below(m, 2):
             three(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
+        elif below(m, 3):
+            four(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
         else:
             last(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
 

@@ -19,7 +19,8 @@ mbarrier; the warpgroups wait on that and arrive on its "empty" mbarrier once th
 Measured on an H200 (docs/perf.md), 256 x 128 tiles, 4 stages, token tiles first: R = 1 at M = 4096 in
 2.2-2.3x cuBLAS's time with cp.async (1.25-1.31x faster than the mma.sync plan; its warps stalled on the
 copies' data), 1.6-2.0x with the producer warp; slower than the plan at M = 512 (the extra launches' traffic,
-1.45 waves). Not in gqsa-compile's plan: it needs sm_90a and N x K x 2 bytes of scratch.
+1.45 waves). So it is the plan's last entry only in builds whose every arch is sm_90a, from 2048 tokens
+(bsr_prefill_tiled.WGMMA_ABOVE); it needs N x K x 2 bytes of scratch per call.
 """
 from __future__ import annotations
 
@@ -135,7 +136,9 @@ def _dequant_pass(s: BSRShape, br: int, ck: int):
     return dequant_pass
 
 
-def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
+def launch(s: BSRShape, cfg: WgmmaConfig):
+    """All of the kernel's launches as a macro ``run(x, indptr, indices, qw, sc, zr, y2, m)`` (y2: the output as
+    fp16 pairs), so that a prefill PrimFunc can pick it by M (bsr_prefill_tiled's plan)."""
     assert supports(s, cfg), (s, cfg)
     n, k, dt = s.n, s.k, s.dtype
     br, bt, stages = cfg.rows, cfg.tokens, cfg.stages
@@ -204,20 +207,8 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
             mma_async(acc, da[0], db[0])
         T.ptx.wgmma.commit_group.sync.aligned()
 
-    @T.prim_func
-    def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
-                    zr_h: T.handle, y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        nnz = T.int32()
-        x = T.match_buffer(x_h, (m, k), dt)
-        indptr = T.match_buffer(indptr_h, (s.block_rows + 1,), "int32")
-        indices = T.match_buffer(indices_h, (nnz,), "uint16")
-        qw = T.match_buffer(qw_h, (nnz, 1, s.words), "uint32")
-        sc = T.match_buffer(sc_h, (nnz, 1), "float16")
-        zr = T.match_buffer(zr_h, (nnz, 1), "uint8")
-        y = T.match_buffer(y_h, (m, n), dt)
-        y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)
+    @T.macro
+    def run(x, indptr, indices, qw, sc, zr, y2, m):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
         wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
         xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws else 1,), dt, scope="global")
@@ -291,5 +282,29 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
                                             T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
                                             | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
                                                 dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+
+    return run
+
+
+def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
+    """The kernel alone, as a PrimFunc with the prefill signature (benchmarks/kernels.py)."""
+    run = launch(s, cfg)
+    n, k, dt = s.n, s.k, s.dtype
+
+    @T.prim_func
+    def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
+                    zr_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        nnz = T.int32()
+        x = T.match_buffer(x_h, (m, k), dt)
+        indptr = T.match_buffer(indptr_h, (s.block_rows + 1,), "int32")
+        indices = T.match_buffer(indices_h, (nnz,), "uint16")
+        qw = T.match_buffer(qw_h, (nnz, 1, s.words), "uint32")
+        sc = T.match_buffer(sc_h, (nnz, 1), "float16")
+        zr = T.match_buffer(zr_h, (nnz, 1), "uint8")
+        y = T.match_buffer(y_h, (m, n), dt)
+        y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)
+        run(x, indptr, indices, qw, sc, zr, y2, m)
 
     return bsr_prefill

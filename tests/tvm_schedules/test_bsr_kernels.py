@@ -190,6 +190,23 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert f"i64 {ring}" in mod.inspect_source("ll")
 
 
+def test_sm90a_prefill_plan_runs_wgmma_for_long_prompts(tmp_path):
+    """Where every arch is sm_90a, R = 1 prefill keeps the tiled plan up to WGMMA_ABOVE tokens and runs the
+    producer-warp wgmma kernel above, in the same PrimFunc (its host side picks by M); elsewhere nothing changes."""
+    from tvm_schedules import bsr_prefill_tiled as t
+    from tvm_schedules import bsr_prefill_wgmma as w
+
+    s = BSRShape(4096, 4096, 4, 16, 1, interleaved=True)
+    plan = t.tuned(s, wgmma=True)
+    assert plan[:-2] == t.tuned(s)[:-1] and plan[-2] == (t.WGMMA_ABOVE, t.tuned(s)[-1][1]) and plan[-1] == (None, w.BEST)
+    assert t.tuned(BSRShape(4096, 4096, 4, 16, 16, interleaved=True), wgmma=True)[-1][1] == t.DEFAULT  # R = 16
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+    f = tvm_schedules.bsr_matmul(s, None, cuda, wgmma=True)
+    assert str(f.attrs["gqsa.config"]).endswith(f";m<={t.WGMMA_ABOVE}:{t.DEFAULT.key};{w.BEST.key}")
+    kernels, _ = _hgmma_kernels(f, "plan", tmp_path)
+    assert len(kernels) == 1  # the wgmma GEMM beside the tiled launches (HMMA) in one module
+
+
 def test_decode_tuning_follows_activation_staging():
     """Fewer, larger thread blocks only where the activations are staged (M x K x 2 bytes <= 92 KB)."""
     from tvm_schedules import bsr_decode as d
