@@ -287,24 +287,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
 
 
 def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
-    """The kernel alone, as a PrimFunc with the prefill signature (benchmarks/kernels.py)."""
-    run = launch(s, cfg)
-    n, k, dt = s.n, s.k, s.dtype
+    """The kernel alone, as a prefill PrimFunc (benchmarks/kernels.py): a plan of this one configuration."""
+    from .bsr_prefill_tiled import bsr_prefill_tiled
 
-    @T.prim_func
-    def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
-                    zr_h: T.handle, y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        nnz = T.int32()
-        x = T.match_buffer(x_h, (m, k), dt)
-        indptr = T.match_buffer(indptr_h, (s.block_rows + 1,), "int32")
-        indices = T.match_buffer(indices_h, (nnz,), "uint16")
-        qw = T.match_buffer(qw_h, (nnz, 1, s.words), "uint32")
-        sc = T.match_buffer(sc_h, (nnz, 1), "float16")
-        zr = T.match_buffer(zr_h, (nnz, 1), "uint8")
-        y = T.match_buffer(y_h, (m, n), dt)
-        y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)
-        run(x, indptr, indices, qw, sc, zr, y2, m)
-
-    return bsr_prefill
+    return bsr_prefill_tiled(s, ((None, cfg),))
