@@ -51,7 +51,8 @@ from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
-from .common import BSRShape
+from . import bsr_prefill_wgmma
+from .common import BSRShape, slab
 
 PAD = 8  # fp16 of padding per shared row: rows 16 B off the bank period, so ldmatrix is conflict-free
 SMEM_BYTES = 48 * 1024  # beyond this a thread block's shared memory is dynamic (opt-in)
@@ -89,11 +90,6 @@ class TiledConfig:
         return 2 * (self.tile_halves(self.rows) + self.tile_halves(self.tokens)) * 2
 
 
-def slab(rows: int) -> int:
-    """fp16 between 8-column slabs of a wgmma tile (its descriptor's leading-dimension byte offset / 2)."""
-    return rows // 8 * 64 + 8
-
-
 DEFAULT = TiledConfig()
 SWEEP = [TiledConfig(128, 128, 4, 2), TiledConfig(128, 128, 2, 2), TiledConfig(128, 64, 4, 2),
          TiledConfig(64, 64, 2, 2, blocks_per_sm=4), TiledConfig(128, 32, 4, 2), TiledConfig(64, 32, 2, 2, blocks_per_sm=4),
@@ -124,8 +120,6 @@ def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
     """The plan for a matrix: which configuration runs for which M (by its row tiles: fewer than 64, fewer than
     128, more), each with as many splits as divide its chunks (SmolLM2's K = 576 is 9 chunks: no split).
     ``wgmma`` (sm_90a builds): above WGMMA_ABOVE tokens, bsr_prefill_wgmma where it supports the matrix."""
-    from . import bsr_prefill_wgmma
-
     tiles = -(-s.n // DEFAULT.rows)
     plan = TUNED["few rows" if tiles < 64 else "some rows" if tiles < 128 else "many rows"]
     fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
@@ -411,15 +405,11 @@ def _launch(s: BSRShape, cfg: TiledConfig):
 
 def plan_supported(s: BSRShape, plan: tuple) -> bool:
     """Whether every configuration of a plan (tiled, or bsr_prefill_wgmma's) takes this matrix."""
-    from . import bsr_prefill_wgmma
-
     return all(supports(s, c) if isinstance(c, TiledConfig) else bsr_prefill_wgmma.supports(s, c) for _, c in plan)
 
 
 def _wgmma_launch(s: BSRShape, cfg):
     """bsr_prefill_wgmma's launches with this family's launch signature (no split-K workspace)."""
-    from . import bsr_prefill_wgmma
-
     run = bsr_prefill_wgmma.launch(s, cfg)
 
     @T.macro

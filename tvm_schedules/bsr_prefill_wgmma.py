@@ -28,8 +28,7 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .bsr_prefill_tiled import slab  # the same K-major core-matrix tiles, 16 bytes between 8-column slabs
-from .common import BSRShape
+from .common import BSRShape, slab  # the same K-major core-matrix tiles as bsr_prefill_tiled's wgmma variant
 
 CHUNK = 64  # input columns per stage (the default)
 WG_TOKENS = 64  # tokens per warpgroup (wgmma's M)

@@ -51,3 +51,9 @@ def code(word, i: int | T.PrimExpr, s: BSRShape):
 
 def is_gpu(target) -> bool:
     return target.kind.name in ("cuda", "rocm", "metal", "vulkan", "opencl")
+
+
+def slab(rows: int) -> int:
+    """fp16 between 8-column slabs of a wgmma tile (its descriptor's leading-dimension byte offset / 2): the
+    K-major core matrices of ``rows`` rows, then 16 bytes so that a row's slabs land in different banks."""
+    return rows // 8 * 64 + 8

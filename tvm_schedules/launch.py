@@ -43,6 +43,13 @@ def waits_on_grid(func) -> bool:
     return WAIT_CALL in func.script()
 
 
+def _flagged(func):
+    """``func`` with the PDL flag in its launch parameters (before the dynamic shared memory tag, the last)."""
+    tags = [str(t) for t in func.attrs[LAUNCH_PARAMS]]
+    at = len(tags) - (tags[-1:] == [DYN_SMEM_TAG])
+    return func.with_attr(LAUNCH_PARAMS, tags[:at] + [PDL_TAG] + tags[at:])
+
+
 @tvm.transform.module_pass(opt_level=0, name="gqsa.FlagDependentLaunch")
 def flag_dependent_launch(mod, _ctx):
     """Add the PDL flag to the launch parameters of each device kernel that calls griddepcontrol.wait."""
@@ -50,9 +57,7 @@ def flag_dependent_launch(mod, _ctx):
         params = (func.attrs or {}).get(LAUNCH_PARAMS)
         if params is None or PDL_TAG in params or not waits_on_grid(func):
             continue
-        tags = [str(t) for t in params]
-        at = len(tags) - (tags[-1:] == [DYN_SMEM_TAG])
-        mod.update_func(gv, func.with_attr(LAUNCH_PARAMS, tags[:at] + [PDL_TAG] + tags[at:]))
+        mod.update_func(gv, _flagged(func))
     return mod
 
 
@@ -93,7 +98,8 @@ def wait_on_grid_everywhere(mod, _ctx):
         first = [tvm.tirx.Evaluate(T.ptx.griddepcontrol.wait())]
         if size is None or size <= SMALL_GRID:
             first.append(tvm.tirx.Evaluate(T.ptx.griddepcontrol.launch_dependents()))
-        mod.update_func(gv, func.with_body(_prepend(func.body, first)))
+        # flagged here, as this pass knows it waits now: the flag pass then skips it without reading its script
+        mod.update_func(gv, _flagged(func.with_body(_prepend(func.body, first))))
     return mod
 
 
