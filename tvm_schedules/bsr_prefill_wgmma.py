@@ -45,6 +45,9 @@ class WgmmaConfig:
     producer: bool = False  # a producer warp fills the ring with bulk copies (the activations too are laid
     # out in tiles first), signalling per-stage mbarriers; the warpgroups release a stage when its wgmma's are
     # done: no barrier of the whole thread block, no copies issued by the warpgroups
+    swizzle: bool = False  # (producer only) tiles in wgmma's 128-byte swizzled K-major layout: a row's 64
+    # columns are one 128-byte line (16-byte pieces permuted by row), so the dequantizing launch writes whole
+    # lines, and wgmma reads the ring in its preferred layout
 
     @property
     def tokens(self) -> int:
@@ -53,41 +56,50 @@ class WgmmaConfig:
     @property
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
-                + ("t" if self.tokens_first else "") + ("w" if self.producer else ""))
+                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else ""))
 
 
 SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConfig(128, 1, 4),
          WgmmaConfig(256, 2, 3, tokens_first=True), WgmmaConfig(256, 2, 4, tokens_first=True),
          WgmmaConfig(128, 2, 4, tokens_first=True), WgmmaConfig(256, 2, 8, 32, True), WgmmaConfig(256, 2, 6, 32, True),
-         WgmmaConfig(256, 2, 4, tokens_first=True, producer=True), WgmmaConfig(256, 2, 3, tokens_first=True, producer=True)]
-BEST = WgmmaConfig(256, 2, 4, tokens_first=True, producer=True)  # fastest at M = 4096 on an H200 (docs/perf.md)
+         WgmmaConfig(256, 2, 4, tokens_first=True, producer=True), WgmmaConfig(256, 2, 3, tokens_first=True, producer=True),
+         WgmmaConfig(256, 2, 4, tokens_first=True, producer=True, swizzle=True)]
+BEST = SWEEP[-1]  # fastest at M = 512 .. 4096 on an H100 (docs/perf.md)
 
 
-def tile_halves(rows: int, chunk: int = CHUNK) -> int:
-    return chunk // 8 * slab(rows)
+ATOM = 512  # fp16 of a 128-byte swizzle atom: 8 rows x 64 columns
 
 
-def offset(r, kk, rows: int):
-    """fp16 offset of (row r, column kk) in a rows x chunk tile: K-major core matrices (8 rows x 16 bytes)."""
+def tile_halves(rows: int, chunk: int = CHUNK, swizzle: bool = False) -> int:
+    return rows * chunk if swizzle else chunk // 8 * slab(rows)
+
+
+def offset(r, kk, rows: int, swizzle: bool = False):
+    """fp16 offset of (row r, column kk) in a rows x chunk tile: K-major core matrices (8 rows x 16 bytes), or
+    with ``swizzle`` 8-row atoms of 128-byte rows whose 16-byte pieces are permuted by the row (piece p of row
+    r at p ^ r % 8: what the descriptor's 128-byte swizzle mode reads, from a 1024-byte aligned tile)."""
+    if swizzle:
+        return r // 8 * ATOM + r % 8 * 64 + (kk // 8 ^ r % 8) * 8 + kk % 8
     return kk // 8 * slab(rows) + r // 8 * 64 + r % 8 * 8 + kk % 8
 
 
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
-            and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3)
+            and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
-    return -(-s.n // cfg.rows) * (s.k // cfg.chunk) * tile_halves(cfg.rows, cfg.chunk)
+    return -(-s.n // cfg.rows) * (s.k // cfg.chunk) * tile_halves(cfg.rows, cfg.chunk, cfg.swizzle)
 
 
-def _dequant_pass(s: BSRShape, br: int, ck: int):
+def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
     """A warp per weight row marks in shared memory which block holds each column group of its row, then
     lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
     n, k, group, words = s.n, s.k, s.group, s.words
     kg, nch, wpb = k // group, k // ck, 8
     gpl = -(-kg // 32)
-    th = tile_halves(br, ck)
+    th = tile_halves(br, ck, sw)
 
     @T.macro
     def dequant_pass(indptr, indices, qw, sc, zr, wd2):
@@ -130,7 +142,7 @@ def _dequant_pass(s: BSRShape, br: int, ck: int):
                                     for v in T.vectorized(4):
                                         wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
                                               + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
-                                                       br)) // 2 + v] = dd[h * 4 + v]
+                                                       br, sw)) // 2 + v] = dd[h * 4 + v]
 
     return dequant_pass
 
@@ -144,18 +156,20 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     threads = 128 * cfg.warpgroups
     ck = cfg.chunk
     nch = k // ck
-    wsize, xsize = tile_halves(br, ck), tile_halves(bt, ck)
+    sw = cfg.swizzle
+    wsize, xsize = tile_halves(br, ck, sw), tile_halves(bt, ck, sw)
     stage = wsize + xsize
     ws = cfg.producer
     # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
     # sizes the activation tiles' buffer by what is written: the full tile read past its end)
-    wcopy, xcopy = 2 * (wsize - 8), 2 * (xsize - 8)
+    wcopy, xcopy = (2 * wsize, 2 * xsize) if sw else (2 * (wsize - 8), 2 * (xsize - 8))
+    ring = stages * stage + (ATOM if sw else 0)  # swizzled: room to start the ring on a 1024-byte boundary
     wcopies = br * ck // 8 // threads  # 16-byte cp.async per thread per chunk
     xcopies = bt * ck // 8 // threads
     pieces = ck // 8  # 16-byte pieces of a token's chunk
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
-    prepass = _dequant_pass(s, br, ck)
+    prepass = _dequant_pass(s, br, ck, sw)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
@@ -186,7 +200,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                 if bi * 256 + ti < (m + bt - 1) // bt * bt * (k // 8):
                     for v in T.vectorized(8):
                         xt[((bi * 256 + ti) // (k // 8) // bt * nch + (bi * 256 + ti) % (k // 8) * 8 // ck) * xsize
-                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt) + v] = x[
+                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt, sw) + v] = x[
                             T.min((bi * 256 + ti) // (k // 8), m - 1), (bi * 256 + ti) % (k // 8) * 8 + v]
 
     @T.macro
@@ -196,13 +210,19 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             T.ptx.mbarrier.try_wait.parity.shared__cta.b64(ready[0], bars.ptr_to([i]), T.Cast("uint32", parity))
 
     @T.macro
-    def multiply(sm, acc, da, db, wg, buf):
+    def multiply(sm, acc, da, db, wg, buf, base):
         T.ptx.wgmma.fence.sync.aligned()
         for ks in T.unroll(ck // 16):
-            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(da[0]), sm.ptr_to(
-                [buf * stage + wsize + offset(wg * WG_TOKENS, ks * 16, bt)]), slab(bt) // 8, 8, 0)  # 16-byte units
-            T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
-                [buf * stage + offset(0, ks * 16, br)]), slab(br) // 8, 8, 0)
+            if sw:  # 8-row groups 1024 bytes apart; a k-step starts 32 bytes further into the swizzled rows
+                T.cuda.wgmma.encode_matrix_descriptor(T.address_of(da[0]), sm.ptr_to(
+                    [base + buf * stage + wsize + wg * WG_TOKENS * ck + ks * 16]), 1, ATOM // 8, 3)
+                T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
+                    [base + buf * stage + ks * 16]), 1, ATOM // 8, 3)
+            else:
+                T.cuda.wgmma.encode_matrix_descriptor(T.address_of(da[0]), sm.ptr_to(
+                    [buf * stage + wsize + offset(wg * WG_TOKENS, ks * 16, bt)]), slab(bt) // 8, 8, 0)  # 16-byte units
+                T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
+                    [buf * stage + offset(0, ks * 16, br)]), slab(br) // 8, 8, 0)
             mma_async(acc, da[0], db[0])
         T.ptx.wgmma.commit_group.sync.aligned()
 
@@ -219,13 +239,20 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                 for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1):
-                            sm = T.alloc_buffer((stages * stage,), dt, scope="shared.dyn")
+                            sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
                             acc = T.alloc_buffer((br // 2,), "float32", scope="local")
                             da = T.alloc_buffer((1,), "uint64", scope="local")
                             db = T.alloc_buffer((1,), "uint64", scope="local")
                             tid = ty * 32 + tx
                             bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
                             ready = T.alloc_buffer((1,), "uint32", scope="local")
+                            # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
+                            # is placed after the static, with no such alignment promised)
+                            base = T.alloc_buffer((1,), "int32", scope="local")
+                            base[0] = 0
+                            if sw:
+                                base[0] = (ATOM - T.Cast("int32", T.call_extern(
+                                    "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
                             for i in range(br // 2):
                                 acc[i] = T.float32(0)
                             if ws:
@@ -233,7 +260,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     # TVM sizes shared memory by the highest element the kernel names, and the bulk
                                     # copies name only where they start: name the last (a padding slot no copy or
                                     # wgmma reaches), or the ring is cut short and the copies write past its end
-                                    sm[stages * stage - 1] = T.Cast(dt, 0)
+                                    sm[ring - 1] = T.Cast(dt, 0)
                                     for i in range(stages):
                                         T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
                                         T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
@@ -247,15 +274,15 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                             T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
                                                 bars.ptr_to([ch % stages]), T.uint32(wcopy + xcopy))
                                             T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                sm.ptr_to([ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
+                                                sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
                                                 T.uint32(wcopy), bars.ptr_to([ch % stages]))
                                             T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                sm.ptr_to([ch % stages * stage + wsize]), xt.ptr_to([(by * nch + ch) * xsize]),
+                                                sm.ptr_to([base[0] + ch % stages * stage + wsize]), xt.ptr_to([(by * nch + ch) * xsize]),
                                                 T.uint32(xcopy), bars.ptr_to([ch % stages]))
                                 else:
                                     for ch in T.serial(nch):
                                         wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
-                                        multiply(sm, acc, da, db, ty // 4, ch % stages)
+                                        multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
                                         T.ptx.wgmma.wait_group.sync.aligned(1)
                                         if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
                                             T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
@@ -270,7 +297,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
                                     # warpgroup before this barrier (past the last chunk: clamped, never read)
                                     load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
-                                    multiply(sm, acc, da, db, ty // 4, ch % stages)
+                                    multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
                                     T.ptx.wgmma.wait_group.sync.aligned(1)
                                 T.ptx.wgmma.wait_group.sync.aligned(0)
                             for ni in T.unroll(br // 8):

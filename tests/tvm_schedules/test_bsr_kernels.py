@@ -182,12 +182,28 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert all(w.supports(s, c) for c in w.SWEEP) and not w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
     assert _hgmma_kernels(w.bsr_prefill_wgmma(s, cfg), "wgp", tmp_path)[0] == {"wgp_kernel_1"}
     # the producer warp's variant: bulk copies name only where they start, so the launch must still ask for
-    # the whole ring of shared memory (its first build got 3 KB less and wrote past the end)
-    ws = replace(cfg, producer=True)
+    # the whole ring of shared memory (its first build got 3 KB less and wrote past the end), and with the
+    # 128-byte swizzle 1 KB more, to start the ring on a 1024-byte boundary
+    ws = w.BEST
+    assert ws.swizzle and ws.producer and w.supports(s, ws)
     kernels, mod = _hgmma_kernels(w.bsr_prefill_wgmma(s, ws), "wgw", tmp_path)
     assert kernels == {"wgw_kernel_2"}  # dequantize, lay out the activations, then the GEMM
-    ring = ws.stages * (w.tile_halves(ws.rows) + w.tile_halves(ws.tokens)) * 2
+    ring = ws.stages * (w.tile_halves(ws.rows, swizzle=True) + w.tile_halves(ws.tokens, swizzle=True)) * 2 + 1024
     assert f"i64 {ring}" in mod.inspect_source("ll")
+
+
+def test_swizzled_tiles_are_what_wgmma_reads():
+    """128-byte swizzle: each row's 64 columns fill one 128-byte line (so the dequantizing launch writes whole
+    lines) with 16-byte piece p at p ^ row % 8, and 8 rows one 1024-byte atom; every piece lands once."""
+    from tvm_schedules import bsr_prefill_wgmma as w
+
+    rows = 256
+    pieces = {(r, kk): w.offset(r, kk, rows, swizzle=True) for r in range(rows) for kk in range(0, w.CHUNK, 8)}
+    assert sorted(pieces.values()) == list(range(0, w.tile_halves(rows, swizzle=True), 8))
+    for (r, kk), o in pieces.items():
+        assert o // 64 == r  # the row's line
+        assert o % 64 // 8 == kk // 8 ^ r % 8 and o // w.ATOM == r // 8
+    assert not w.supports(BSRShape(576, 1536, 4, 16, 1, interleaved=True), replace(w.BEST, producer=False))
 
 
 def test_sm90a_prefill_plan_runs_wgmma_for_long_prompts(tmp_path):
