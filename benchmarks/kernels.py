@@ -141,14 +141,17 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_prefill", n, k, m, 1, tag="wgmma pipeline")
                 for cfg in bsr_prefill_wgmma.SWEEP:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma pipeline")
-            for m in (1024, 2048):  # where the producer-warp kernel overtakes the compiled plan
+            for m in (128, 256, 512, 1024):  # where the producer-warp kernel overtakes the compiled plan
                 add("bsr_prefill", n, k, m, 1, tag="wgmma crossover")
                 add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma crossover")
-            for m in (2047, 2048, 4096):  # what gqsa-compile builds for sm_90a: the plan, wgmma from 2048 tokens
+            for m in (128, 129, 512, 513, 4096):  # what gqsa-compile builds for sm_90a: the plan, wgmma from 129 tokens
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a")
             for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
                 for cfg in (bsr_prefill_wgmma.BEST, replace(bsr_prefill_wgmma.BEST, swizzle=True)):
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
+            for m in (512, 4096):  # swizzled tiles: smaller tiles, fewer stages, two thread blocks per SM
+                for cfg in bsr_prefill_wgmma.SWEEP_SWIZZLED:
+                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle sweep")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):

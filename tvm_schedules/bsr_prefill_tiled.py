@@ -110,10 +110,9 @@ TUNED = {"few rows": ((32, replace(SMALL, splits=4)), (128, replace(MID, splits=
 
 
 # sm_90a builds (every arch of the build): above this many tokens R = 1 runs bsr_prefill_wgmma's producer-warp
-# kernel. On an H200 (tag "wgmma crossover") it ran 0.90-1.19x the plan's speed at M = 1024 and 1.25-1.51x at
-# 2048; with the bound at 1024, M = 1025 (9 token tiles) ran 0.72x on K = 11008 and 14336 (tag "plan sm90a"),
-# so it starts at 2048, the first M where every shape measured faster.
-WGMMA_ABOVE = 2047
+# kernel (its tiles by bsr_prefill_wgmma.by_tokens). On an H100 (tag "wgmma crossover") the swizzled kernel ran
+# 1.09-1.23x the plan's speed at M = 256 and 1.41-2.02x at 512 - 1024 on all seven shapes, 0.58-0.94x at 128.
+WGMMA_ABOVE = 128
 
 
 def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
@@ -125,8 +124,11 @@ def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
     fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
                                             and (s.k // c.chunk) % d == 0))) for bound, c in plan]
     plan = tuple(e for i, e in enumerate(fitted) if i + 1 == len(fitted) or e[1] != fitted[i + 1][1])
-    if wgmma and bsr_prefill_wgmma.supports(s, bsr_prefill_wgmma.BEST):
-        plan = plan[:-1] + ((WGMMA_ABOVE, plan[-1][1]), (None, bsr_prefill_wgmma.BEST))
+    if wgmma and bsr_prefill_wgmma.supports(s, bsr_prefill_wgmma.BEST):  # the tiled entries up to WGMMA_ABOVE
+        below = tuple((b, c) for b, c in plan if b is not None and b < WGMMA_ABOVE)
+        at = next(c for b, c in plan if b is None or b >= WGMMA_ABOVE)
+        plan = below + ((WGMMA_ABOVE, at),) + tuple(
+            (b, c) for b, c in bsr_prefill_wgmma.by_tokens(s) if b is None or b > WGMMA_ABOVE)
     return plan
 
 

@@ -48,6 +48,8 @@ class WgmmaConfig:
     swizzle: bool = False  # (producer only) tiles in wgmma's 128-byte swizzled K-major layout: a row's 64
     # columns are one 128-byte line (16-byte pieces permuted by row), so the dequantizing launch writes whole
     # lines, and wgmma reads the ring in its preferred layout
+    blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
+    # main loop runs while one stores its tile
 
     @property
     def tokens(self) -> int:
@@ -56,7 +58,8 @@ class WgmmaConfig:
     @property
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
-                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else ""))
+                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
+                + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
 
 
 SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConfig(128, 1, 4),
@@ -65,6 +68,28 @@ SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConf
          WgmmaConfig(256, 2, 4, tokens_first=True, producer=True), WgmmaConfig(256, 2, 3, tokens_first=True, producer=True),
          WgmmaConfig(256, 2, 4, tokens_first=True, producer=True, swizzle=True)]
 BEST = SWEEP[-1]  # fastest at M = 512 .. 4096 on an H100 (docs/perf.md)
+_SW = dict(tokens_first=True, producer=True, swizzle=True)
+SMALL = WgmmaConfig(128, 2, 4, **_SW)  # half the rows: twice the thread blocks where BEST's grid is a few
+SWEEP_SWIZZLED = [BEST, WgmmaConfig(256, 2, 3, **_SW), SMALL, WgmmaConfig(128, 2, 3, **_SW),
+                  WgmmaConfig(128, 2, 3, **_SW, blocks_per_sm=2), WgmmaConfig(128, 1, 4, **_SW),
+                  WgmmaConfig(128, 1, 3, **_SW, blocks_per_sm=2)]
+SMS = 132  # SMs of an H100 / H200 SXM, the sm_90a parts this kernel is tuned on
+TILE_GAIN = 1.2  # BEST's speed per unit of work over SMALL's at M = 4096 (H100: 1.20-1.27x, docs/perf.md)
+
+
+def by_tokens(s: BSRShape) -> tuple:
+    """((max_m, SMALL), (None, BEST)), or ((None, BEST),): SMALL for as many token tiles (from one) as its grid
+    fills the SMs' last wave enough better than BEST's to make up for its slower tiles. H100 (tag "wgmma swizzle
+    sweep"), M = 512: 4096 x K ran 2.05-2.20x cuBLAS's time with SMALL against 2.63-2.77x with BEST (64 thread
+    blocks); every other shape ran faster with BEST (12288 x 4096 within 3%)."""
+    def used(cfg: WgmmaConfig, tiles: int) -> float:  # the share of the waves' thread-block slots doing work
+        ctas = tiles * -(-s.n // cfg.rows)
+        return ctas / (-(-ctas // SMS) * SMS)
+
+    tiles = 0
+    while tiles < 64 and used(SMALL, tiles + 1) > TILE_GAIN * used(BEST, tiles + 1):
+        tiles += 1
+    return ((tiles * BEST.tokens, SMALL), (None, BEST)) if tiles and supports(s, SMALL) else ((None, BEST),)
 
 
 ATOM = 512  # fp16 of a 128-byte swizzle atom: 8 rows x 64 columns
@@ -238,7 +263,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
                 for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
-                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1):
+                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
                             sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
                             acc = T.alloc_buffer((br // 2,), "float32", scope="local")
                             da = T.alloc_buffer((1,), "uint64", scope="local")

@@ -206,21 +206,28 @@ def test_swizzled_tiles_are_what_wgmma_reads():
     assert not w.supports(BSRShape(576, 1536, 4, 16, 1, interleaved=True), replace(w.BEST, producer=False))
 
 
-def test_sm90a_prefill_plan_runs_wgmma_for_long_prompts(tmp_path):
+def test_sm90a_prefill_plan_runs_wgmma_above_128_tokens(tmp_path):
     """Where every arch is sm_90a, R = 1 prefill keeps the tiled plan up to WGMMA_ABOVE tokens and runs the
-    producer-warp wgmma kernel above, in the same PrimFunc (its host side picks by M); elsewhere nothing changes."""
+    producer-warp wgmma kernel above, in the same PrimFunc (its host side picks by M): with half-height tiles
+    while BEST's grid would leave the SMs' only waves mostly idle (4096 rows: up to 512 tokens, 64 thread
+    blocks of BEST); elsewhere nothing changes."""
     from tvm_schedules import bsr_prefill_tiled as t
     from tvm_schedules import bsr_prefill_wgmma as w
 
+    wide = BSRShape(22016, 4096, 4, 16, 1, interleaved=True)  # 86 row tiles of 256: BEST from one token tile
+    plan = t.tuned(wide, wgmma=True)
+    assert plan[-1] == (None, w.BEST) and plan[-2] == (t.WGMMA_ABOVE, t.DEFAULT)
+    assert plan[:-2] == tuple(e for e in t.tuned(wide) if e[0] is not None and e[0] < t.WGMMA_ABOVE)
     s = BSRShape(4096, 4096, 4, 16, 1, interleaved=True)
     plan = t.tuned(s, wgmma=True)
-    assert plan[:-2] == t.tuned(s)[:-1] and plan[-2] == (t.WGMMA_ABOVE, t.tuned(s)[-1][1]) and plan[-1] == (None, w.BEST)
+    assert plan[-2:] == ((512, w.SMALL), (None, w.BEST)) and plan[-3][0] == t.WGMMA_ABOVE
+    assert w.by_tokens(BSRShape(6144, 4096, 4, 16, 1, interleaved=True))[0][0] == 256
     assert t.tuned(BSRShape(4096, 4096, 4, 16, 16, interleaved=True), wgmma=True)[-1][1] == t.DEFAULT  # R = 16
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
     f = tvm_schedules.bsr_matmul(s, None, cuda, wgmma=True)
-    assert str(f.attrs["gqsa.config"]).endswith(f";m<={t.WGMMA_ABOVE}:{t.DEFAULT.key};{w.BEST.key}")
+    assert str(f.attrs["gqsa.config"]).endswith(f";m<=512:{w.SMALL.key};{w.BEST.key}")
     kernels, _ = _hgmma_kernels(f, "plan", tmp_path)
-    assert len(kernels) == 1  # the wgmma GEMM beside the tiled launches (HMMA) in one module
+    assert len(kernels) == 2  # both wgmma GEMMs beside the tiled launches (HMMA) in one module
 
 
 def test_decode_tuning_follows_activation_staging():
