@@ -149,9 +149,17 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
                 for cfg in (bsr_prefill_wgmma.BEST, replace(bsr_prefill_wgmma.BEST, swizzle=True)):
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
+            for m in (129, 512, 1024, 4096):  # no dequantizing launch: the producer warpgroup fills the ring
+                for cfg in (bsr_prefill_wgmma.BEST, replace(bsr_prefill_wgmma.BEST, fused=True)):
+                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma fused")
             for m in (512, 4096):  # swizzled tiles: smaller tiles, fewer stages, two thread blocks per SM
                 for cfg in bsr_prefill_wgmma.SWEEP_SWIZZLED:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle sweep")
+    if wgmma:  # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
+        for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
+            for m in (128, 129, 256, 512, 1024):
+                add("bsr_prefill", n, k, m, 1, tag="plan sm90a small")
+                add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a small")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):
