@@ -48,9 +48,6 @@ class WgmmaConfig:
     swizzle: bool = False  # (producer only) tiles in wgmma's 128-byte swizzled K-major layout: a row's 64
     # columns are one 128-byte line (16-byte pieces permuted by row), so the dequantizing launch writes whole
     # lines, and wgmma reads the ring in its preferred layout
-    fused: bool = False  # (swizzle only) no dequantizing launch and no scratch: a producer warpgroup reads the
-    # BSR arrays and the activations and writes each stage's swizzled tiles itself (weights dequantized on the
-    # way), instead of the producer warp's bulk copies of tiles laid out by two launches before
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -61,7 +58,7 @@ class WgmmaConfig:
     @property
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
-                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "") + ("f" if self.fused else "")
+                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
 
 
@@ -114,7 +111,7 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
             and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
-            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.fused or cfg.swizzle))
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -344,124 +341,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
                                     multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
                                     T.ptx.wgmma.wait_group.sync.aligned(1)
-                                T.ptx.wgmma.wait_group.sync.aligned(0)
-                            store_tile(y2, acc, m, by, bx, ty, tx)
-
-    if cfg.fused:
-        return _fused(s, cfg, wait_bar, multiply, store_tile)
-    return run
-
-
-def _fused(s: BSRShape, cfg: WgmmaConfig, wait_bar, multiply, store_tile):
-    """``fused``: one launch. Warpgroups 0 .. W-1 multiply as in the producer-warp kernel; warpgroup W fills the
-    ring. Each of its threads owns rows t and t + 128 of the weight tile, with a cursor into each row's blocks
-    (ascending columns): for a chunk it loads the next four blocks of both rows and 8 pieces of the activation
-    tile, all at once (one round trip), then, once the stage is free, stores the activations, each of the
-    blocks that falls in the chunk dequantized, and zeros for the chunk's other groups, and arrives on the
-    stage's "full" barrier (128 arrivals) after a proxy fence, so that wgmma's reads see the stores."""
-    n, k, dt = s.n, s.k, s.dtype
-    br, bt, stages, ck = cfg.rows, cfg.tokens, cfg.stages, cfg.chunk
-    threads = 128 * cfg.warpgroups
-    nch = k // ck
-    wsize, xsize = tile_halves(br, ck, True), tile_halves(bt, ck, True)
-    stage = wsize + xsize
-    ring = stages * stage + ATOM
-    row_tiles = (n + br - 1) // br
-    per_row = br // 128  # rows of the tile per producer thread
-    xpieces = bt * ck // 8 // 128  # 16-byte activation pieces per producer thread per chunk
-
-    @T.macro
-    def run(x, indptr, indices, qw, sc, zr, y2, m):
-        x2 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)
-        nnz = indices.shape[0]
-        for bx in T.thread_binding(row_tiles, thread="blockIdx.y"):
-            for by in T.thread_binding((m + bt - 1) // bt, thread="blockIdx.x"):
-                for ty in T.thread_binding(threads // 32 + 4, thread="threadIdx.y"):
-                    for tx in T.thread_binding(32, thread="threadIdx.x"):
-                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
-                            sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
-                            sm2 = T.decl_buffer((ring // 2,), "uint32", data=sm.data, scope="shared.dyn")
-                            acc = T.alloc_buffer((br // 2,), "float32", scope="local")
-                            da = T.alloc_buffer((1,), "uint64", scope="local")
-                            db = T.alloc_buffer((1,), "uint64", scope="local")
-                            bars = T.alloc_buffer((2 * stages,), "uint64", scope="shared")  # full, empty
-                            ready = T.alloc_buffer((1,), "uint32", scope="local")
-                            base = T.alloc_buffer((1,), "int32", scope="local")
-                            cur = T.alloc_buffer((per_row,), "int32", scope="local")  # the producer's cursors
-                            end = T.alloc_buffer((per_row,), "int32", scope="local")
-                            wi = T.alloc_buffer((per_row * 4,), "int32", scope="local")  # the next four blocks
-                            wq = T.alloc_buffer((per_row * 8,), "uint32", scope="local")
-                            wz = T.alloc_buffer((per_row * 4,), "uint32", scope="local")
-                            wsc = T.alloc_buffer((per_row * 4,), "uint32", scope="local")
-                            xp = T.alloc_buffer((xpieces * 4,), "uint32", scope="local")
-                            dd = T.alloc_buffer((8,), "uint32", scope="local")
-                            mask = T.alloc_buffer((1,), "int32", scope="local")
-                            tid = ty * 32 + tx
-                            pt = tid - threads  # the producer thread's number
-                            for i in range(br // 2):
-                                acc[i] = T.float32(0)
-                            base[0] = (ATOM - T.Cast("int32", T.call_extern(
-                                "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
-                            if tid == threads:
-                                sm[ring - 1] = T.Cast(dt, 0)  # (TVM sizes shared memory by the highest element named)
-                                for i in range(stages):
-                                    T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(128))
-                                    T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
-                                T.ptx.fence.mbarrier_init.release.cluster()
-                            T.tvm_storage_sync("shared")
-                            if ty >= threads // 32:
-                                for i in T.unroll(per_row):
-                                    cur[i] = 0
-                                    end[i] = 0
-                                    if bx * br + pt + i * 128 < n:
-                                        cur[i] = indptr[bx * br + pt + i * 128]
-                                        end[i] = indptr[bx * br + pt + i * 128 + 1]
-                                for ch in T.serial(nch):
-                                    for i in T.unroll(per_row):  # the rows' next four blocks (clamped)
-                                        for j in T.unroll(4):
-                                            wi[i * 4 + j] = T.Cast("int32", indices[T.max(T.min(cur[i] + j, nnz - 1), 0)])
-                                            for q in T.vectorized(2):
-                                                wq[(i * 4 + j) * 2 + q] = qw[T.max(T.min(cur[i] + j, nnz - 1), 0), 0, q]
-                                            wz[i * 4 + j] = T.Cast("uint32", zr[T.max(T.min(cur[i] + j, nnz - 1), 0), 0])
-                                            wsc[i * 4 + j] = T.Cast("uint32", T.reinterpret(
-                                                "uint16", sc[T.max(T.min(cur[i] + j, nnz - 1), 0), 0]))
-                                    for v in T.unroll(xpieces):  # piece pt + 128 v: token / 8, 8 columns
-                                        for e in T.vectorized(4):
-                                            xp[v * 4 + e] = x2[(T.min(by * bt + (pt + v * 128) // 8, m - 1) * k
-                                                                + ch * ck + (pt + v * 128) % 8 * 8) // 2 + e]
-                                    if ch >= stages:  # the warpgroups released chunk ch - stages
-                                        wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
-                                    for v in T.unroll(xpieces):
-                                        for e in T.vectorized(4):
-                                            sm2[(base[0] + ch % stages * stage + wsize + offset(
-                                                (pt + v * 128) // 8, (pt + v * 128) % 8 * 8, bt, True)) // 2 + e] = xp[v * 4 + e]
-                                    for i in T.unroll(per_row):
-                                        mask[0] = 0
-                                        for j in T.unroll(4):
-                                            if cur[i] + j < end[i] and wi[i * 4 + j] < ch * (ck // 16) + ck // 16:
-                                                _dequant(dd, wq, i * 4 + j, wz[i * 4 + j], wsc[i * 4 + j])
-                                                for h in T.unroll(2):
-                                                    for e in T.vectorized(4):
-                                                        sm2[(base[0] + ch % stages * stage + offset(
-                                                            pt + i * 128, (wi[i * 4 + j] - ch * (ck // 16)) * 16 + h * 8,
-                                                            br, True)) // 2 + e] = dd[h * 4 + e]
-                                                mask[0] = mask[0] | T.shift_left(1, wi[i * 4 + j] - ch * (ck // 16))
-                                        for g in T.unroll(ck // 16):
-                                            if T.bitwise_and(T.shift_right(mask[0], g), 1) == 0:
-                                                for h in T.unroll(2):
-                                                    for e in T.vectorized(4):
-                                                        sm2[(base[0] + ch % stages * stage + offset(
-                                                            pt + i * 128, g * 16 + h * 8, br, True)) // 2 + e] = T.uint32(0)
-                                        cur[i] = cur[i] + T.call_extern("int32", "__popc", mask[0])  # the blocks of this chunk
-                                    T.ptx.fence.proxy.async_.shared__cta()  # the stores, visible to wgmma's reads
-                                    T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([ch % stages]))
-                            else:
-                                for ch in T.serial(nch):
-                                    wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch is in
-                                    multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
-                                    T.ptx.wgmma.wait_group.sync.aligned(1)
-                                    if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
-                                        T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
                                 T.ptx.wgmma.wait_group.sync.aligned(0)
                             store_tile(y2, acc, m, by, bx, ty, tx)
 
