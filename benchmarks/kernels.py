@@ -149,10 +149,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
                 for cfg in (bsr_prefill_wgmma.BEST, replace(bsr_prefill_wgmma.BEST, swizzle=True)):
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
-            for m in (129, 512, 1024, 4096):  # weights as wgmma's A operand, dequantized into registers
-                add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma registers")
-                for cfg in bsr_prefill_wgmma.SWEEP_REGISTERS:
-                    add("bsr_prefill_wgmma_regs", n, k, m, 1, cfg=cfg, tag="wgmma registers")
             for m in (512, 4096):  # swizzled tiles: smaller tiles, fewer stages, two thread blocks per SM
                 for cfg in bsr_prefill_wgmma.SWEEP_SWIZZLED:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle sweep")
@@ -311,8 +307,6 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
                                                         else bsr_prefill_tiled.tuned(s))
             elif fam == "bsr_prefill_sm90a":  # gqsa-compile's choice when every arch is sm_90a
                 f = tvm_schedules.bsr_matmul(s, None, target, wgmma=True)
-            elif fam == "bsr_prefill_wgmma_regs":
-                f = bsr_prefill_wgmma.bsr_prefill_wgmma(s, bsr_prefill_wgmma.RegisterConfig(**spec["cfg"]))
             elif fam == "bsr_prefill_wgmma":
                 f = bsr_prefill_wgmma.bsr_prefill_wgmma(s, bsr_prefill_wgmma.WgmmaConfig(**spec["cfg"]))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison

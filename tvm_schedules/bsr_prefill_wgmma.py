@@ -95,32 +95,6 @@ def by_tokens(s: BSRShape) -> tuple:
 ATOM = 512  # fp16 of a 128-byte swizzle atom: 8 rows x 64 columns
 
 
-@dataclass(frozen=True)
-class RegisterConfig:
-    """The weights as wgmma's A operand, from registers: each warpgroup multiplies 64 weight rows by ``tokens``
-    tokens (wgmma's N) of activations from the shared-memory ring."""
-    warpgroups: int = 2  # each 64 weight rows
-    tokens: int = 256  # tokens per thread block (wgmma's N)
-    stages: int = 4  # activation chunks in the ring
-    tokens_first: bool = True
-    ahead: int = 1  # chunks of packed weights loaded ahead of the one being dequantized (1 or 2)
-
-    @property
-    def rows(self) -> int:
-        return 64 * self.warpgroups
-
-    @property
-    def key(self) -> str:
-        return f"wr{self.rows}x{self.tokens}p{self.stages}" + ("t" if self.tokens_first else "") + (
-            f"a{self.ahead}" if self.ahead != 1 else "")
-
-
-def packed_slot(r, g, rows: int, nch: int):
-    """Group g of weight row r in the register kernel's packed weights: [row tile][chunk][row][4 groups], so
-    that a row's groups of a chunk are 32 contiguous bytes of code words (four lanes load them together)."""
-    return ((r // rows * nch + g // 4) * rows + r % rows) * 4 + g % 4
-
-
 def tile_halves(rows: int, chunk: int = CHUNK, swizzle: bool = False) -> int:
     return rows * chunk if swizzle else chunk // 8 * slab(rows)
 
@@ -135,9 +109,6 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 
 
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
-    if isinstance(cfg, RegisterConfig):
-        return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
-                and s.k % CHUNK == 0 and cfg.tokens in (64, 128, 256) and cfg.warpgroups in (1, 2) and cfg.stages >= 2)
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
             and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
             and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
@@ -158,18 +129,16 @@ def _dequant(dd, cw, o, z, scl):
             T.ptx.mul.rn.f16x2(dd[q * 4 + t], dd[q * 4 + t], scl * T.uint32(0x10001))
 
 
-def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, packed: bool = False):
+def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
     """A warp per weight row marks in shared memory which block holds each column group of its row, then
-    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each.
-    ``packed`` (the register kernel's pass): every group still packed, its two code words, scale and zero
-    point (zeros for a pruned group: it multiplies to zero) at ``packed_slot``, into three outputs."""
+    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
     n, k, group, words = s.n, s.k, s.group, s.words
     kg, nch, wpb = k // group, k // ck, 8
     gpl = -(-kg // 32)
     th = tile_halves(br, ck, sw)
 
     @T.macro
-    def dequant_pass(indptr, indices, qw, sc, zr, wd2, ds, dz):
+    def dequant_pass(indptr, indices, qw, sc, zr, wd2):
         for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
             for wy in T.thread_binding(wpb, thread="threadIdx.y"):
                 for lx in T.thread_binding(32, thread="threadIdx.x"):
@@ -191,66 +160,27 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, packed: bool = False)
                         for g0 in range(gpl):
                             if g0 * 32 + lx < kg:
                                 blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
-                                if packed:
-                                    if blk[0] >= 0:
-                                        for q in T.vectorized(2):
-                                            wd2[packed_slot(bi * wpb + wy, g0 * 32 + lx, br, nch) * 2 + q] = qw[blk[0], 0, q]
-                                        ds[packed_slot(bi * wpb + wy, g0 * 32 + lx, br, nch)] = sc[blk[0], 0]
-                                        dz[packed_slot(bi * wpb + wy, g0 * 32 + lx, br, nch)] = zr[blk[0], 0]
-                                    else:
-                                        for q in T.vectorized(2):
-                                            wd2[packed_slot(bi * wpb + wy, g0 * 32 + lx, br, nch) * 2 + q] = T.uint32(0)
-                                        ds[packed_slot(bi * wpb + wy, g0 * 32 + lx, br, nch)] = T.Cast(s.dtype, 0)
-                                        dz[packed_slot(bi * wpb + wy, g0 * 32 + lx, br, nch)] = T.uint8(0)
+                                if blk[0] >= 0:
+                                    for q in T.vectorized(words):
+                                        cw[q] = qw[blk[0], 0, q]
+                                    _dequant(dd, cw, 0, T.Cast("uint32", zr[blk[0], 0]),
+                                             T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], 0])))
                                 else:
-                                    if blk[0] >= 0:
-                                        for q in T.vectorized(words):
-                                            cw[q] = qw[blk[0], 0, q]
-                                        _dequant(dd, cw, 0, T.Cast("uint32", zr[blk[0], 0]),
-                                                 T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], 0])))
-                                    else:
-                                        for v in T.unroll(8):
-                                            dd[v] = T.uint32(0)
-                                    for h in T.unroll(2):  # the group's two 8-column slabs
-                                        for v in T.vectorized(4):
-                                            wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
-                                                  + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
-                                                           br, sw)) // 2 + v] = dd[h * 4 + v]
+                                    for v in T.unroll(8):
+                                        dd[v] = T.uint32(0)
+                                for h in T.unroll(2):  # the group's two 8-column slabs
+                                    for v in T.vectorized(4):
+                                        wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
+                                              + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
+                                                       br, sw)) // 2 + v] = dd[h * 4 + v]
 
     return dequant_pass
-
-
-def _relayout_x(k: int, bt: int, ck: int, sw: bool):
-    nch, xsize = k // ck, tile_halves(bt, ck, sw)
-
-    @T.macro
-    def relayout_x(x, xt, m):
-        """Producer variant: the activations in the same tiles as the weights ([token tile][chunk][tile]), so
-        that a stage's activations are one bulk copy too (rows past M repeat the last token, never stored)."""
-        for bi in T.thread_binding(((m + bt - 1) // bt * bt * (k // 8) + 255) // 256, thread="blockIdx.x"):
-            for ti in T.thread_binding(256, thread="threadIdx.x"):
-                if bi * 256 + ti < (m + bt - 1) // bt * bt * (k // 8):
-                    for v in T.vectorized(8):
-                        xt[((bi * 256 + ti) // (k // 8) // bt * nch + (bi * 256 + ti) % (k // 8) * 8 // ck) * xsize
-                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt, sw) + v] = x[
-                            T.min((bi * 256 + ti) // (k // 8), m - 1), (bi * 256 + ti) % (k // 8) * 8 + v]
-
-    return relayout_x
-
-
-@T.macro
-def wait_bar(bars, i, parity, ready):
-    ready[0] = T.uint32(0)
-    while ready[0] == T.uint32(0):
-        T.ptx.mbarrier.try_wait.parity.shared__cta.b64(ready[0], bars.ptr_to([i]), T.Cast("uint32", parity))
 
 
 def launch(s: BSRShape, cfg: WgmmaConfig):
     """All of the kernel's launches as a macro ``run(x, indptr, indices, qw, sc, zr, y2, m)`` (y2: the output as
     fp16 pairs), so that a prefill PrimFunc can pick it by M (bsr_prefill_tiled's plan)."""
     assert supports(s, cfg), (s, cfg)
-    if isinstance(cfg, RegisterConfig):
-        return _launch_registers(s, cfg)
     n, k, dt = s.n, s.k, s.dtype
     br, bt, stages = cfg.rows, cfg.tokens, cfg.stages
     threads = 128 * cfg.warpgroups
@@ -270,7 +200,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
     prepass = _dequant_pass(s, br, ck, sw)
-    relayout_x = _relayout_x(k, bt, ck, sw)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
@@ -291,6 +220,24 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                 x.ptr_to([T.min(by * bt + (c * threads + tid) // pieces, m - 1), ch * ck + (c * threads + tid) % pieces * 8]),
                 16)
         T.ptx["cp.async.commit_group"]()
+
+    @T.macro
+    def relayout_x(x, xt, m):
+        """Producer variant: the activations in the same tiles as the weights ([token tile][chunk][tile]), so
+        that a stage's activations are one bulk copy too (rows past M repeat the last token, never stored)."""
+        for bi in T.thread_binding(((m + bt - 1) // bt * bt * (k // 8) + 255) // 256, thread="blockIdx.x"):
+            for ti in T.thread_binding(256, thread="threadIdx.x"):
+                if bi * 256 + ti < (m + bt - 1) // bt * bt * (k // 8):
+                    for v in T.vectorized(8):
+                        xt[((bi * 256 + ti) // (k // 8) // bt * nch + (bi * 256 + ti) % (k // 8) * 8 // ck) * xsize
+                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt, sw) + v] = x[
+                            T.min((bi * 256 + ti) // (k // 8), m - 1), (bi * 256 + ti) % (k // 8) * 8 + v]
+
+    @T.macro
+    def wait_bar(bars, i, parity, ready):
+        ready[0] = T.uint32(0)
+        while ready[0] == T.uint32(0):
+            T.ptx.mbarrier.try_wait.parity.shared__cta.b64(ready[0], bars.ptr_to([i]), T.Cast("uint32", parity))
 
     @T.macro
     def multiply(sm, acc, da, db, wg, buf, base):
@@ -326,7 +273,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
         wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
         xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws else 1,), dt, scope="global")
-        prepass(indptr, indices, qw, sc, zr, wd2, wd2, wd2)
+        prepass(indptr, indices, qw, sc, zr, wd2)
         if ws:
             relayout_x(x, xt, m)
         for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
@@ -405,141 +352,3 @@ def bsr_prefill_wgmma(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()):
     from .bsr_prefill_tiled import bsr_prefill_tiled
 
     return bsr_prefill_tiled(s, ((None, cfg),))
-
-
-def _launch_registers(s: BSRShape, cfg: RegisterConfig):
-    """Why: the fp16 scratch of ``launch`` costs N x K x 2 bytes written and read again per call, and its
-    weight tiles pass through shared memory twice (bulk copy in, wgmma's reads). Here a first launch writes
-    the weights still packed, every group (pruned: zeros) in chunk order (0.69 bytes per weight), and each
-    consumer thread loads its two rows' code words for the next chunk while the wgmma's of this one run, then
-    dequantizes them straight into wgmma's A fragments (rows l / 4 and l / 4 + 8 of its warp's 16, columns
-    2 (l % 4), +1, +8, +9 of a group: one shift and mask per pair with the interleaved code order). Only the
-    activations go through shared memory, filled by the producer warp's bulk copies as in ``launch``."""
-    n, k, dt = s.n, s.k, s.dtype
-    br, bt, stages = cfg.rows, cfg.tokens, cfg.stages
-    threads = 128 * cfg.warpgroups
-    nch = k // CHUNK
-    xsize = tile_halves(bt, CHUNK, True)
-    ring = stages * xsize + ATOM
-    row_tiles = (n + br - 1) // br
-    slots = row_tiles * nch * br * 4
-    prepass = _dequant_pass(s, br, CHUNK, True, packed=True)
-    relayout_x = _relayout_x(k, bt, CHUNK, True)
-
-    def mma_async(acc, a, db):
-        return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{bt}k16").f32.f16.f16(
-            *[acc[i] for i in range(bt // 2)], a[0], a[1], a[2], a[3], db, T.ptx.pred(1), 1, 1, 0)
-
-    @T.macro
-    def fetch(dq, ds2, dz4, wq, wsc, wz, bx, ch, wrow, set_):
-        """Chunk ch of the thread's two rows (wrow, wrow + 8 of the tile) into register set set_: 4 groups of
-        code words, scales, zeros."""
-        for i in T.unroll(2):
-            for h in T.unroll(2):
-                for v in T.vectorized(4):
-                    wq[set_ * 16 + i * 8 + h * 4 + v] = dq[packed_slot(bx * br + wrow + i * 8, ch * 4, br, nch) * 2
-                                                         + h * 4 + v]
-            for v in T.vectorized(2):  # four scales, as two words
-                wsc[set_ * 4 + i * 2 + v] = ds2[packed_slot(bx * br + wrow + i * 8, ch * 4, br, nch) // 2 + v]
-            wz[set_ * 2 + i] = dz4[packed_slot(bx * br + wrow + i * 8, ch * 4, br, nch) // 4]  # four zero points
-
-    @T.macro
-    def fragments(a, wq, wsc, wz, t, set_, w):
-        """A fragments of the chunk's four k-steps into a[set_]: register j of k-step g is row i = j % 2, code
-        word j // 2 of group g (columns 2t, 2t + 1 of its half), (code - zero) * scale."""
-        for g in T.unroll(4):
-            for j in T.unroll(4):
-                T.ptx.sub.f16x2(
-                    a[set_ * 16 + g * 4 + j],
-                    ((wq[w * 16 + j % 2 * 8 + g * 2 + j // 2] >> T.Cast("uint32", t * 4)) & T.uint32(0x000F000F))
-                    | T.uint32(0x64006400),
-                    (T.uint32(0x6400) + (wz[w * 2 + j % 2] >> T.uint32(g * 8) & T.uint32(0xFF))) * T.uint32(0x10001))
-                T.ptx.mul.rn.f16x2(a[set_ * 16 + g * 4 + j], a[set_ * 16 + g * 4 + j],
-                                   (wsc[w * 4 + j % 2 * 2 + g // 2] >> T.uint32(g % 2 * 16) & T.uint32(0xFFFF))
-                                   * T.uint32(0x10001))
-
-    @T.macro
-    def run(x, indptr, indices, qw, sc, zr, y2, m):
-        dq = T.alloc_buffer((slots * 2,), "uint32", scope="global")
-        ds = T.alloc_buffer((slots,), dt, scope="global")
-        dz = T.alloc_buffer((slots,), "uint8", scope="global")
-        xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize,), dt, scope="global")
-        yh = T.decl_buffer((m * n,), dt, data=y2.data)
-        ds2 = T.decl_buffer((slots // 2,), "uint32", data=ds.data)
-        dz4 = T.decl_buffer((slots // 4,), "uint32", data=dz.data)
-        prepass(indptr, indices, qw, sc, zr, dq, ds, dz)
-        relayout_x(x, xt, m)
-        for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
-            for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
-                for ty in T.thread_binding(threads // 32 + 1, thread="threadIdx.y"):
-                    for tx in T.thread_binding(32, thread="threadIdx.x"):
-                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", 1):
-                            sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
-                            acc = T.alloc_buffer((bt // 2,), "float32", scope="local")
-                            a = T.alloc_buffer((32,), "uint32", scope="local")  # two chunks' A fragments
-                            # the next chunks' packed weights (one set per chunk ahead)
-                            wq = T.alloc_buffer((16 * cfg.ahead,), "uint32", scope="local")
-                            wsc = T.alloc_buffer((4 * cfg.ahead,), "uint32", scope="local")  # scale bits, two per word
-                            wz = T.alloc_buffer((2 * cfg.ahead,), "uint32", scope="local")  # zero points, four per word
-                            db = T.alloc_buffer((1,), "uint64", scope="local")
-                            bars = T.alloc_buffer((2 * stages,), "uint64", scope="shared")  # full, empty
-                            ready = T.alloc_buffer((1,), "uint32", scope="local")
-                            base = T.alloc_buffer((1,), "int32", scope="local")
-                            tid = ty * 32 + tx
-                            for i in range(bt // 2):
-                                acc[i] = T.float32(0)
-                            base[0] = (ATOM - T.Cast("int32", T.call_extern(
-                                "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
-                            if tid == threads:
-                                sm[ring - 1] = T.Cast(dt, 0)  # (TVM sizes shared memory by the highest element named)
-                                for i in range(stages):
-                                    T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
-                                    T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
-                                T.ptx.fence.mbarrier_init.release.cluster()
-                            T.tvm_storage_sync("shared")
-                            if ty == threads // 32:  # the producer warp: one lane fills the ring
-                                if tx == 0:
-                                    for ch in T.serial(nch):
-                                        if ch >= stages:
-                                            wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
-                                        T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
-                                            bars.ptr_to([ch % stages]), T.uint32(2 * xsize))
-                                        T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                            sm.ptr_to([base[0] + ch % stages * xsize]), xt.ptr_to([(by * nch + ch) * xsize]),
-                                            T.uint32(2 * xsize), bars.ptr_to([ch % stages]))
-                            else:
-                                for c in T.unroll(cfg.ahead):
-                                    if c < nch:
-                                        fetch(dq, ds2, dz4, wq, wsc, wz, bx, c, ty * 16 + tx // 4, c)
-                                for c2 in T.serial((nch + 1) // 2):
-                                    for par in T.unroll(2):  # A fragments alternate between two register sets
-                                        if c2 * 2 + par < nch:
-                                            fragments(a, wq, wsc, wz, tx % 4, par, par % cfg.ahead)
-                                            if c2 * 2 + par + cfg.ahead < nch:  # a later chunk's, while this one runs
-                                                fetch(dq, ds2, dz4, wq, wsc, wz, bx, c2 * 2 + par + cfg.ahead,
-                                                      ty * 16 + tx // 4, par % cfg.ahead)
-                                            wait_bar(bars, (c2 * 2 + par) % stages, (c2 * 2 + par) // stages % 2, ready)
-                                            T.ptx.wgmma.fence.sync.aligned()
-                                            for g in T.unroll(4):
-                                                T.cuda.wgmma.encode_matrix_descriptor(T.address_of(db[0]), sm.ptr_to(
-                                                    [base[0] + (c2 * 2 + par) % stages * xsize + g * 16]), 1, ATOM // 8, 3)
-                                                mma_async(acc, [a[par * 16 + g * 4 + j] for j in range(4)], db[0])
-                                            T.ptx.wgmma.commit_group.sync.aligned()
-                                            T.ptx.wgmma.wait_group.sync.aligned(1)
-                                            if c2 * 2 + par >= 1:  # the chunk before is done: its stage may be refilled
-                                                T.ptx.mbarrier.arrive.shared__cta.b64(
-                                                    bars.ptr_to([stages + (c2 * 2 + par - 1) % stages]))
-                                T.ptx.wgmma.wait_group.sync.aligned(0)
-                            # D: weight row (warp's 16) l / 4 (+ 8), tokens 8j + 2 (l % 4), +1
-                            for j in T.unroll(bt // 8):
-                                for e in T.unroll(4):
-                                    if (ty < threads // 32 and bx * br + ty * 16 + tx // 4 + e // 2 * 8 < n
-                                            and by * bt + j * 8 + tx % 4 * 2 + e % 2 < m):
-                                        yh[(by * bt + j * 8 + tx % 4 * 2 + e % 2) * n + bx * br + ty * 16 + tx // 4
-                                           + e // 2 * 8] = T.Cast(dt, acc[j * 4 + e])
-
-    return run
-
-
-SWEEP_REGISTERS = [RegisterConfig(2, 128, 4), RegisterConfig(2, 128, 6), RegisterConfig(2, 256, 4), RegisterConfig(1, 128, 4),
-                   RegisterConfig(2, 128, 4, ahead=2), RegisterConfig(2, 128, 6, ahead=2)]
