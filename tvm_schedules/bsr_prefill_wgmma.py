@@ -52,8 +52,6 @@ class WgmmaConfig:
     swizzle: bool = False  # (producer only) tiles in wgmma's 128-byte swizzled K-major layout: a row's 64
     # columns are one 128-byte line (16-byte pieces permuted by row), so the dequantizing launch writes whole
     # lines, and wgmma reads the ring in its preferred layout
-    persistent: bool = False  # (producer only) one thread block per SM walks the tiles (token tile first): the
-    # producer fills the ring with the next tile's chunks while the warpgroups store the last tile
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -64,7 +62,7 @@ class WgmmaConfig:
     @property
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
-                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "") + ("r" if self.persistent else "")
+                + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
 
 
@@ -117,7 +115,7 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
             and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
-            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.persistent or cfg.producer))
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -274,103 +272,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                         | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
                             dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
 
-    # persistent: tile `first + it * stride` (token tile first) and the ring's chunk count over all tiles;
-    # otherwise the thread block's own tile (bx, by) and chunk
-    def row_tile(m, first, it, stride, bx):
-        return (first + it * stride) // ((m + bt - 1) // bt) if cfg.persistent else bx
-
-    def token_tile(m, first, it, stride, by):
-        return (first + it * stride) % ((m + bt - 1) // bt) if cfg.persistent else by
-
-    def chunk_no(it, ch):
-        return it * nch + ch if cfg.persistent else ch
-
-    @T.macro
-    def tiles(x, wd, xt, y2, m, first, count, stride, bx, by):
-        """``count`` tiles from ``first``, ``stride`` apart (persistent), or the tile (bx, by); the ring's
-        phases follow the chunks over all of them."""
-        for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
-            for tx in T.thread_binding(32, thread="threadIdx.x"):
-                with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
-                    sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
-                    acc = T.alloc_buffer((br // 2,), "float32", scope="local")
-                    da = T.alloc_buffer((1,), "uint64", scope="local")
-                    db = T.alloc_buffer((1,), "uint64", scope="local")
-                    tid = ty * 32 + tx
-                    bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
-                    ready = T.alloc_buffer((1,), "uint32", scope="local")
-                    # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
-                    # is placed after the static, with no such alignment promised)
-                    base = T.alloc_buffer((1,), "int32", scope="local")
-                    base[0] = 0
-                    if sw:
-                        base[0] = (ATOM - T.Cast("int32", T.call_extern(
-                            "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
-                    for i in range(br // 2):
-                        acc[i] = T.float32(0)
-                    if ws:
-                        if tid == threads:
-                            # TVM sizes shared memory by the highest element the kernel names, and the bulk
-                            # copies name only where they start: name the last (a padding slot no copy or
-                            # wgmma reaches), or the ring is cut short and the copies write past its end
-                            sm[ring - 1] = T.Cast(dt, 0)
-                            for i in range(stages):
-                                T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
-                                T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
-                            T.ptx.fence.mbarrier_init.release.cluster()
-                        T.tvm_storage_sync("shared")
-                        if ty == threads // 32:  # the producer warp: one lane fills the ring
-                            if tx == 0:
-                                for it in T.serial(count):
-                                    for ch in T.serial(nch):
-                                        if chunk_no(it, ch) >= stages:  # the warpgroups released chunk g - stages
-                                            wait_bar(bars, stages + chunk_no(it, ch) % stages,
-                                                     (chunk_no(it, ch) // stages - 1) % 2, ready)
-                                        T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
-                                            bars.ptr_to([chunk_no(it, ch) % stages]), T.uint32(wcopy + xcopy))
-                                        T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                            sm.ptr_to([base[0] + chunk_no(it, ch) % stages * stage]),
-                                            wd.ptr_to([(row_tile(m, first, it, stride, bx) * nch + ch) * wsize]),
-                                            T.uint32(wcopy), bars.ptr_to([chunk_no(it, ch) % stages]))
-                                        T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                            sm.ptr_to([base[0] + chunk_no(it, ch) % stages * stage + wsize]),
-                                            xt.ptr_to([(token_tile(m, first, it, stride, by) * nch + ch) * xsize]),
-                                            T.uint32(xcopy), bars.ptr_to([chunk_no(it, ch) % stages]))
-                        else:
-                            for it in T.serial(count):
-                                if cfg.persistent:
-                                    for i in range(br // 2):
-                                        acc[i] = T.float32(0)
-                                for ch in T.serial(nch):
-                                    # chunk g has landed
-                                    wait_bar(bars, chunk_no(it, ch) % stages, chunk_no(it, ch) // stages % 2, ready)
-                                    multiply(sm, acc, da, db, ty // 4, chunk_no(it, ch) % stages, base[0])
-                                    T.ptx.wgmma.wait_group.sync.aligned(1)
-                                    if ch >= 1:  # chunk g - 1's wgmma's are done: its stage may be refilled
-                                        T.ptx.mbarrier.arrive.shared__cta.b64(
-                                            bars.ptr_to([stages + (chunk_no(it, ch) - 1) % stages]))
-                                T.ptx.wgmma.wait_group.sync.aligned(0)
-                                if cfg.persistent:  # the tile's last chunk too, before its tile is stored
-                                    T.ptx.mbarrier.arrive.shared__cta.b64(
-                                        bars.ptr_to([stages + (it * nch + nch - 1) % stages]))
-                                store_tile(y2, acc, m, token_tile(m, first, it, stride, by),
-                                           row_tile(m, first, it, stride, bx), ty, tx)
-                    else:
-                        for p in range(ahead):
-                            load(x, wd, sm, m, by, bx, tid, p, p)
-                        for ch in T.serial(nch):
-                            T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
-                            T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
-                            T.tvm_storage_sync("shared")
-                            # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
-                            # warpgroup before this barrier (past the last chunk: clamped, never read)
-                            load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1),
-                                 (ch + ahead) % stages)
-                            multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
-                            T.ptx.wgmma.wait_group.sync.aligned(1)
-                        T.ptx.wgmma.wait_group.sync.aligned(0)
-                        store_tile(y2, acc, m, by, bx, ty, tx)
-
     @T.macro
     def run(x, indptr, indices, qw, sc, zr, y2, m):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
@@ -379,13 +280,73 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
         prepass(indptr, indices, qw, sc, zr, wd2)
         if ws:
             relayout_x(x, xt, m)
-        if cfg.persistent:
-            for cta in T.thread_binding(T.min(row_tiles * ((m + bt - 1) // bt), SMS), thread="blockIdx.x"):
-                tiles(x, wd, xt, y2, m, cta, (row_tiles * ((m + bt - 1) // bt) - cta + SMS - 1) // SMS, SMS, 0, 0)
-        else:
-            for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
-                for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
-                    tiles(x, wd, xt, y2, m, 0, 1, 1, bx, by)
+        for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
+            for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
+                for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
+                    for tx in T.thread_binding(32, thread="threadIdx.x"):
+                        with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
+                            sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
+                            acc = T.alloc_buffer((br // 2,), "float32", scope="local")
+                            da = T.alloc_buffer((1,), "uint64", scope="local")
+                            db = T.alloc_buffer((1,), "uint64", scope="local")
+                            tid = ty * 32 + tx
+                            bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
+                            ready = T.alloc_buffer((1,), "uint32", scope="local")
+                            # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
+                            # is placed after the static, with no such alignment promised)
+                            base = T.alloc_buffer((1,), "int32", scope="local")
+                            base[0] = 0
+                            if sw:
+                                base[0] = (ATOM - T.Cast("int32", T.call_extern(
+                                    "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
+                            for i in range(br // 2):
+                                acc[i] = T.float32(0)
+                            if ws:
+                                if tid == threads:
+                                    # TVM sizes shared memory by the highest element the kernel names, and the bulk
+                                    # copies name only where they start: name the last (a padding slot no copy or
+                                    # wgmma reaches), or the ring is cut short and the copies write past its end
+                                    sm[ring - 1] = T.Cast(dt, 0)
+                                    for i in range(stages):
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
+                                    T.ptx.fence.mbarrier_init.release.cluster()
+                                T.tvm_storage_sync("shared")
+                                if ty == threads // 32:  # the producer warp: one lane fills the ring
+                                    if tx == 0:
+                                        for ch in T.serial(nch):
+                                            if ch >= stages:  # the warpgroups released chunk ch - stages
+                                                wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
+                                            T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
+                                                bars.ptr_to([ch % stages]), T.uint32(wcopy + xcopy))
+                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
+                                                T.uint32(wcopy), bars.ptr_to([ch % stages]))
+                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                sm.ptr_to([base[0] + ch % stages * stage + wsize]), xt.ptr_to([(by * nch + ch) * xsize]),
+                                                T.uint32(xcopy), bars.ptr_to([ch % stages]))
+                                else:
+                                    for ch in T.serial(nch):
+                                        wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
+                                        multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
+                                        T.ptx.wgmma.wait_group.sync.aligned(1)
+                                        if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
+                                            T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
+                                    T.ptx.wgmma.wait_group.sync.aligned(0)
+                            else:
+                                for p in range(ahead):
+                                    load(x, wd, sm, m, by, bx, tid, p, p)
+                                for ch in T.serial(nch):
+                                    T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
+                                    T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
+                                    T.tvm_storage_sync("shared")
+                                    # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
+                                    # warpgroup before this barrier (past the last chunk: clamped, never read)
+                                    load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
+                                    multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
+                                    T.ptx.wgmma.wait_group.sync.aligned(1)
+                                T.ptx.wgmma.wait_group.sync.aligned(0)
+                            store_tile(y2, acc, m, by, bx, ty, tx)
 
     return run
 
