@@ -149,6 +149,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
                 for cfg in (bsr_prefill_wgmma.BEST, replace(bsr_prefill_wgmma.BEST, swizzle=True)):
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
+            for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
+                add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
+                add("bsr_prefill_sm90a", n, k, m, 16, tag="plan sm90a r16")
             for m in (512, 4096):  # swizzled tiles: smaller tiles, fewer stages, two thread blocks per SM
                 for cfg in bsr_prefill_wgmma.SWEEP_SWIZZLED:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle sweep")

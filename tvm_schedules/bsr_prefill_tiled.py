@@ -109,9 +109,10 @@ TUNED = {"few rows": ((32, replace(SMALL, splits=4)), (128, replace(MID, splits=
          "many rows": ((32, LARGE), (64, MID), (None, DEFAULT))}
 
 
-# sm_90a builds (every arch of the build): above this many tokens R = 1 runs bsr_prefill_wgmma's producer-warp
+# sm_90a builds (every arch of the build): above this many tokens prefill runs bsr_prefill_wgmma's producer-warp
 # kernel (its tiles by bsr_prefill_wgmma.by_tokens). On an H100 (tag "wgmma crossover") the swizzled kernel ran
-# 1.09-1.23x the plan's speed at M = 256 and 1.41-2.02x at 512 - 1024 on all seven shapes, 0.58-0.94x at 128.
+# 1.09-1.23x the plan's speed at M = 256 and 1.41-2.02x at 512 - 1024 on all seven shapes, 0.58-0.94x at 128;
+# for R = 16 (tag "plan sm90a r16") 1.44-2.25x at 129, 0.92-1.23x at 256, 1.23-1.73x at 512, 1.94-2.07x at 4096.
 WGMMA_ABOVE = 128
 
 

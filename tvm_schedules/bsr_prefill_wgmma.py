@@ -1,4 +1,4 @@
-"""BSR int4 prefill on Hopper (sm_90a), R = 1: dequantize every weight once, then a pipelined wgmma GEMM.
+"""BSR int4 prefill on Hopper (sm_90a), any block height: dequantize every weight once, then a pipelined wgmma GEMM.
 
 Why (docs/perf.md): the tiled mma.sync GEMM (bsr_prefill_tiled) is bound by L1 traffic, most of it the
 ldmatrix of its operands, so even without any weight work it takes 1.9x cuBLAS's time; and its wgmma variant
@@ -23,8 +23,10 @@ pieces were 4 KB apart and L2 re-read partly written sectors from DRAM).
 Measured (docs/perf.md), 256 x 128 tiles, 4 stages, token tiles first: on an H200, R = 1 at M = 4096 in
 2.2-2.3x cuBLAS's time with cp.async, 1.6-2.0x with the producer warp; on an H100 with the swizzle 1.22-1.36x
 (1.59-2.73x faster than without) and 2.00-2.75x at M = 512, 1.09-2.02x the mma.sync plan's speed from 256
-tokens. So in builds whose every arch is sm_90a it is the prefill plan's entry above 128 tokens
-(bsr_prefill_tiled.WGMMA_ABOVE, tiles by ``by_tokens``); it needs N x K x 2 bytes of scratch per call.
+tokens; R = 16 matrices, dequantized to the same dense tiles (no block skipping), 1.22-1.33x at M = 4096, 1.94-2.07x
+faster than the tiled kernel that skips pruned blocks. So in builds whose every arch is sm_90a it is the prefill
+plan's entry above 128 tokens (bsr_prefill_tiled.WGMMA_ABOVE, tiles by ``by_tokens``); it needs N x K x 2 bytes of
+scratch per call.
 """
 from __future__ import annotations
 
@@ -113,7 +115,7 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 
 
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
-    return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
+    return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
             and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
             and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
 
@@ -134,9 +136,9 @@ def _dequant(dd, cw, o, z, scl):
 
 
 def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
-    """A warp per weight row marks in shared memory which block holds each column group of its row, then
+    """A warp per weight row marks in shared memory which block of its block row holds each column group, then
     lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
-    n, k, group, words = s.n, s.k, s.group, s.words
+    n, k, group, words, rb = s.n, s.k, s.group, s.words, s.rows
     kg, nch, wpb = k // group, k // ck, 8
     gpl = -(-kg // 32)
     th = tile_halves(br, ck, sw)
@@ -155,10 +157,10 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
                             slot[wy * kg + g0 * 32 + lx] = -1
                     T.tvm_storage_sync("shared")
                     if bi * wpb + wy < n:
-                        for i in range((indptr[bi * wpb + wy + 1] - indptr[bi * wpb + wy] + 31) // 32):
-                            if indptr[bi * wpb + wy] + i * 32 + lx < indptr[bi * wpb + wy + 1]:
-                                slot[wy * kg + T.Cast("int32", indices[indptr[bi * wpb + wy] + i * 32 + lx])] = (
-                                    indptr[bi * wpb + wy] + i * 32 + lx)
+                        for i in range((indptr[(bi * wpb + wy) // rb + 1] - indptr[(bi * wpb + wy) // rb] + 31) // 32):
+                            if indptr[(bi * wpb + wy) // rb] + i * 32 + lx < indptr[(bi * wpb + wy) // rb + 1]:
+                                slot[wy * kg + T.Cast("int32", indices[indptr[(bi * wpb + wy) // rb] + i * 32 + lx])] = (
+                                    indptr[(bi * wpb + wy) // rb] + i * 32 + lx)
                     T.tvm_storage_sync("shared")
                     if bi * wpb + wy < n:
                         for g0 in range(gpl):
@@ -166,9 +168,9 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
                                 blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
                                 if blk[0] >= 0:
                                     for q in T.vectorized(words):
-                                        cw[q] = qw[blk[0], 0, q]
-                                    _dequant(dd, cw, 0, T.Cast("uint32", zr[blk[0], 0]),
-                                             T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], 0])))
+                                        cw[q] = qw[blk[0], (bi * wpb + wy) % rb, q]
+                                    _dequant(dd, cw, 0, T.Cast("uint32", zr[blk[0], (bi * wpb + wy) % rb]),
+                                             T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], (bi * wpb + wy) % rb])))
                                 else:
                                     for v in T.unroll(8):
                                         dd[v] = T.uint32(0)

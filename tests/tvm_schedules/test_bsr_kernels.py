@@ -179,7 +179,8 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     assert all(o % 8 == 0 for o in covered) and w.slab(cfg.rows) * 2 % 16 == 0
     assert (cfg.stages * (w.tile_halves(cfg.rows) + w.tile_halves(cfg.tokens)) * 2) <= 227 * 1024
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
-    assert all(w.supports(s, c) for c in w.SWEEP) and not w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
+    assert all(w.supports(s, c) for c in w.SWEEP) and w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
+    assert not w.supports(BSRShape(576, 1536, 8, 16, 1, interleaved=True))  # 4-bit codes only
     assert _hgmma_kernels(w.bsr_prefill_wgmma(s, cfg), "wgp", tmp_path)[0] == {"wgp_kernel_1"}
     # the producer warp's variant: bulk copies name only where they start, so the launch must still ask for
     # the whole ring of shared memory (its first build got 3 KB less and wrote past the end), and with the
@@ -207,7 +208,7 @@ def test_swizzled_tiles_are_what_wgmma_reads():
 
 
 def test_sm90a_prefill_plan_runs_wgmma_above_128_tokens(tmp_path):
-    """Where every arch is sm_90a, R = 1 prefill keeps the tiled plan up to WGMMA_ABOVE tokens and runs the
+    """Where every arch is sm_90a, prefill keeps the tiled plan up to WGMMA_ABOVE tokens and runs the
     producer-warp wgmma kernel above, in the same PrimFunc (its host side picks by M): with half-height tiles
     while BEST's grid would leave the SMs' only waves mostly idle (4096 rows: up to 512 tokens, 64 thread
     blocks of BEST); elsewhere nothing changes."""
@@ -222,7 +223,9 @@ def test_sm90a_prefill_plan_runs_wgmma_above_128_tokens(tmp_path):
     plan = t.tuned(s, wgmma=True)
     assert plan[-2:] == ((512, w.SMALL), (None, w.BEST)) and plan[-3][0] == t.WGMMA_ABOVE
     assert w.by_tokens(BSRShape(6144, 4096, 4, 16, 1, interleaved=True))[0][0] == 256
-    assert t.tuned(BSRShape(4096, 4096, 4, 16, 16, interleaved=True), wgmma=True)[-1][1] == t.DEFAULT  # R = 16
+    tall = BSRShape(4096, 4096, 4, 16, 16, interleaved=True)  # R = 16: the same dense tiles (no block skipping)
+    assert w.supports(tall, w.BEST) and t.tuned(tall, wgmma=True)[-2:] == plan[-2:]
+    assert t.tuned(tall)[-1][1] == t.DEFAULT
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
     f = tvm_schedules.bsr_matmul(s, None, cuda, wgmma=True)
     assert str(f.attrs["gqsa.config"]).endswith(f";m<=512:{w.SMALL.key};{w.BEST.key}")
