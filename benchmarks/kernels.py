@@ -122,6 +122,10 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_prefill_warp", n, k, m, 1, tag="tiled")
             for cfg in sorted({c for plan in bsr_prefill_tiled.TUNED.values() for _, c in plan}, key=str):
                 add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="tiled")
+    for n, k in shapes[:1] + shapes[-1:]:  # token counts that are not a multiple of the token tile
+        for m in (40, 100, 128, 129, 130, 136, 160, 192, 255, 256):
+            for rows in (1, 16):
+                add("bsr_prefill", n, k, m, rows, tag="ragged m")
     for n, k in shapes:  # split-K at small M: more thread blocks where a grid of few row tiles leaves SMs idle
         for m in (16, 64, 128):
             add("bsr_prefill", n, k, m, 1, tag="split-k")

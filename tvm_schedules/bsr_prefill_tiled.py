@@ -203,13 +203,12 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         return total
 
     @T.macro
-    def load_x(x, sm, m, by, tid, ch, buf):
-        for c in T.unroll(xcopies):
+    def load_x(x, sm, m, tid, ch, buf, xrow):
+        for c in T.unroll(xcopies):  # xrow: the row each copy reads (see launch)
             T.ptx["cp.async.cg.shared.global"](
                 sm.ptr_to([xoff + buf * xsize + offset(xpiece(c * threads + tid)[0], xpiece(c * threads + tid)[1] * 8,
                                                        xslab)]),
-                x.ptr_to([T.min(by * bt + xpiece(c * threads + tid)[0], m - 1),
-                          ch * ck + xpiece(c * threads + tid)[1] * 8]), 16)
+                x.ptr_to([xrow[c], ch * ck + xpiece(c * threads + tid)[1] * 8]), 16)
         T.ptx["cp.async.commit_group"]()
 
     @T.macro
@@ -334,6 +333,15 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             wri = ty % wr
                             wti = ty // wr
                             lo = T.alloc_buffer((1,), "int32", scope="local")
+                            # the activation row each copy reads: its own, or for rows past M (never stored) the
+                            # same row of the tile before, or row % M in the first tile (reading row M - 1 for all
+                            # of them queued every thread block on one line: M = 129 ran 2.1x slower than 256 on
+                            # 12288 x 4096, docs/perf.md)
+                            xrow = T.alloc_buffer((xcopies,), "int64", scope="local")
+                            for c in T.unroll(xcopies):
+                                xrow[c] = T.Cast("int64", tile(by) * bt + xpiece(c * threads + tid)[0])
+                                if xrow[c] >= m:
+                                    xrow[c] = T.if_then_else(tile(by) > 0, xrow[c] - bt, xrow[c] % m)
 
                             for j in range(mt * nt * 4):
                                 acc[j] = T.float32(0)
@@ -351,7 +359,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                             lo[0] = (cur[c] + lo[0]) // 2
                             load_index(indices, nnz, j, cur, ix)
                             if use_x:
-                                load_x(x, sm, m, tile(by), tid, first(by), 0)
+                                load_x(x, sm, m, tid, first(by), 0, xrow)
                             if use_w:
                                 load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
                                 load_index(indices, nnz, j, cur, ix)
@@ -365,7 +373,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 # are harmless: clamped columns, no kept groups, a buffer nobody reads); its index
                                 # loads went out one chunk earlier still, so the code loads wait on nothing
                                 if use_x:
-                                    load_x(x, sm, m, tile(by), tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2)
+                                    load_x(x, sm, m, tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2, xrow)
                                 if use_w:
                                     load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
                                     load_index(indices, nnz, j, cur, ix)

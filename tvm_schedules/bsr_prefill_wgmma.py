@@ -234,10 +234,11 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
         for bi in T.thread_binding(((m + bt - 1) // bt * bt * (k // 8) + 255) // 256, thread="blockIdx.x"):
             for ti in T.thread_binding(256, thread="threadIdx.x"):
                 if bi * 256 + ti < (m + bt - 1) // bt * bt * (k // 8):
-                    for v in T.vectorized(8):
+                    for v in T.vectorized(8):  # rows past M: zeros (reading row M - 1 for all queues on its line)
                         xt[((bi * 256 + ti) // (k // 8) // bt * nch + (bi * 256 + ti) % (k // 8) * 8 // ck) * xsize
-                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt, sw) + v] = x[
-                            T.min((bi * 256 + ti) // (k // 8), m - 1), (bi * 256 + ti) % (k // 8) * 8 + v]
+                           + offset((bi * 256 + ti) // (k // 8) % bt, (bi * 256 + ti) % (k // 8) * 8 % ck, bt, sw) + v] = (
+                            T.if_then_else((bi * 256 + ti) // (k // 8) < m, x[
+                                T.min((bi * 256 + ti) // (k // 8), m - 1), (bi * 256 + ti) % (k // 8) * 8 + v], T.Cast(dt, 0)))
 
     @T.macro
     def wait_bar(bars, i, parity, ready):

@@ -296,3 +296,24 @@ def test_prefill_records_the_configuration_it_runs(group, rows, chunk, look):
 
     eff = p.effective(BSRShape(4096, 4096, 4, group, rows, interleaved=True), p.tuned(rows))
     assert (eff.chunk, eff.look) == (chunk, look)
+
+
+def test_tiled_prefill_spreads_rows_past_m():
+    """A tile's rows past M read distinct rows (the tile before's, or row % M in the first tile), chosen once
+    per thread, not row M - 1 for each: with all of them on one line, M = 129 ran 1.9x slower than M = 256 on
+    12288 x 4096 (docs/perf.md, tag ragged m)."""
+    import re
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_prefill_tiled as t
+    from tvm_schedules import launch
+
+    cuda_toolchain.setup(["sm_90"])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    s = BSRShape(1536, 576, 4, 16, 1, interleaved=True)
+    with target:
+        lib = tvm.compile(tvm.IRModule({"p": t.bsr_prefill_tiled(s, t.tuned(s)).with_attr("global_symbol", "p")}),
+                          target=target, tir_pipeline=launch.PIPELINE)
+    source = lib.mod.imports[0].inspect_source()
+    copies = re.findall(r"tvm_builtin_ptx_cp_async_cg\w*\((.*)\);", source)
+    assert copies and all("x_ptr[(" in c and "xrow_ptr[" in c and "m - (int64_t)1" not in c for c in copies)
