@@ -126,6 +126,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
         for m in (40, 100, 128, 129, 130, 136, 160, 192, 255, 256):
             for rows in (1, 16):
                 add("bsr_prefill", n, k, m, rows, tag="ragged m")
+    for m in (128, 129, 200, 256):  # the same for the per-warp kernel (SmolLM2's 8-bit tied head)
+        add("bsr_prefill", 49152, 576, m, 1, sparsity=0.0, tag="ragged m head", bits=8, group=32)
     for n, k in shapes:  # split-K at small M: more thread blocks where a grid of few row tiles leaves SMs idle
         for m in (16, 64, 128):
             add("bsr_prefill", n, k, m, 1, tag="split-k")
