@@ -134,6 +134,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for base in (bsr_prefill_tiled.SMALL, bsr_prefill_tiled.MID, bsr_prefill_tiled.LARGE):
                 for splits in (1, 2, 4):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k")
+    for n, k in [sh for sh in shapes if sh[0] < 8192]:  # split-K past 128 tokens, where the plan has none
+        for m in (192, 256):
+            add("bsr_prefill", n, k, m, 1, tag="split-k 256")
+            for base in (bsr_prefill_tiled.MID, bsr_prefill_tiled.DEFAULT):
+                for splits in (1, 2, 4):
+                    add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k 256")
     wgmma = "sm_90a" in archs  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
     if wgmma:
         for n, k in shapes:

@@ -116,12 +116,25 @@ TUNED = {"few rows": ((32, replace(SMALL, splits=4)), (128, replace(MID, splits=
 WGMMA_ABOVE = 128
 
 
+def _past_128(s: BSRShape, tiles: int):
+    """129-256 tokens on 32-63 row tiles: 128 x 128 tiles in K-splits that fill about one wave (4 for 32 row
+    tiles, else 2), where K's chunks divide; MID otherwise. H100, tag "split-k 256", M = 192 / 256:
+    4096 x 4096 / 11008 / 14336 ran 1.23-1.79x faster with 4 splits than MID, 6144 x 4096 1.04-1.07x with 2
+    (4 splits there: 1.45 waves, slower than MID)."""
+    for splits in (4, 2) if tiles <= 32 else (2,):
+        if (s.k // DEFAULT.chunk) % splits == 0:
+            return replace(DEFAULT, splits=splits)
+    return MID
+
+
 def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
     """The plan for a matrix: which configuration runs for which M (by its row tiles: fewer than 64, fewer than
     128, more), each with as many splits as divide its chunks (SmolLM2's K = 576 is 9 chunks: no split).
     ``wgmma`` (sm_90a builds): above WGMMA_ABOVE tokens, bsr_prefill_wgmma where it supports the matrix."""
     tiles = -(-s.n // DEFAULT.rows)
     plan = TUNED["few rows" if tiles < 64 else "some rows" if tiles < 128 else "many rows"]
+    if 32 <= tiles < 64:  # (measured on 4096- and 6144-row matrices only)
+        plan = tuple((b, _past_128(s, tiles) if b == 256 else c) for b, c in plan)
     fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
                                             and (s.k // c.chunk) % d == 0))) for bound, c in plan]
     plan = tuple(e for i, e in enumerate(fitted) if i + 1 == len(fitted) or e[1] != fitted[i + 1][1])

@@ -317,3 +317,18 @@ def test_tiled_prefill_spreads_rows_past_m():
     source = lib.mod.imports[0].inspect_source()
     copies = re.findall(r"tvm_builtin_ptx_cp_async_cg\w*\((.*)\);", source)
     assert copies and all("x_ptr[(" in c and "xrow_ptr[" in c and "m - (int64_t)1" not in c for c in copies)
+
+
+def test_prefill_plan_splits_k_past_128_tokens_on_4096_to_8191_rows():
+    """129-256 tokens: 128 x 128 tiles in 4 K-splits for 32 row tiles, 2 for 33-63, where K's chunks divide;
+    64 x 64 (MID) for fewer rows, which were not measured (docs/perf.md, tag split-k 256)."""
+    from dataclasses import replace
+
+    from tvm_schedules import bsr_prefill_tiled as t
+
+    def at_256(n, k):
+        return dict(t.tuned(BSRShape(n, k, 4, 16, 1, interleaved=True)))[256]
+
+    assert at_256(4096, 14336) == replace(t.DEFAULT, splits=4) and at_256(6144, 4096) == replace(t.DEFAULT, splits=2)
+    assert at_256(4096, 384) == replace(t.DEFAULT, splits=2) and at_256(4096, 1216) == t.MID  # 6 and 19 chunks
+    assert at_256(576, 1536) == t.MID and 256 not in dict(t.tuned(BSRShape(12288, 4096, 4, 16, 1, interleaved=True)))
