@@ -115,8 +115,8 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 
 
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
-    return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved and s.dtype == "float16"
-            and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
+    return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
+            and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
             and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
 
 
@@ -125,12 +125,12 @@ def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
 
 
 @T.macro
-def _dequant(dd, cw, o, z, scl):
-    """Block o's 16 codes (interleaved order, two words in cw[2o], cw[2o + 1]) as (code - zero) * scale in fp16
-    pairs: columns 0-7 in dd[0..3], 8-15 in dd[4..7] (z, scl: the zero point and the scale's bits, as uint32)."""
+def _dequant(dd, cw, z, scl):
+    """A group's 16 codes (interleaved order, two words in cw) as (code - zero) * scale in fp16 pairs: columns
+    0-7 in dd[0..3], 8-15 in dd[4..7] (z, scl: the zero point and the scale's bits, as uint32)."""
     for q in T.unroll(2):
         for t in T.unroll(4):
-            T.ptx.sub.f16x2(dd[q * 4 + t], ((cw[o * 2 + q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
+            T.ptx.sub.f16x2(dd[q * 4 + t], ((cw[q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
                             | T.uint32(0x64006400), (T.uint32(0x6400) + z) * T.uint32(0x10001))
             T.ptx.mul.rn.f16x2(dd[q * 4 + t], dd[q * 4 + t], scl * T.uint32(0x10001))
 
@@ -169,7 +169,7 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
                                 if blk[0] >= 0:
                                     for q in T.vectorized(words):
                                         cw[q] = qw[blk[0], (bi * wpb + wy) % rb, q]
-                                    _dequant(dd, cw, 0, T.Cast("uint32", zr[blk[0], (bi * wpb + wy) % rb]),
+                                    _dequant(dd, cw, T.Cast("uint32", zr[blk[0], (bi * wpb + wy) % rb]),
                                              T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], (bi * wpb + wy) % rb])))
                                 else:
                                     for v in T.unroll(8):
