@@ -135,6 +135,11 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for splits in (1, 2, 4):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k")
     for n, k in [sh for sh in shapes if sh[0] < 8192]:  # split-K past 128 tokens, where the plan has none
+        for m in (384, 512):  # and past 256: 128 x 128 tiles leave 4096 rows at 1 to 4 token tiles half a wave
+            add("bsr_prefill", n, k, m, 1, tag="split-k 512")
+            for splits in (1, 2, 4):
+                add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(bsr_prefill_tiled.DEFAULT, splits=splits),
+                    tag="split-k 512")
         for m in (192, 256):
             add("bsr_prefill", n, k, m, 1, tag="split-k 256")
             for base in (bsr_prefill_tiled.MID, bsr_prefill_tiled.DEFAULT):

@@ -135,6 +135,9 @@ def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
     plan = TUNED["few rows" if tiles < 64 else "some rows" if tiles < 128 else "many rows"]
     if 32 <= tiles < 64:  # (measured on 4096- and 6144-row matrices only)
         plan = tuple((b, _past_128(s, tiles) if b == 256 else c) for b, c in plan)
+        if tiles == 32 and (s.k // DEFAULT.chunk) % 2 == 0:  # 257-512 tokens: 2 K-splits (tag "split-k 512":
+            # 4096 x 4096 / 11008 / 14336 1.05-1.29x faster at M = 384 / 512; 6144 rows 0.88-0.89x, so not there)
+            plan = plan[:-1] + ((512, replace(DEFAULT, splits=2)),) + plan[-1:]
     fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
                                             and (s.k // c.chunk) % d == 0))) for bound, c in plan]
     plan = tuple(e for i, e in enumerate(fitted) if i + 1 == len(fitted) or e[1] != fitted[i + 1][1])

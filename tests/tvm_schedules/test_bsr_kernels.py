@@ -321,14 +321,18 @@ def test_tiled_prefill_spreads_rows_past_m():
 
 def test_prefill_plan_splits_k_past_128_tokens_on_4096_to_8191_rows():
     """129-256 tokens: 128 x 128 tiles in 4 K-splits for 32 row tiles, 2 for 33-63, where K's chunks divide;
-    64 x 64 (MID) for fewer rows, which were not measured (docs/perf.md, tag split-k 256)."""
+    64 x 64 (MID) for fewer rows, which were not measured; 257-512: 2 splits for 32 row tiles (docs/perf.md,
+    tags split-k 256 and split-k 512)."""
     from dataclasses import replace
 
     from tvm_schedules import bsr_prefill_tiled as t
 
-    def at_256(n, k):
-        return dict(t.tuned(BSRShape(n, k, 4, 16, 1, interleaved=True)))[256]
+    def at_256(n, k):  # the entry that takes M = 256
+        return next(c for b, c in t.tuned(BSRShape(n, k, 4, 16, 1, interleaved=True)) if b is None or b >= 256)
 
     assert at_256(4096, 14336) == replace(t.DEFAULT, splits=4) and at_256(6144, 4096) == replace(t.DEFAULT, splits=2)
     assert at_256(4096, 384) == replace(t.DEFAULT, splits=2) and at_256(4096, 1216) == t.MID  # 6 and 19 chunks
     assert at_256(576, 1536) == t.MID and 256 not in dict(t.tuned(BSRShape(12288, 4096, 4, 16, 1, interleaved=True)))
+    plan = t.tuned(BSRShape(4096, 11008, 4, 16, 1, interleaved=True))  # 257-512 tokens: 2 splits, 32 row tiles only
+    assert plan[-2:] == ((512, replace(t.DEFAULT, splits=2)), (None, t.DEFAULT)) and len(plan) <= 5
+    assert 512 not in dict(t.tuned(BSRShape(6144, 4096, 4, 16, 1, interleaved=True)))
