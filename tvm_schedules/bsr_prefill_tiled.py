@@ -119,7 +119,7 @@ WGMMA_ABOVE = 128
 def _past_128(s: BSRShape, tiles: int):
     """129-256 tokens on 32-63 row tiles: 128 x 128 tiles in K-splits that fill about one wave (4 for 32 row
     tiles, else 2), where K's chunks divide; MID otherwise. H100, tag "split-k 256", M = 192 / 256:
-    4096 x 4096 / 11008 / 14336 ran 1.23-1.79x faster with 4 splits than MID, 6144 x 4096 1.04-1.07x with 2
+    4096 x 4096 / 11008 / 14336 ran 1.24-1.79x faster with 4 splits than MID, 6144 x 4096 1.03-1.08x with 2
     (4 splits there: 1.45 waves, slower than MID)."""
     for splits in (4, 2) if tiles <= 32 else (2,):
         if (s.k // DEFAULT.chunk) % splits == 0:
@@ -135,8 +135,8 @@ def tuned(s: BSRShape, wgmma: bool = False) -> tuple:
     plan = TUNED["few rows" if tiles < 64 else "some rows" if tiles < 128 else "many rows"]
     if 32 <= tiles < 64:  # (measured on 4096- and 6144-row matrices only)
         plan = tuple((b, _past_128(s, tiles) if b == 256 else c) for b, c in plan)
-        if tiles == 32 and (s.k // DEFAULT.chunk) % 2 == 0:  # 257-512 tokens: 2 K-splits (tag "split-k 512":
-            # 4096 x 4096 / 11008 / 14336 1.05-1.29x faster at M = 384 / 512; 6144 rows 0.88-0.89x, so not there)
+        if tiles == 32:  # 257-512 tokens: 2 K-splits where K's chunks allow (the fitting below; tag "split-k 512":
+            # 4096 x 4096 / 11008 / 14336 1.06-1.29x faster at M = 384 / 512; 6144 rows 0.88-0.89x, so not there)
             plan = plan[:-1] + ((512, replace(DEFAULT, splits=2)),) + plan[-1:]
     fitted = [(bound, replace(c, splits=max(d for d in range(1, c.splits + 1) if c.splits % d == 0
                                             and (s.k // c.chunk) % d == 0))) for bound, c in plan]
@@ -219,7 +219,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         return total
 
     @T.macro
-    def load_x(x, sm, m, tid, ch, buf, xrow):
+    def load_x(x, sm, tid, ch, buf, xrow):
         for c in T.unroll(xcopies):  # xrow: the row each copy reads (see launch)
             T.ptx["cp.async.cg.shared.global"](
                 sm.ptr_to([xoff + buf * xsize + offset(xpiece(c * threads + tid)[0], xpiece(c * threads + tid)[1] * 8,
@@ -375,7 +375,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                             lo[0] = (cur[c] + lo[0]) // 2
                             load_index(indices, nnz, j, cur, ix)
                             if use_x:
-                                load_x(x, sm, m, tid, first(by), 0, xrow)
+                                load_x(x, sm, tid, first(by), 0, xrow)
                             if use_w:
                                 load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
                                 load_index(indices, nnz, j, cur, ix)
@@ -389,7 +389,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 # are harmless: clamped columns, no kept groups, a buffer nobody reads); its index
                                 # loads went out one chunk earlier still, so the code loads wait on nothing
                                 if use_x:
-                                    load_x(x, sm, m, tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2, xrow)
+                                    load_x(x, sm, tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2, xrow)
                                 if use_w:
                                     load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
                                     load_index(indices, nnz, j, cur, ix)
