@@ -164,7 +164,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (128, 129, 512, 513, 4096):  # what gqsa-compile builds for sm_90a: the plan, wgmma from 129 tokens
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a")
             for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
-                for cfg in (bsr_prefill_wgmma.BEST, replace(bsr_prefill_wgmma.BEST, swizzle=True)):
+                for sw in (False, True):  # (both with the activations laid out by a launch of their own)
+                    cfg = replace(bsr_prefill_wgmma.BEST, swizzle=sw, direct=False)
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
             for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
                 add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
@@ -172,6 +173,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (512, 4096):  # swizzled tiles: smaller tiles, fewer stages, two thread blocks per SM
                 for cfg in bsr_prefill_wgmma.SWEEP_SWIZZLED:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle sweep")
+    if wgmma:  # activations copied straight from x by the producer warp, beside their relayout into tiles first
+        for n, k in shapes:
+            for m in (129, 512, 513, 4096):
+                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
+                    for direct in (False, True):
+                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, direct=direct), tag="wgmma direct")
     if wgmma:  # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
         for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
             for m in (128, 129, 256, 512, 1024):

@@ -16,6 +16,14 @@ waited for each chunk's copies and wgmma's before the next, leaving the tensor c
 more launch, and a ninth warp fills the ring with two bulk copies per stage, completing on the stage's "full"
 mbarrier; the warpgroups wait on that and arrive on its "empty" mbarrier once their wgmma's of it are done.
 
+``direct=True`` (BEST and SMALL) drops that launch: the producer takes each stage's activations straight from x
+with the tensor copy engine (TMA), through a tensor map the host side encodes per call (x as K x M fp16, boxes of
+64 columns x the token tile, 128-byte swizzled as they land). The last token tile is shifted back to end at token
+M, so no box reaches past x (rows past M, which the engine zero-fills, made those boxes slow: 12288 x 4096 at M =
+129 ran 0.90x). H100, tag "wgmma direct": 1.04-1.13x faster at M = 4096 (4096 x 14336: 773 -> 688 us),
+1.02-1.12x at 512, and no M x K scratch. Copying them with cp.async from the producer warp's 32 lanes instead
+was 1.04-1.5x slower (kernels_wgmma_direct_cpasync*_h100.json).
+
 ``swizzle=True`` lays both tiles out in wgmma's 128-byte swizzled K-major layout: a row's 64 columns of a chunk
 are one 128-byte line, so the dequantizing launch writes whole lines (with core matrices, a row's 16-byte
 pieces were 4 KB apart and L2 re-read partly written sectors from DRAM).
@@ -54,6 +62,9 @@ class WgmmaConfig:
     swizzle: bool = False  # (producer only) tiles in wgmma's 128-byte swizzled K-major layout: a row's 64
     # columns are one 128-byte line (16-byte pieces permuted by row), so the dequantizing launch writes whole
     # lines, and wgmma reads the ring in its preferred layout
+    direct: bool = False  # (swizzle only) the producer copies the activations straight from x with the tensor
+    # copy engine (TMA: a tensor map encoded on the host per call, 64 columns x the token tile per box, swizzled
+    # as they land): no launch laying them out in tiles first, and no M x K scratch
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -65,6 +76,7 @@ class WgmmaConfig:
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
+                + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
 
 
@@ -73,10 +85,13 @@ SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConf
          WgmmaConfig(128, 2, 4, tokens_first=True), WgmmaConfig(256, 2, 8, 32, True), WgmmaConfig(256, 2, 6, 32, True),
          WgmmaConfig(256, 2, 4, tokens_first=True, producer=True), WgmmaConfig(256, 2, 3, tokens_first=True, producer=True),
          WgmmaConfig(256, 2, 4, tokens_first=True, producer=True, swizzle=True)]
-BEST = SWEEP[-1]  # fastest at M = 512 .. 4096 on an H100 (docs/perf.md)
 _SW = dict(tokens_first=True, producer=True, swizzle=True)
-SMALL = WgmmaConfig(128, 2, 4, **_SW)  # half the rows: twice the thread blocks where BEST's grid is a few
-SWEEP_SWIZZLED = [BEST, WgmmaConfig(256, 2, 3, **_SW), SMALL, WgmmaConfig(128, 2, 3, **_SW),
+# fastest at M = 512 .. 4096 on an H100 (docs/perf.md); the activations by TMA straight from x: 1.04-1.13x faster
+# at M = 4096 than laid out in tiles by a launch of their own (tag "wgmma direct")
+BEST = WgmmaConfig(256, 2, 4, **_SW, direct=True)
+SMALL = WgmmaConfig(128, 2, 4, **_SW, direct=True)  # half the rows: twice the thread blocks (by_tokens)
+SWEEP_SWIZZLED = [WgmmaConfig(256, 2, 4, **_SW), WgmmaConfig(256, 2, 3, **_SW), WgmmaConfig(128, 2, 4, **_SW),
+                  WgmmaConfig(128, 2, 3, **_SW),
                   WgmmaConfig(128, 2, 3, **_SW, blocks_per_sm=2), WgmmaConfig(128, 1, 4, **_SW),
                   WgmmaConfig(128, 1, 3, **_SW, blocks_per_sm=2)]
 SMS = 132  # SMs of an H100 / H200 SXM, the sm_90a parts this kernel is tuned on
@@ -117,7 +132,7 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
             and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
-            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)))
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -196,9 +211,11 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     wsize, xsize = tile_halves(br, ck, sw), tile_halves(bt, ck, sw)
     stage = wsize + xsize
     ws = cfg.producer
+    direct = cfg.direct
+    xmap = T.Var("x_tensormap", ty=T.handle("tensormap").ty)  # (direct: encoded on the host, per call)
     # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
     # sizes the activation tiles' buffer by what is written: the full tile read past its end)
-    wcopy, xcopy = (2 * wsize, 2 * xsize) if sw else (2 * (wsize - 8), 2 * (xsize - 8))
+    wcopy, xcopy = (2 * wsize, 2 * xsize) if sw else (2 * (wsize - 8), 2 * (xsize - 8))  # (direct: the full box)
     ring = stages * stage + (ATOM if sw else 0)  # swizzled: room to start the ring on a 1024-byte boundary
     wcopies = br * ck // 8 // threads  # 16-byte cp.async per thread per chunk
     xcopies = bt * ck // 8 // threads
@@ -264,13 +281,13 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
         T.ptx.wgmma.commit_group.sync.aligned()
 
     @T.macro
-    def store_tile(y2, acc, m, by, bx, ty, tx):
-        """The warpgroups' accumulators to the output (the producer's threads store nothing)."""
+    def store_tile(y2, acc, m, t0, bx, ty, tx):
+        """The warpgroups' accumulators (tokens from t0) to the output (the producer's threads store nothing)."""
         for ni in T.unroll(br // 8):
             for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
-                if (by * bt + ty * 16 + tx // 4 + h * 8 < m and ty < threads // 32
+                if (t0 + ty * 16 + tx // 4 + h * 8 < m and ty < threads // 32
                         and bx * br + ni * 8 + tx % 4 * 2 < n):
-                    y2[((by * bt + ty * 16 + tx // 4 + h * 8) * n + bx * br + ni * 8 + tx % 4 * 2) // 2] = (
+                    y2[((t0 + ty * 16 + tx // 4 + h * 8) * n + bx * br + ni * 8 + tx % 4 * 2) // 2] = (
                         T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
                         | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
                             dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
@@ -279,10 +296,14 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     def run(x, indptr, indices, qw, sc, zr, y2, m):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
         wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
-        xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws else 1,), dt, scope="global")
+        xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws and not direct else 1,), dt, scope="global")
         prepass(indptr, indices, qw, sc, zr, wd2)
-        if ws:
+        if ws and not direct:
             relayout_x(x, xt, m)
+        if direct:  # x as (k, m) fp16, boxes of 64 columns x bt tokens, 128-byte swizzle, zeros past M
+            T.Bind(T.tvm_stack_alloca("tensormap", 1), var=xmap)
+            T.tensormap_encode_tiled(xmap, x.data, k, m, k * 2, ck, bt, 1, 1, descriptor_dtype=dt, rank=2,
+                                     swizzle=3)
         for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
             for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
                 for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
@@ -293,6 +314,10 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                             da = T.alloc_buffer((1,), "uint64", scope="local")
                             db = T.alloc_buffer((1,), "uint64", scope="local")
                             tid = ty * 32 + tx
+                            # the tile's first token: direct copies shift the last token tile back to end at token
+                            # M (rows it shares with the tile before are computed and stored twice, the same
+                            # values), so its box holds no rows past M, which the copy engine fills slowly
+                            t0 = T.max(T.min(by * bt, m - bt), 0) if direct else by * bt
                             bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
                             ready = T.alloc_buffer((1,), "uint32", scope="local")
                             # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
@@ -325,9 +350,14 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                             T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
                                                 sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
                                                 T.uint32(wcopy), bars.ptr_to([ch % stages]))
-                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                sm.ptr_to([base[0] + ch % stages * stage + wsize]), xt.ptr_to([(by * nch + ch) * xsize]),
-                                                T.uint32(xcopy), bars.ptr_to([ch % stages]))
+                                            if direct:  # the token tile's chunk from x, swizzled as it lands (zeros past M)
+                                                T.ptx["cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                    sm.ptr_to([base[0] + ch % stages * stage + wsize]), T.address_of(xmap),
+                                                    T.Cast("int32", ch * ck), T.Cast("int32", t0), bars.ptr_to([ch % stages]))
+                                            else:
+                                                T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                    sm.ptr_to([base[0] + ch % stages * stage + wsize]),
+                                                    xt.ptr_to([(by * nch + ch) * xsize]), T.uint32(xcopy), bars.ptr_to([ch % stages]))
                                 else:
                                     for ch in T.serial(nch):
                                         wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
@@ -349,7 +379,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
                                     T.ptx.wgmma.wait_group.sync.aligned(1)
                                 T.ptx.wgmma.wait_group.sync.aligned(0)
-                            store_tile(y2, acc, m, by, bx, ty, tx)
+                            store_tile(y2, acc, m, t0, bx, ty, tx)
 
     return run
 
