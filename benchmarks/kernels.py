@@ -179,12 +179,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
                     for direct in (False, True):
                         add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, direct=direct), tag="wgmma direct")
-    if wgmma:  # the dequantizing launch beside the GEMM (counters per row tile, the GEMM a dependent launch)
-        for n, k in shapes:
-            for m in (129, 512, 1024, 4096):
-                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
-                    for ov in (False, True):
-                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, overlap=ov), tag="wgmma overlap")
     if wgmma:  # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
         for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
             for m in (128, 129, 256, 512, 1024):

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .launch import DEPENDENT as DEPENDENT_LAUNCH  # (this module has a launch() of its own)
 from .common import BSRShape, slab  # the same K-major core-matrix tiles as bsr_prefill_tiled's wgmma variant
 
 CHUNK = 64  # input columns per stage (the default)
@@ -66,9 +65,6 @@ class WgmmaConfig:
     direct: bool = False  # (swizzle only) the producer copies the activations straight from x with the tensor
     # copy engine (TMA: a tensor map encoded on the host per call, 64 columns x the token tile per box, swizzled
     # as they land): no launch laying them out in tiles first, and no M x K scratch
-    overlap: bool = False  # (producer only, sm_90a) the dequantizing launch runs beside the GEMM: SMS thread blocks
-    # walk the rows in order and count the 8-row groups each row tile has done; the GEMM is a dependent launch
-    # (it starts once they all run) whose producer waits for its row tile's count before copying its weights
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -80,7 +76,7 @@ class WgmmaConfig:
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
-                + ("d" if self.direct else "") + ("o" if self.overlap else "")
+                + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
 
 
@@ -136,8 +132,7 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
             and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
-            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle)
-            and (not cfg.overlap or cfg.producer))
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -155,68 +150,50 @@ def _dequant(dd, cw, z, scl):
             T.ptx.mul.rn.f16x2(dd[q * 4 + t], dd[q * 4 + t], scl * T.uint32(0x10001))
 
 
-def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, ctas: int | None = None):
+def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
     """A warp per weight row marks in shared memory which block of its block row holds each column group, then
-    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each.
-
-    ``ctas`` (overlap): that many thread blocks walk the rows in order, 8 at a time, let the GEMM launch at once
-    (it is a dependent launch), and count each 8 rows done in ``done`` (one counter per GEMM row tile),
-    released at GPU scope after a proxy fence, since the GEMM reads the scratch with bulk copies."""
+    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
     n, k, group, words, rb = s.n, s.k, s.group, s.words, s.rows
     kg, nch, wpb = k // group, k // ck, 8
     gpl = -(-kg // 32)
     th = tile_halves(br, ck, sw)
-    eights = (n + wpb - 1) // wpb  # groups of 8 rows, one per thread block per trip
-    grid = min(ctas, eights) if ctas else eights
-    trips = -(-eights // grid)
-    counted = ctas is not None
 
     @T.macro
-    def dequant_pass(indptr, indices, qw, sc, zr, wd2, done):
-        for bi in T.thread_binding(grid, thread="blockIdx.x"):
+    def dequant_pass(indptr, indices, qw, sc, zr, wd2):
+        for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
             for wy in T.thread_binding(wpb, thread="threadIdx.y"):
                 for lx in T.thread_binding(32, thread="threadIdx.x"):
                     slot = T.alloc_buffer((wpb * kg,), "int32", scope="shared")  # group -> its block, or -1
                     cw = T.alloc_buffer((words,), "uint32", scope="local")
                     dd = T.alloc_buffer((8,), "uint32", scope="local")
                     blk = T.alloc_buffer((1,), "int32", scope="local")
-                    if counted:
-                        T.ptx.griddepcontrol.launch_dependents()
-                    for trip in range(trips):
-                        row = ((trip * grid + bi) * wpb + wy)  # this warp's weight row
+                    for g0 in range(gpl):
+                        if g0 * 32 + lx < kg:
+                            slot[wy * kg + g0 * 32 + lx] = -1
+                    T.tvm_storage_sync("shared")
+                    if bi * wpb + wy < n:
+                        for i in range((indptr[(bi * wpb + wy) // rb + 1] - indptr[(bi * wpb + wy) // rb] + 31) // 32):
+                            if indptr[(bi * wpb + wy) // rb] + i * 32 + lx < indptr[(bi * wpb + wy) // rb + 1]:
+                                slot[wy * kg + T.Cast("int32", indices[indptr[(bi * wpb + wy) // rb] + i * 32 + lx])] = (
+                                    indptr[(bi * wpb + wy) // rb] + i * 32 + lx)
+                    T.tvm_storage_sync("shared")
+                    if bi * wpb + wy < n:
                         for g0 in range(gpl):
                             if g0 * 32 + lx < kg:
-                                slot[wy * kg + g0 * 32 + lx] = -1
-                        T.tvm_storage_sync("shared")
-                        if row < n:
-                            for i in range((indptr[row // rb + 1] - indptr[row // rb] + 31) // 32):
-                                if indptr[row // rb] + i * 32 + lx < indptr[row // rb + 1]:
-                                    slot[wy * kg + T.Cast("int32", indices[indptr[row // rb] + i * 32 + lx])] = (
-                                        indptr[row // rb] + i * 32 + lx)
-                        T.tvm_storage_sync("shared")
-                        if row < n:
-                            for g0 in range(gpl):
-                                if g0 * 32 + lx < kg:
-                                    blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
-                                    if blk[0] >= 0:
-                                        for q in T.vectorized(words):
-                                            cw[q] = qw[blk[0], row % rb, q]
-                                        _dequant(dd, cw, T.Cast("uint32", zr[blk[0], row % rb]),
-                                                 T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], row % rb])))
-                                    else:
-                                        for v in T.unroll(8):
-                                            dd[v] = T.uint32(0)
-                                    for h in T.unroll(2):  # the group's two 8-column slabs
-                                        for v in T.vectorized(4):
-                                            wd2[((row // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
-                                                  + offset(row % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
-                                                           br, sw)) // 2 + v] = dd[h * 4 + v]
-                        if counted:  # these 8 rows are done: count them for their row tile
-                            T.ptx["fence.proxy.async.global"]()
-                            T.tvm_storage_sync("shared")
-                            if wy == 0 and lx == 0 and (trip * grid + bi) * wpb < n:
-                                T.ptx["red.release.gpu.global.add.s32"](
-                                    done.ptr_to([(trip * grid + bi) * wpb // br]), T.int32(1))
+                                blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
+                                if blk[0] >= 0:
+                                    for q in T.vectorized(words):
+                                        cw[q] = qw[blk[0], (bi * wpb + wy) % rb, q]
+                                    _dequant(dd, cw, T.Cast("uint32", zr[blk[0], (bi * wpb + wy) % rb]),
+                                             T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], (bi * wpb + wy) % rb])))
+                                else:
+                                    for v in T.unroll(8):
+                                        dd[v] = T.uint32(0)
+                                for h in T.unroll(2):  # the group's two 8-column slabs
+                                    for v in T.vectorized(4):
+                                        wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
+                                              + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
+                                                       br, sw)) // 2 + v] = dd[h * 4 + v]
 
     return dequant_pass
 
@@ -234,7 +211,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     wsize, xsize = tile_halves(br, ck, sw), tile_halves(bt, ck, sw)
     stage = wsize + xsize
     ws = cfg.producer
-    ov = cfg.overlap
     direct = cfg.direct
     xmap = T.Var("x_tensormap", ty=T.handle("tensormap").ty)  # (direct: encoded on the host, per call)
     # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
@@ -246,7 +222,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     pieces = ck // 8  # 16-byte pieces of a token's chunk
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
-    prepass = _dequant_pass(s, br, ck, sw, SMS if ov else None)
+    prepass = _dequant_pass(s, br, ck, sw)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
@@ -320,15 +296,8 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     def run(x, indptr, indices, qw, sc, zr, y2, m):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
         wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
-        done = T.alloc_buffer((row_tiles if ov else 1,), "int32", scope="global")  # overlap: 8-row groups done
         xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws and not direct else 1,), dt, scope="global")
-        if ov:  # the row tiles' counts start at zero (a launch of one warp; the dequantizing one follows it)
-            for i0 in T.thread_binding(1, thread="blockIdx.x"):
-                for t in T.thread_binding(32, thread="threadIdx.x"):
-                    for j in range((row_tiles + 31) // 32):
-                        if j * 32 + t < row_tiles:
-                            done[j * 32 + t] = 0
-        prepass(indptr, indices, qw, sc, zr, wd2, done)
+        prepass(indptr, indices, qw, sc, zr, wd2)
         if ws and not direct:
             relayout_x(x, xt, m)
         if direct:  # x as (k, m) fp16, boxes of 64 columns x bt tokens, 128-byte swizzle, zeros past M
@@ -340,83 +309,77 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                 for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
-                            with T.attr(0, DEPENDENT_LAUNCH, int(ov)):
-                                sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
-                                acc = T.alloc_buffer((br // 2,), "float32", scope="local")
-                                da = T.alloc_buffer((1,), "uint64", scope="local")
-                                db = T.alloc_buffer((1,), "uint64", scope="local")
-                                tid = ty * 32 + tx
-                                # the tile's first token: direct copies shift the last token tile back to end at token
-                                # M (rows it shares with the tile before are computed and stored twice, the same
-                                # values), so its box holds no rows past M, which the copy engine fills slowly
-                                t0 = T.max(T.min(by * bt, m - bt), 0) if direct else by * bt
-                                bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
-                                ready = T.alloc_buffer((1,), "uint32", scope="local")
-                                # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
-                                # is placed after the static, with no such alignment promised)
-                                base = T.alloc_buffer((1,), "int32", scope="local")
-                                base[0] = 0
-                                if sw:
-                                    base[0] = (ATOM - T.Cast("int32", T.call_extern(
-                                        "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
-                                for i in range(br // 2):
-                                    acc[i] = T.float32(0)
-                                if ws:
-                                    if tid == threads:
-                                        # TVM sizes shared memory by the highest element the kernel names, and the bulk
-                                        # copies name only where they start: name the last (a padding slot no copy or
-                                        # wgmma reaches), or the ring is cut short and the copies write past its end
-                                        sm[ring - 1] = T.Cast(dt, 0)
-                                        for i in range(stages):
-                                            T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
-                                            T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
-                                        T.ptx.fence.mbarrier_init.release.cluster()
-                                    T.tvm_storage_sync("shared")
-                                    if ty == threads // 32:  # the producer warp: one lane fills the ring
-                                        if tx == 0:
-                                            if ov:  # the weights of this row tile are all written
-                                                ready[0] = T.uint32(0)
-                                                while ready[0] < T.uint32((T.min(n, bx * br + br) - bx * br + 7) // 8):
-                                                    T.ptx["ld.acquire.gpu.global.u32"](ready[0], done.ptr_to([bx]))
-                                                T.ptx["fence.proxy.async.global"]()  # written by the generic proxy
-                                            for ch in T.serial(nch):
-                                                if ch >= stages:  # the warpgroups released chunk ch - stages
-                                                    wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
-                                                T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
-                                                    bars.ptr_to([ch % stages]), T.uint32(wcopy + xcopy))
-                                                T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                    sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
-                                                    T.uint32(wcopy), bars.ptr_to([ch % stages]))
-                                                if direct:  # the token tile's chunk from x, swizzled as it lands (zeros past M)
-                                                    T.ptx["cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                        sm.ptr_to([base[0] + ch % stages * stage + wsize]), T.address_of(xmap),
-                                                        T.Cast("int32", ch * ck), T.Cast("int32", t0), bars.ptr_to([ch % stages]))
-                                                else:
-                                                    T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                        sm.ptr_to([base[0] + ch % stages * stage + wsize]),
-                                                        xt.ptr_to([(by * nch + ch) * xsize]), T.uint32(xcopy), bars.ptr_to([ch % stages]))
-                                    else:
+                            sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
+                            acc = T.alloc_buffer((br // 2,), "float32", scope="local")
+                            da = T.alloc_buffer((1,), "uint64", scope="local")
+                            db = T.alloc_buffer((1,), "uint64", scope="local")
+                            tid = ty * 32 + tx
+                            # the tile's first token: direct copies shift the last token tile back to end at token
+                            # M (rows it shares with the tile before are computed and stored twice, the same
+                            # values), so its box holds no rows past M, which the copy engine fills slowly
+                            t0 = T.max(T.min(by * bt, m - bt), 0) if direct else by * bt
+                            bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
+                            ready = T.alloc_buffer((1,), "uint32", scope="local")
+                            # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
+                            # is placed after the static, with no such alignment promised)
+                            base = T.alloc_buffer((1,), "int32", scope="local")
+                            base[0] = 0
+                            if sw:
+                                base[0] = (ATOM - T.Cast("int32", T.call_extern(
+                                    "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
+                            for i in range(br // 2):
+                                acc[i] = T.float32(0)
+                            if ws:
+                                if tid == threads:
+                                    # TVM sizes shared memory by the highest element the kernel names, and the bulk
+                                    # copies name only where they start: name the last (a padding slot no copy or
+                                    # wgmma reaches), or the ring is cut short and the copies write past its end
+                                    sm[ring - 1] = T.Cast(dt, 0)
+                                    for i in range(stages):
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
+                                    T.ptx.fence.mbarrier_init.release.cluster()
+                                T.tvm_storage_sync("shared")
+                                if ty == threads // 32:  # the producer warp: one lane fills the ring
+                                    if tx == 0:
                                         for ch in T.serial(nch):
-                                            wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
-                                            multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
-                                            T.ptx.wgmma.wait_group.sync.aligned(1)
-                                            if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
-                                                T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
-                                        T.ptx.wgmma.wait_group.sync.aligned(0)
+                                            if ch >= stages:  # the warpgroups released chunk ch - stages
+                                                wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
+                                            T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
+                                                bars.ptr_to([ch % stages]), T.uint32(wcopy + xcopy))
+                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
+                                                T.uint32(wcopy), bars.ptr_to([ch % stages]))
+                                            if direct:  # the token tile's chunk from x, swizzled as it lands (zeros past M)
+                                                T.ptx["cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                    sm.ptr_to([base[0] + ch % stages * stage + wsize]), T.address_of(xmap),
+                                                    T.Cast("int32", ch * ck), T.Cast("int32", t0), bars.ptr_to([ch % stages]))
+                                            else:
+                                                T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                    sm.ptr_to([base[0] + ch % stages * stage + wsize]),
+                                                    xt.ptr_to([(by * nch + ch) * xsize]), T.uint32(xcopy), bars.ptr_to([ch % stages]))
                                 else:
-                                    for p in range(ahead):
-                                        load(x, wd, sm, m, by, bx, tid, p, p)
                                     for ch in T.serial(nch):
-                                        T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
-                                        T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
-                                        T.tvm_storage_sync("shared")
-                                        # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
-                                        # warpgroup before this barrier (past the last chunk: clamped, never read)
-                                        load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
-                                        multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
+                                        wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
+                                        multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
                                         T.ptx.wgmma.wait_group.sync.aligned(1)
+                                        if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
+                                            T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
                                     T.ptx.wgmma.wait_group.sync.aligned(0)
-                                store_tile(y2, acc, m, t0, bx, ty, tx)
+                            else:
+                                for p in range(ahead):
+                                    load(x, wd, sm, m, by, bx, tid, p, p)
+                                for ch in T.serial(nch):
+                                    T.ptx["cp.async.wait_group"](ahead - 1)  # chunk ch has landed
+                                    T.ptx.fence.proxy.async_.shared__cta()  # visible to wgmma's async proxy
+                                    T.tvm_storage_sync("shared")
+                                    # its buffer was last read by chunk ch - 2's wgmma's, waited for by every
+                                    # warpgroup before this barrier (past the last chunk: clamped, never read)
+                                    load(x, wd, sm, m, by, bx, tid, T.min(ch + ahead, nch - 1), (ch + ahead) % stages)
+                                    multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
+                                    T.ptx.wgmma.wait_group.sync.aligned(1)
+                                T.ptx.wgmma.wait_group.sync.aligned(0)
+                            store_tile(y2, acc, m, t0, bx, ty, tx)
 
     return run
 

@@ -37,13 +37,10 @@ def supported(archs: list[str]) -> bool:
 
 
 WAIT_CALL = 'griddepcontrol("wait"'  # how a kernel's script shows the call
-# A kernel marked with this attribute (value 1) is launched as a dependent without waiting on the grid: it
-# synchronizes with the kernel before it by itself (bsr_prefill_wgmma's overlap: per-row-tile counters)
-DEPENDENT = "gqsa.dependent_launch"
 
 
-def marked_dependent(script: str) -> bool:
-    return re.search(rf'"{re.escape(DEPENDENT)}"[:,] 1\b', script) is not None  # T.attr({"...": 1}) in the script
+def waits_on_grid(func) -> bool:
+    return WAIT_CALL in func.script()
 
 
 def _flagged(func):
@@ -55,14 +52,10 @@ def _flagged(func):
 
 @tvm.transform.module_pass(opt_level=0, name="gqsa.FlagDependentLaunch")
 def flag_dependent_launch(mod, _ctx):
-    """Add the PDL flag to the launch parameters of each device kernel that calls griddepcontrol.wait or is marked
-    DEPENDENT."""
+    """Add the PDL flag to the launch parameters of each device kernel that calls griddepcontrol.wait."""
     for gv, func in list(mod.functions_items()):
         params = (func.attrs or {}).get(LAUNCH_PARAMS)
-        if params is None or PDL_TAG in params:
-            continue
-        script = func.script()
-        if WAIT_CALL not in script and not marked_dependent(script):
+        if params is None or PDL_TAG in params or not waits_on_grid(func):
             continue
         mod.update_func(gv, _flagged(func))
     return mod
@@ -70,7 +63,7 @@ def flag_dependent_launch(mod, _ctx):
 
 def _grid_size(script: str) -> int | None:
     """Thread blocks of a device kernel (the product of its blockIdx extents), None where one is not a constant
-    (TVM 0.27's Python side has no statement visitor; its script is what the flag pass reads too)."""
+    (TVM 0.27's Python side has no statement visitor; its script is what waits_on_grid reads too)."""
     size = 1
     for extent in re.findall(r'T\.launch_thread\("blockIdx\.[xyz]", (.*)\) as blockIdx', script):
         if not extent.strip().isdigit():
@@ -99,7 +92,7 @@ def wait_on_grid_everywhere(mod, _ctx):
         if (func.attrs or {}).get(LAUNCH_PARAMS) is None:
             continue
         script = func.script()
-        if WAIT_CALL in script or marked_dependent(script):  # (marked ones: the flag pass)
+        if WAIT_CALL in script:
             continue
         size = _grid_size(script)
         first = [tvm.tirx.Evaluate(T.ptx.griddepcontrol.wait())]
