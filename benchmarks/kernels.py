@@ -179,11 +179,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
                     for direct in (False, True):
                         add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, direct=direct), tag="wgmma direct")
-    if wgmma:  # pairs of token tiles as thread-block clusters sharing the weight tile (multicast), beside BEST
-        for n, k in shapes:
-            for m in (129, 512, 513, 1024, 4096):
-                for cl in (1, 2):
-                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, cluster=cl), tag="wgmma cluster")
     if wgmma:  # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
         for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
             for m in (128, 129, 256, 512, 1024):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -70,33 +69,11 @@ def _stub_libcuda() -> Path:
 _ARCHS: list[str] = []
 
 
-CLUSTER_MARK = "gqsa_cluster_dims"  # a kernel that calls gqsa_cluster_dims(N) is built for clusters of N
-
-
-def with_cluster_dims(code: str) -> str:
-    """TVM 0.27 has no way to give a kernel a thread-block cluster, and its runtime launches kernels with plain
-    cuLaunchKernel, which takes a cluster size the kernel was compiled with. So a kernel whose body calls
-    ``gqsa_cluster_dims(N)`` (``T.call_extern``) gets ``__cluster_dims__(N, 1, 1)`` on its declaration and
-    definition, and the call compiles to nothing."""
-    if CLUSTER_MARK + "(" not in code:
-        return code
-    heads = list(re.finditer(r'extern "C" __global__ void (__launch_bounds__\([^)]*\) )?(\w+)\(', code))
-    dims = {}
-    for i, h in enumerate(heads):
-        body = code[h.end():heads[i + 1].start() if i + 1 < len(heads) else len(code)]
-        if (mark := re.search(CLUSTER_MARK + r"\((\d+)\);", body)):
-            dims[h.group(2)] = int(mark.group(1))
-    code = re.sub(r'extern "C" __global__ void (__launch_bounds__\([^)]*\) )?(\w+)\(',
-                  lambda h: h.group(0).replace("__global__ void", f"__global__ void __cluster_dims__({dims[h.group(2)]}, 1, 1)")
-                  if h.group(2) in dims else h.group(0), code)
-    return f"#define {CLUSTER_MARK}(n)\n" + code
-
-
 def _nvcc_compile(code: str, target=None) -> bytes:
     nvcc = cuda_root() / "bin" / "nvcc"
     with tempfile.TemporaryDirectory() as d:
         cu, fatbin = Path(d) / "kernels.cu", Path(d) / "kernels.fatbin"
-        cu.write_text(with_cluster_dims(code))
+        cu.write_text(code)
         cmd = [str(nvcc), "--fatbin", "-O3", "-lineinfo", "-o", str(fatbin), str(cu)]
         for arch in _ARCHS:
             num = arch.removeprefix("sm_")

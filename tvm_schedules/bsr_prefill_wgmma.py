@@ -65,8 +65,6 @@ class WgmmaConfig:
     direct: bool = False  # (swizzle only) the producer copies the activations straight from x with the tensor
     # copy engine (TMA: a tensor map encoded on the host per call, 64 columns x the token tile per box, swizzled
     # as they land): no launch laying them out in tiles first, and no M x K scratch
-    cluster: int = 1  # (direct only) 2: consecutive token tiles run as a cluster of two thread blocks, each copying
-    # half of the weight tile they share into both (bulk copy multicast): half the weights' L2 reads
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -78,7 +76,7 @@ class WgmmaConfig:
     def key(self) -> str:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
-                + ("d" if self.direct else "") + (f"x{self.cluster}" if self.cluster > 1 else "")
+                + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
 
 
@@ -134,8 +132,7 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
             and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
-            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle)
-            and cfg.cluster in (1, 2) and (cfg.cluster == 1 or (cfg.direct and cfg.tokens_first)))
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -214,8 +211,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     wsize, xsize = tile_halves(br, ck, sw), tile_halves(bt, ck, sw)
     stage = wsize + xsize
     ws = cfg.producer
-    cl = cfg.cluster
-    pair = cl > 1
     direct = cfg.direct
     xmap = T.Var("x_tensormap", ty=T.handle("tensormap").ty)  # (direct: encoded on the host, per call)
     # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
@@ -310,8 +305,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             T.tensormap_encode_tiled(xmap, x.data, k, m, k * 2, ck, bt, 1, 1, descriptor_dtype=dt, rank=2,
                                      swizzle=3)
         for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
-            for by in T.thread_binding(((m + bt - 1) // bt + cl - 1) // cl * cl,  # whole clusters (the last may repeat a tile)
-                                       thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
+            for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
                 for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
@@ -320,10 +314,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                             da = T.alloc_buffer((1,), "uint64", scope="local")
                             db = T.alloc_buffer((1,), "uint64", scope="local")
                             tid = ty * 32 + tx
-                            rank = by % cl  # in the cluster (clusters run along blockIdx.x)
-                            raddr = T.alloc_buffer((1,), "uint32", scope="local")
-                            if pair:
-                                T.call_extern("void", "gqsa_cluster_dims", cl)  # (cuda_toolchain.with_cluster_dims)
                             # the tile's first token: direct copies shift the last token tile back to end at token
                             # M (rows it shares with the tile before are computed and stored twice, the same
                             # values), so its box holds no rows past M, which the copy engine fills slowly
@@ -347,13 +337,9 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     sm[ring - 1] = T.Cast(dt, 0)
                                     for i in range(stages):
                                         T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
-                                        T.ptx.mbarrier.init.shared__cta.b64(  # each thread, or each warp of the cluster
-                                            bars.ptr_to([stages + i]), T.uint32(threads // 32 * cl if pair else threads))
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
                                     T.ptx.fence.mbarrier_init.release.cluster()
                                 T.tvm_storage_sync("shared")
-                                if pair:  # the other thread block's barriers are ready before anything reaches them
-                                    T.ptx.barrier.cluster.arrive.release()
-                                    T.ptx.barrier.cluster.wait.acquire()
                                 if ty == threads // 32:  # the producer warp: one lane fills the ring
                                     if tx == 0:
                                         for ch in T.serial(nch):
@@ -361,15 +347,9 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                                 wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
                                             T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
                                                 bars.ptr_to([ch % stages]), T.uint32(wcopy + xcopy))
-                                            if pair:  # this block's share of the weight tile, into both blocks
-                                                T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"](
-                                                    sm.ptr_to([base[0] + ch % stages * stage + rank * (wsize // cl)]),
-                                                    wd.ptr_to([(bx * nch + ch) * wsize + rank * (wsize // cl)]),
-                                                    T.uint32(wcopy // cl), bars.ptr_to([ch % stages]), T.uint16((1 << cl) - 1))
-                                            else:
-                                                T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                                                    sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
-                                                    T.uint32(wcopy), bars.ptr_to([ch % stages]))
+                                            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
+                                                T.uint32(wcopy), bars.ptr_to([ch % stages]))
                                             if direct:  # the token tile's chunk from x, swizzled as it lands (zeros past M)
                                                 T.ptx["cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"](
                                                     sm.ptr_to([base[0] + ch % stages * stage + wsize]), T.address_of(xmap),
@@ -384,15 +364,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                         multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
                                         T.ptx.wgmma.wait_group.sync.aligned(1)
                                         if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
-                                            if pair:  # a warp's arrival, here and in the other block (whose copies
-                                                if tx == 0:  # write this block's stage too)
-                                                    T.ptx.mbarrier.arrive.shared__cta.b64(
-                                                        bars.ptr_to([stages + (ch - 1) % stages]))
-                                                    T.ptx["mapa.shared::cluster.u32"](raddr[0], T.cuda.cvta_generic_to_shared(
-                                                        bars.ptr_to([stages + (ch - 1) % stages])), T.Cast("uint32", 1 - rank))
-                                                    T.ptx["mbarrier.arrive.shared::cluster.b64"](raddr[0])
-                                            else:
-                                                T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
+                                            T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
                                     T.ptx.wgmma.wait_group.sync.aligned(0)
                             else:
                                 for p in range(ahead):
@@ -408,9 +380,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     T.ptx.wgmma.wait_group.sync.aligned(1)
                                 T.ptx.wgmma.wait_group.sync.aligned(0)
                             store_tile(y2, acc, m, t0, bx, ty, tx)
-                            if pair:  # neither block exits while the other's copies or arrivals may still reach it
-                                T.ptx.barrier.cluster.arrive.release()
-                                T.ptx.barrier.cluster.wait.acquire()
 
     return run
 
