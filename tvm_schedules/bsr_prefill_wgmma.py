@@ -151,55 +151,49 @@ def _dequant(dd, cw, z, scl):
 
 
 def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
-    """A warp per weight row; lane l takes the row's kept blocks l, l + 32, ...: it writes its block as
-    (code - zero) * scale in fp16 and zeros over the pruned groups between the block before and its own (the
-    last block also up to the row's end; a row that keeps nothing is all zeros), two 16-byte stores a group.
-    Every load is straight from the BSR arrays, none waits on another (an earlier version first marked each
-    group's block in shared memory, then read it back per group)."""
+    """A warp per weight row marks in shared memory which block of its block row holds each column group, then
+    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
     n, k, group, words, rb = s.n, s.k, s.group, s.words, s.rows
     kg, nch, wpb = k // group, k // ck, 8
+    gpl = -(-kg // 32)
     th = tile_halves(br, ck, sw)
-
-    @T.macro
-    def store_group(wd2, row, g, dd):
-        for h in T.unroll(2):  # the group's two 8-column slabs
-            for v in T.vectorized(4):
-                wd2[((row // br * nch + g // (ck // 16)) * th
-                     + offset(row % br, g % (ck // 16) * 16 + h * 8, br, sw)) // 2 + v] = dd[h * 4 + v]
 
     @T.macro
     def dequant_pass(indptr, indices, qw, sc, zr, wd2):
         for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
             for wy in T.thread_binding(wpb, thread="threadIdx.y"):
                 for lx in T.thread_binding(32, thread="threadIdx.x"):
+                    slot = T.alloc_buffer((wpb * kg,), "int32", scope="shared")  # group -> its block, or -1
                     cw = T.alloc_buffer((words,), "uint32", scope="local")
                     dd = T.alloc_buffer((8,), "uint32", scope="local")
-                    zero = T.alloc_buffer((8,), "uint32", scope="local")
-                    for v in T.unroll(8):
-                        zero[v] = T.uint32(0)
+                    blk = T.alloc_buffer((1,), "int32", scope="local")
+                    for g0 in range(gpl):
+                        if g0 * 32 + lx < kg:
+                            slot[wy * kg + g0 * 32 + lx] = -1
+                    T.tvm_storage_sync("shared")
                     if bi * wpb + wy < n:
-                        lo = indptr[(bi * wpb + wy) // rb]
-                        kept = indptr[(bi * wpb + wy) // rb + 1] - lo
-                        for i in range((kept + 31) // 32):
-                            if i * 32 + lx < kept:
-                                col = T.Cast("int32", indices[lo + i * 32 + lx])
-                                prev = T.if_then_else(i * 32 + lx > 0, T.Cast("int32", indices[
-                                    T.max(lo + i * 32 + lx - 1, 0)]), -1)
-                                for q in T.vectorized(words):
-                                    cw[q] = qw[lo + i * 32 + lx, (bi * wpb + wy) % rb, q]
-                                _dequant(dd, cw, T.Cast("uint32", zr[lo + i * 32 + lx, (bi * wpb + wy) % rb]),
-                                         T.Cast("uint32", T.reinterpret(
-                                             "uint16", sc[lo + i * 32 + lx, (bi * wpb + wy) % rb])))
-                                store_group(wd2, bi * wpb + wy, col, dd)
-                                for g in range(prev + 1, col):  # the pruned groups before this block
-                                    store_group(wd2, bi * wpb + wy, g, zero)
-                                if i * 32 + lx == kept - 1:  # and after the last one
-                                    for g in range(col + 1, kg):
-                                        store_group(wd2, bi * wpb + wy, g, zero)
-                        if kept == 0:
-                            for g0 in range((kg + 31) // 32):
-                                if g0 * 32 + lx < kg:
-                                    store_group(wd2, bi * wpb + wy, g0 * 32 + lx, zero)
+                        for i in range((indptr[(bi * wpb + wy) // rb + 1] - indptr[(bi * wpb + wy) // rb] + 31) // 32):
+                            if indptr[(bi * wpb + wy) // rb] + i * 32 + lx < indptr[(bi * wpb + wy) // rb + 1]:
+                                slot[wy * kg + T.Cast("int32", indices[indptr[(bi * wpb + wy) // rb] + i * 32 + lx])] = (
+                                    indptr[(bi * wpb + wy) // rb] + i * 32 + lx)
+                    T.tvm_storage_sync("shared")
+                    if bi * wpb + wy < n:
+                        for g0 in range(gpl):
+                            if g0 * 32 + lx < kg:
+                                blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
+                                if blk[0] >= 0:
+                                    for q in T.vectorized(words):
+                                        cw[q] = qw[blk[0], (bi * wpb + wy) % rb, q]
+                                    _dequant(dd, cw, T.Cast("uint32", zr[blk[0], (bi * wpb + wy) % rb]),
+                                             T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], (bi * wpb + wy) % rb])))
+                                else:
+                                    for v in T.unroll(8):
+                                        dd[v] = T.uint32(0)
+                                for h in T.unroll(2):  # the group's two 8-column slabs
+                                    for v in T.vectorized(4):
+                                        wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
+                                              + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
+                                                       br, sw)) // 2 + v] = dd[h * 4 + v]
 
     return dequant_pass
 
