@@ -1,8 +1,9 @@
 """End-to-end check and timing of a compiled artifact through its deploy bundle (the GPU run of docs/perf.md).
 
 Two halves, because the GPU host has no TVM compiler and the build host has no GPU:
-  here:  python benchmarks/e2e.py reference CKPT --out ref.npz
-         (torch reference logits for a fixed prompt, prefill and teacher-forced decode steps)
+  here:  python benchmarks/e2e.py reference CKPT --out ref.npz [--prompt N]
+         (torch reference logits for a fixed prompt of N tokens, default 16, prefill and teacher-forced decode
+         steps; a prompt past 128 tokens checks sm_90a's wgmma prefill in the model)
   GPU:   python3 benchmarks/e2e.py run BUNDLE --reference ref.npz --json out.json
          (runtime-only: the bundle's own tvm; logits error vs the reference, prefill and decode tokens/s)
   A/B:   ... run BUNDLE --reference ref.npz --artifact A --artifact B   (several artifacts, one process,
@@ -22,26 +23,27 @@ PROMPT = 16
 STEPS = 8
 
 
-def make_reference(ckpt: str, out: str, seed: int = 0) -> None:
+def make_reference(ckpt: str, out: str, prompt: int = PROMPT, seed: int = 0) -> None:
     import torch
 
     from training.checkpoint import load_compressed
 
     model = load_compressed(ckpt)
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, model.args.vocab_size, PROMPT + STEPS).astype(np.int32)
+    ids = rng.integers(0, model.args.vocab_size, prompt + STEPS).astype(np.int32)
     with torch.no_grad():
         logits = model(torch.from_numpy(ids[None]).long())[0].numpy()
-    np.savez_compressed(out, ids=ids, logits=logits.astype(np.float32))
-    print(f"reference: {out} ({PROMPT} prompt + {STEPS} decode tokens)")
+    np.savez_compressed(out, ids=ids, logits=logits.astype(np.float32), prompt=prompt)
+    print(f"reference: {out} ({prompt} prompt + {STEPS} decode tokens)")
 
 
 def measure(model, reference: str, prefill_len: int, decode_tokens: int) -> dict:
     """Logits against the torch reference, then prefill and decode timed per call from Python."""
     ref = np.load(reference)
     ids, want = ref["ids"], ref["logits"]
-    got = [model.prefill(ids[:PROMPT])]
-    for i in range(PROMPT, PROMPT + STEPS):
+    n = int(ref["prompt"]) if "prompt" in ref else PROMPT
+    got = [model.prefill(ids[:n])]
+    for i in range(n, n + STEPS):
         got.append(model.decode(int(ids[i]), i)[None])
     got = np.concatenate(got)[: len(want) - 1]
     want = want[: len(got)]
@@ -66,7 +68,7 @@ def measure(model, reference: str, prefill_len: int, decode_tokens: int) -> dict
         "device": str(model.dev), "target": model.manifest["target"], "archs": model.manifest["archs"],
         "cuda_graph": model.manifest.get("cuda_graph", False),
         "logits_max_abs_err": float(err), "logits_max_abs_ref": float(scale),
-        "logits_rel_err": float(err / scale), "top1_agreement": top1,
+        "logits_rel_err": float(err / scale), "top1_agreement": top1, "reference_prompt": n,
         "prefill_tokens": prefill_len, "prefill_ms_median": 1e3 * float(np.median(pre)),
         "prefill_tok_s": prefill_len / float(np.median(pre)),
         "decode_tokens": decode_tokens, "decode_ms_median": 1e3 * float(np.median(dec[3:])),
@@ -113,6 +115,7 @@ def main() -> None:
     r = sub.add_parser("reference")
     r.add_argument("ckpt")
     r.add_argument("--out", required=True)
+    r.add_argument("--prompt", type=int, default=PROMPT, help=f"prompt tokens (default {PROMPT})")
     g = sub.add_parser("run")
     g.add_argument("bundle")
     g.add_argument("--reference", required=True)
@@ -123,7 +126,7 @@ def main() -> None:
                    help="artifact folder to measure with the bundle's runtime, repeatable (default: the bundle's)")
     a = p.parse_args()
     if a.cmd == "reference":
-        make_reference(a.ckpt, a.out)
+        make_reference(a.ckpt, a.out, a.prompt)
     else:
         run(a.bundle, a.reference, a.json, a.prefill_len, a.decode_tokens, a.artifact)
 
