@@ -42,7 +42,7 @@ def generate(model, prompt_ids, max_new_tokens: int = 64, temperature: float = 0
     st = Stats(prompt_tokens=len(prompt_ids))
     max_new_tokens = min(max_new_tokens, model.max_seq_len - len(prompt_ids))
     t0 = time.perf_counter()
-    logits = model.prefill(prompt_ids)[-1]
+    logits = model.prefill(prompt_ids, last=True)
     tok = sample(logits, temperature, top_p, rng)
     st.prefill_s = time.perf_counter() - t0
     pos = len(prompt_ids)

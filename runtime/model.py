@@ -126,13 +126,21 @@ class CompiledModel:
         if start + n > self.max_seq_len:
             raise ValueError(f"sequence longer than the compiled cache ({self.max_seq_len} tokens)")
 
-    def prefill(self, ids, start: int = 0) -> np.ndarray:
-        """Logits [T, vocab] for ``ids`` placed at positions start..start+T-1 (the cache is written)."""
+    def prefill(self, ids, start: int = 0, last: bool = False) -> np.ndarray:
+        """Logits [T, vocab] for ``ids`` placed at positions start..start+T-1 (the cache is written); with
+        ``last``, only the last position's [vocab], all generation needs: only that row leaves the GPU (a
+        1024-token prompt's [T, vocab] fp32 logits are 201 MB, whose copy took 58-74% of a SmolLM2 prefill's
+        GPU time on an H100, docs/perf.md)."""
         ids = np.asarray(ids, np.int32)
         self._check(start, len(ids))
         t = self.tvm.runtime.tensor
         pos = np.arange(start, start + len(ids), dtype=np.int32)
-        return self._prefill(t(ids, self.dev), t(pos, self.dev), *self.caches, *self.weights).numpy()
+        out = self._prefill(t(ids, self.dev), t(pos, self.dev), *self.caches, *self.weights)
+        if not last:
+            return out.numpy()
+        vocab = out.shape[-1]
+        row = vocab * np.dtype(out.dtype).itemsize
+        return out._create_view((vocab,), out.dtype, (len(ids) - 1) * row).numpy()
 
     def decode(self, token: int, pos: int) -> np.ndarray:
         """Logits [vocab] for one token at ``pos``."""

@@ -33,6 +33,9 @@ def _assert_logits_match(ckpt, artifact, seed: int, prompt: int, total: int):
     m = _model(artifact)
     got = np.concatenate([m.prefill(ids[:prompt])] + [m.decode(int(ids[i]), i)[None] for i in range(prompt, total)])
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
+    last = m.prefill(ids[:prompt], last=True)  # only the last row leaves the device, the same values
+    assert last.shape == ref[prompt - 1].shape
+    np.testing.assert_array_equal(last, got[prompt - 1])
 
 
 def test_logits_match_reference(tiny_ckpt, tiny_artifact):
