@@ -165,7 +165,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a")
             for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
                 for sw in (False, True):  # (both with the activations laid out by a launch of their own)
-                    cfg = replace(bsr_prefill_wgmma.BEST, swizzle=sw, direct=False)
+                    cfg = replace(bsr_prefill_wgmma.BEST, swizzle=sw, direct=False, tma_store=False)
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
             for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
                 add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
@@ -178,12 +178,28 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (129, 512, 513, 4096):
                 for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
                     for direct in (False, True):
-                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, direct=direct), tag="wgmma direct")
+                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, direct=direct, tma_store=False),
+                            tag="wgmma direct")
     if wgmma:  # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
         for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
             for m in (128, 129, 256, 512, 1024):
                 add("bsr_prefill", n, k, m, 1, tag="plan sm90a small")
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a small")
+    if wgmma:  # the epilogue through shared memory (whole 16-byte row pieces, or TMA) beside direct 4-byte stores;
+        # SmolLM2's 3072 x 576 (9 chunks: the last in the ring's first stage) and 576 x 1536 (a partial row tile)
+        for n, k in shapes + [(3072, 576), (576, 1536)]:
+            for m in (129, 512, 513, 1024, 4096):
+                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
+                    for staged, tma in ((False, False), (True, False), (False, True)):
+                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, staged_store=staged, tma_store=tma),
+                            tag="wgmma store")
+    if wgmma:  # where BEST's time goes: without its epilogue, without the dequantizing launch (wrong, unchecked)
+        for n, k in shapes:
+            for m in (512, 4096):
+                for ablate in ("", "store", "dequant"):
+                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate,
+                                                                     tma_store=False),
+                        tag="wgmma ablation")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):
@@ -514,7 +530,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
         ref = torch.from_numpy(x).cuda().float() @ dense_reference(torch, w, n, k, rows, bits, group).T
         err = rel_err(torch, y, ref)
         row = dict(c, rel_err=err, gpu=gpu)
-        if c["tag"] == "ablation" and "_no_" in c["cfg"]:
+        if c["tag"].endswith("ablation") and "_no_" in c["cfg"]:
             row["unchecked"] = True  # a stage left out on purpose: only its time means anything
         elif not err < 2e-3:
             failures.append(c["kernel"])

@@ -65,6 +65,13 @@ class WgmmaConfig:
     direct: bool = False  # (swizzle only) the producer copies the activations straight from x with the tensor
     # copy engine (TMA: a tensor map encoded on the host per call, 64 columns x the token tile per box, swizzled
     # as they land): no launch laying them out in tiles first, and no M x K scratch
+    staged_store: bool = False  # the epilogue goes through shared memory: the warpgroups write their fp16 results
+    # into a padded tile there, then each stores whole 16-byte pieces of output rows (a warp one 512-byte row)
+    # instead of 4-byte pieces of 8 rows (ablation: the direct stores cost 4-24% of BEST's time at M = 4096)
+    tma_store: bool = False  # (direct only) the staged tile leaves by TMA: swizzled 64-column boxes, one thread
+    # issues the bulk tensor stores (a second tensor map, of y) and waits only until they have read shared memory
+    ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
+    # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "ablation")
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -77,7 +84,9 @@ class WgmmaConfig:
         return (f"wg{self.rows}x{self.tokens}p{self.stages}" + (f"c{self.chunk}" if self.chunk != CHUNK else "")
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
                 + ("d" if self.direct else "")
-                + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else ""))
+                + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else "")
+                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "")
+                + (f"_no_{self.ablate}" if self.ablate else ""))
 
 
 SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConfig(128, 1, 4),
@@ -87,9 +96,10 @@ SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConf
          WgmmaConfig(256, 2, 4, tokens_first=True, producer=True, swizzle=True)]
 _SW = dict(tokens_first=True, producer=True, swizzle=True)
 # fastest at M = 512 .. 4096 on an H100 (docs/perf.md); the activations by TMA straight from x: 1.04-1.13x faster
-# at M = 4096 than laid out in tiles by a launch of their own (tag "wgmma direct")
-BEST = WgmmaConfig(256, 2, 4, **_SW, direct=True)
-SMALL = WgmmaConfig(128, 2, 4, **_SW, direct=True)  # half the rows: twice the thread blocks (by_tokens)
+# at M = 4096 than laid out in tiles by a launch of their own (tag "wgmma direct"); the epilogue through shared
+# memory and out by TMA: 1.03-1.12x faster at M = 4096 than 4-byte stores from the fragments (tag "wgmma store")
+BEST = WgmmaConfig(256, 2, 4, **_SW, direct=True, tma_store=True)
+SMALL = WgmmaConfig(128, 2, 4, **_SW, direct=True, tma_store=True)  # half the rows: twice the blocks (by_tokens)
 SWEEP_SWIZZLED = [WgmmaConfig(256, 2, 4, **_SW), WgmmaConfig(256, 2, 3, **_SW), WgmmaConfig(128, 2, 4, **_SW),
                   WgmmaConfig(128, 2, 3, **_SW),
                   WgmmaConfig(128, 2, 3, **_SW, blocks_per_sm=2), WgmmaConfig(128, 1, 4, **_SW),
@@ -132,7 +142,8 @@ def offset(r, kk, rows: int, swizzle: bool = False):
 def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
             and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
-            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle))
+            and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle)
+            and (not cfg.tma_store or (cfg.direct and cfg.rows % 64 == 0)))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -212,7 +223,8 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     stage = wsize + xsize
     ws = cfg.producer
     direct = cfg.direct
-    xmap = T.Var("x_tensormap", ty=T.handle("tensormap").ty)  # (direct: encoded on the host, per call)
+    xmap = T.Var("x_tensormap", ty=T.handle("tensormap").ty)
+    ymap = T.Var("y_tensormap", ty=T.handle("tensormap").ty)  # (direct: encoded on the host, per call)
     # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
     # sizes the activation tiles' buffer by what is written: the full tile read past its end)
     wcopy, xcopy = (2 * wsize, 2 * xsize) if sw else (2 * (wsize - 8), 2 * (xsize - 8))  # (direct: the full box)
@@ -292,17 +304,70 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                         | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
                             dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
 
+    srow = br + 8  # fp16 per staged output row: 16 bytes of padding put a fragment's 8 rows in distinct banks
+    assert bt * srow <= ring and (bt * br // 8) % threads == 0
+
+    @T.macro
+    def store_staged(y2, sm2, acc, m, t0, bx, ty, tx, tid):
+        """The warpgroups' accumulators to a [tokens, rows] fp16 tile at the ring's start, then rows to the output,
+        a 16-byte piece per thread and step. The barrier first: the other warpgroup's last wgmma's may still read
+        the stage there (the last chunk's, when the chunks are one more than a multiple of the stages)."""
+        T.tvm_storage_sync("shared")
+        if ty < threads // 32:
+            for ni in T.unroll(br // 8):
+                for h in T.unroll(2):
+                    sm2[((ty * 16 + tx // 4 + h * 8) * srow + ni * 8 + tx % 4 * 2) // 2] = (
+                        T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
+                        | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
+                            dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+        T.tvm_storage_sync("shared")
+        if ty < threads // 32:
+            for c in T.unroll(bt * br // 8 // threads):
+                if (t0 + (c * threads + tid) // (br // 8) < m
+                        and bx * br + (c * threads + tid) % (br // 8) * 8 < n):
+                    for v in T.vectorized(4):
+                        y2[((t0 + (c * threads + tid) // (br // 8)) * n + bx * br
+                            + (c * threads + tid) % (br // 8) * 8) // 2 + v] = sm2[
+                            ((c * threads + tid) // (br // 8) * srow + (c * threads + tid) % (br // 8) * 8) // 2 + v]
+
+    @T.macro
+    def store_tma(sm2, acc, t0, bx, ty, tx, tid, base):
+        """The accumulators as fp16 into br / 64 swizzled [tokens, 64] boxes at the ring's aligned start, then out
+        by TMA (rows past M and columns past N are clipped by the engine). The barrier first, as in store_staged."""
+        T.tvm_storage_sync("shared")
+        if ty < threads // 32:
+            for ni in T.unroll(br // 8):
+                for h in T.unroll(2):
+                    sm2[(base + ni // 8 * bt * 64 + offset(ty * 16 + tx // 4 + h * 8, ni % 8 * 8 + tx % 4 * 2, bt, True))
+                        // 2] = (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
+                                 | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
+                                     dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+            T.ptx.fence.proxy.async_.shared__cta()  # written by this thread, read by the copy engine
+        T.tvm_storage_sync("shared")
+        if tid == 0:
+            for j in T.unroll(br // 64):
+                T.ptx["cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group"](
+                    T.address_of(ymap), T.Cast("int32", bx * br + j * 64), T.Cast("int32", t0),
+                    sm2.ptr_to([(base + j * bt * 64) // 2]))
+            T.ptx["cp.async.bulk.commit_group"]()
+            T.ptx["cp.async.bulk.wait_group.read"](0)  # shared memory must outlive the reads
+
     @T.macro
     def run(x, indptr, indices, qw, sc, zr, y2, m):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
         wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
         xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws and not direct else 1,), dt, scope="global")
-        prepass(indptr, indices, qw, sc, zr, wd2)
+        if cfg.ablate != "dequant":
+            prepass(indptr, indices, qw, sc, zr, wd2)
         if ws and not direct:
             relayout_x(x, xt, m)
         if direct:  # x as (k, m) fp16, boxes of 64 columns x bt tokens, 128-byte swizzle, zeros past M
             T.Bind(T.tvm_stack_alloca("tensormap", 1), var=xmap)
             T.tensormap_encode_tiled(xmap, x.data, k, m, k * 2, ck, bt, 1, 1, descriptor_dtype=dt, rank=2,
+                                     swizzle=3)
+        if cfg.tma_store:  # y as (n, m) fp16, the same boxes
+            T.Bind(T.tvm_stack_alloca("tensormap", 1), var=ymap)
+            T.tensormap_encode_tiled(ymap, y2.data, n, m, n * 2, 64, bt, 1, 1, descriptor_dtype=dt, rank=2,
                                      swizzle=3)
         for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
             for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
@@ -310,6 +375,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
                             sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
+                            sm2 = T.decl_buffer((ring // 2,), "uint32", data=sm.data, scope="shared.dyn")
                             acc = T.alloc_buffer((br // 2,), "float32", scope="local")
                             da = T.alloc_buffer((1,), "uint64", scope="local")
                             db = T.alloc_buffer((1,), "uint64", scope="local")
@@ -379,7 +445,12 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
                                     T.ptx.wgmma.wait_group.sync.aligned(1)
                                 T.ptx.wgmma.wait_group.sync.aligned(0)
-                            store_tile(y2, acc, m, t0, bx, ty, tx)
+                            if cfg.ablate != "store" and cfg.tma_store:
+                                store_tma(sm2, acc, t0, bx, ty, tx, tid, base[0])
+                            elif cfg.ablate != "store" and cfg.staged_store:
+                                store_staged(y2, sm2, acc, m, t0, bx, ty, tx, tid)
+                            elif cfg.ablate != "store":
+                                store_tile(y2, acc, m, t0, bx, ty, tx)
 
     return run
 

@@ -185,7 +185,7 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
     # the producer warp's variant: bulk copies name only where they start, so the launch must still ask for
     # the whole ring of shared memory (its first build got 3 KB less and wrote past the end), and with the
     # 128-byte swizzle 1 KB more, to start the ring on a 1024-byte boundary
-    ws = replace(w.BEST, direct=False)
+    ws = replace(w.BEST, direct=False, tma_store=False)
     assert ws.swizzle and ws.producer and w.supports(s, ws)
     kernels, mod = _hgmma_kernels(w.bsr_prefill_wgmma(s, ws), "wgw", tmp_path)
     assert kernels == {"wgw_kernel_2"}  # dequantize, lay out the activations, then the GEMM
@@ -194,9 +194,9 @@ def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
 
 
 def test_wgmma_prefill_copies_activations_by_tma(tmp_path):
-    """BEST and SMALL take the activations straight from x with the tensor copy engine: two launches (no
-    relayout, no M x K scratch), the GEMM's SASS loads by TMA (UTMALDG), its host side encodes the tensor map
-    per call, and the ring is as large as without."""
+    """BEST and SMALL take the activations straight from x with the tensor copy engine and store the output
+    tile by it too: two launches (no relayout, no M x K scratch), the GEMM's SASS loads and stores by TMA
+    (UTMALDG, UTMASTG), its host side encodes both tensor maps per call, and the ring is as large as without."""
     from gqsa_compile.cuda_toolchain import functions_with, sass_by_arch
     from tvm_schedules import bsr_prefill_wgmma as w
 
@@ -205,9 +205,10 @@ def test_wgmma_prefill_copies_activations_by_tma(tmp_path):
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
     kernels, mod = _hgmma_kernels(w.bsr_prefill_wgmma(s, w.BEST), "wgt", tmp_path)
     assert kernels == {"wgt_kernel_1"}  # dequantize, then the GEMM
-    assert functions_with(sass_by_arch(tmp_path / "wgt.so")[90], "UTMALDG") == {"wgt_kernel_1"}
+    sass = sass_by_arch(tmp_path / "wgt.so")[90]
+    assert functions_with(sass, "UTMALDG") == functions_with(sass, "UTMASTG") == {"wgt_kernel_1"}
     host = mod.inspect_source("ll")
-    assert "cuTensorMapEncodeTiled" in host
+    assert host.count("cuTensorMapEncodeTiled") >= 2 and w.BEST.tma_store and w.SMALL.tma_store
     ring = w.BEST.stages * (w.tile_halves(256, swizzle=True) + w.tile_halves(128, swizzle=True)) * 2 + 1024
     assert f"i64 {ring}" in host
 
