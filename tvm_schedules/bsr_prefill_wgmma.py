@@ -21,7 +21,7 @@ with the tensor copy engine (TMA), through a tensor map the host side encodes pe
 64 columns x the token tile, 128-byte swizzled as they land). The last token tile is shifted back to end at token
 M, so no box reaches past x (rows past M, which the engine zero-fills, made those boxes slow: 12288 x 4096 at M =
 129 ran 0.90x). H100, tag "wgmma direct": 1.04-1.13x faster at M = 4096 (4096 x 14336: 773 -> 688 us),
-1.02-1.12x at 512, and no M x K scratch. Copying them with cp.async from the producer warp's 32 lanes instead
+1.00-1.12x at 512, and no M x K scratch. Copying them with cp.async from the producer warp's 32 lanes instead
 was 1.04-1.5x slower (kernels_wgmma_direct_cpasync*_h100.json).
 
 ``tma_store=True`` (BEST and SMALL) sends the results out the same way: after a barrier (the other warpgroup's
@@ -77,7 +77,7 @@ class WgmmaConfig:
     tma_store: bool = False  # (direct only) the staged tile leaves by TMA: swizzled 64-column boxes, one thread
     # issues the bulk tensor stores (a second tensor map, of y) and waits only until they have read shared memory
     ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
-    # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "ablation")
+    # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "wgmma ablation")
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
