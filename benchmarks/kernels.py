@@ -193,12 +193,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for staged, tma in ((False, False), (True, False), (False, True)):
                         add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, staged_store=staged, tma_store=tma),
                             tag="wgmma store")
-    for n, k in shapes:  # the tiled kernel's epilogue through shared memory beside its 4-byte fragment stores
-        for cfg, ms in ((bsr_prefill_tiled.LARGE, (32,)), (bsr_prefill_tiled.MID, (64, 256)),
-                        (bsr_prefill_tiled.DEFAULT, (512, 4096))):
-            for m in ms:
-                for staged in (False, True):
-                    add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(cfg, staged_store=staged), tag="tiled store")
     if wgmma:  # where BEST's time goes: without its epilogue, without the dequantizing launch (wrong, unchecked)
         for n, k in shapes:
             for m in (512, 4096):

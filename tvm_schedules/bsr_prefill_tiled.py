@@ -68,8 +68,6 @@ class TiledConfig:
     blocks_per_sm: int = 2  # asked of ptxas (__launch_bounds__): caps registers at 64K / (threads x this)
     wgmma: bool = False  # sm_90a: each warpgroup (4 warps along the tokens) runs m64n{rows}k16 from shared memory
     splits: int = 1  # thread blocks along K, each summing its share into an fp32 workspace (small grids)
-    staged_store: bool = False  # (unsplit, mma.sync) the epilogue through shared memory: fp16 results into a
-    # padded [tokens, rows] tile, then 16-byte pieces of output rows, instead of 4-byte pieces of 8 rows
     ablate: str = ""  # measurement only, wrong results: "weights" leaves out loading and dequantizing the
     # weights, "activations" their copies (benchmarks/kernels.py times these unchecked, tag "ablation")
 
@@ -77,7 +75,6 @@ class TiledConfig:
     def key(self) -> str:
         return (f"t{self.rows}x{self.tokens}w{self.row_warps}x{self.token_warps}c{self.chunk}b{self.blocks_per_sm}"
                 + ("g" if self.wgmma else "") + (f"s{self.splits}" if self.splits > 1 else "")
-                + ("e" if self.staged_store else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
     @property
@@ -322,30 +319,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
             mma_async(acc, da[0], db[0])
         T.ptx.wgmma.commit_group.sync.aligned()
 
-    staged = cfg.staged_store and not sk and not wg and n % 8 == 0
-    srow = br + 8  # fp16 per staged output row: 16 bytes of padding put a fragment's 8 rows in distinct banks
-    assert not staged or (bt * srow <= 2 * (wsize + xsize) and (bt * br // 8) % threads == 0)
-
-    @T.macro
-    def store_staged(sm2, y2, acc, m, by, bx, tid, tx, wri, wti):
-        """The warps' fp16 results into a [tokens, rows] tile in the stage buffers (idle after the main loop's
-        last barrier), then rows to the output, a 16-byte piece per thread and step."""
-        for mi in T.unroll(mt):
-            for ni in T.unroll(nt):
-                for h in T.unroll(2):
-                    sm2[((wti * wtok + mi * 16 + tx // 4 + h * 8) * srow + wri * wrow + ni * 8 + tx % 4 * 2) // 2] = (
-                        T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[(mi * nt + ni) * 4 + h * 2])))
-                        | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
-                            dt, acc[(mi * nt + ni) * 4 + h * 2 + 1]))), T.uint32(16)))
-        T.tvm_storage_sync("shared")
-        for c in T.unroll(bt * br // 8 // threads):
-            if (tile(by) * bt + (c * threads + tid) // (br // 8) < m
-                    and bx * br + (c * threads + tid) % (br // 8) * 8 < n):
-                for v in T.vectorized(4):
-                    y2[((tile(by) * bt + (c * threads + tid) // (br // 8)) * n + bx * br
-                        + (c * threads + tid) % (br // 8) * 8) // 2 + v] = sm2[
-                        ((c * threads + tid) // (br // 8) * srow + (c * threads + tid) % (br // 8) * 8) // 2 + v]
-
     @T.macro
     def launch(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz):
         for by in T.thread_binding((m + bt - 1) // bt * splits, thread="blockIdx.y"):
@@ -354,7 +327,6 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", blocks_per_sm):
                             sm = T.alloc_buffer((2 * (wsize + xsize),), dt, scope=scope)
-                            sm2 = T.decl_buffer((wsize + xsize,), "uint32", data=sm.data, scope=scope)
                             acc = T.alloc_buffer((mt * nt * 4,), "float32", scope="local")
                             af = T.alloc_buffer((mt * 8,), dt, scope="local")
                             bf = T.alloc_buffer((nt * 4,), dt, scope="local")
@@ -432,25 +404,22 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                     T.ptx.wgmma.wait_group.sync.aligned(0)
                                     T.ptx.fence.proxy.async_.shared__cta()
                                 T.tvm_storage_sync("shared")
-                            if staged:
-                                store_staged(sm2, y2, acc, m, by, bx, tid, tx, wri, wti)
-                            else:
-                                for mi in T.unroll(mt):
-                                    for ni in T.unroll(nt):
-                                        for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
-                                            if (tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8 < m
-                                                    and bx * br + wri * wrow + ni * 8 + tx % 4 * 2 < n):
-                                                if sk:  # fp32 partial sums of this split
-                                                    for e in T.unroll(2):
-                                                        ws[(by % splits * m + tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8)
-                                                           * n + bx * br + wri * wrow + ni * 8 + tx % 4 * 2 + e] = acc[
-                                                            (mi * nt + ni) * 4 + h * 2 + e]
-                                                else:
-                                                    y2[((tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8) * n
-                                                        + bx * br + wri * wrow + ni * 8 + tx % 4 * 2) // 2] = T.Cast(
-                                                        "uint32", T.reinterpret("uint16", T.Cast(dt, acc[(mi * nt + ni) * 4 + h * 2])))\
-                                                        | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
-                                                            dt, acc[(mi * nt + ni) * 4 + h * 2 + 1]))), T.uint32(16))
+                            for mi in T.unroll(mt):
+                                for ni in T.unroll(nt):
+                                    for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
+                                        if (tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8 < m
+                                                and bx * br + wri * wrow + ni * 8 + tx % 4 * 2 < n):
+                                            if sk:  # fp32 partial sums of this split
+                                                for e in T.unroll(2):
+                                                    ws[(by % splits * m + tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8)
+                                                       * n + bx * br + wri * wrow + ni * 8 + tx % 4 * 2 + e] = acc[
+                                                        (mi * nt + ni) * 4 + h * 2 + e]
+                                            else:
+                                                y2[((tile(by) * bt + wti * wtok + mi * 16 + tx // 4 + h * 8) * n
+                                                    + bx * br + wri * wrow + ni * 8 + tx % 4 * 2) // 2] = T.Cast(
+                                                    "uint32", T.reinterpret("uint16", T.Cast(dt, acc[(mi * nt + ni) * 4 + h * 2])))\
+                                                    | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
+                                                        dt, acc[(mi * nt + ni) * 4 + h * 2 + 1]))), T.uint32(16))
         if sk:  # a second launch sums the splits' partials into y, an output pair per thread
             for bi in T.thread_binding((m * n // 2 + 255) // 256, thread="blockIdx.x"):
                 for ti in T.thread_binding(256, thread="threadIdx.x"):
