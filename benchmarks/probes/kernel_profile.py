@@ -20,7 +20,9 @@ def family(kernel: str) -> str:
     return re.sub(r"(_kernel)?(\d+)?$", "", name)
 
 
-def profile_decode(model, prefill: int = 0) -> None:
+def profile(model, prefill: int = 0) -> None:
+    """A decode step's kernels by family, or with ``prefill`` those of one prefill of that many tokens (all logits
+    returned, as `prefill()` does by default)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -53,7 +55,7 @@ def main() -> None:
     from probe import compiled_models  # this folder is on sys.path when run as a script
 
     for model in compiled_models(sys.argv[1:]):
-        profile_decode(model, int(os.environ.get("PREFILL", "0")))
+        profile(model, int(os.environ.get("PREFILL", "0")))
 
 
 if __name__ == "__main__":
