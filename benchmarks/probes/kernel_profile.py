@@ -20,7 +20,7 @@ def family(kernel: str) -> str:
     return re.sub(r"(_kernel)?(\d+)?$", "", name)
 
 
-def profile(model, prefill: int = 0) -> None:
+def profile_kernels(model, prefill: int = 0) -> None:
     """A decode step's kernels by family, or with ``prefill`` those of one prefill of that many tokens (all logits
     returned, as `prefill()` does by default)."""
     import torch
@@ -55,7 +55,7 @@ def main() -> None:
     from probe import compiled_models  # this folder is on sys.path when run as a script
 
     for model in compiled_models(sys.argv[1:]):
-        profile(model, int(os.environ.get("PREFILL", "0")))
+        profile_kernels(model, int(os.environ.get("PREFILL", "0")))
 
 
 if __name__ == "__main__":
