@@ -298,6 +298,10 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             mma_async(acc, da[0], db[0])
         T.ptx.wgmma.commit_group.sync.aligned()
 
+    def half2(lo, hi):  # two fp32 results as one word of fp16 (lo in the low half): a 4-byte store
+        return (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, lo)))
+                | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, hi))), T.uint32(16)))
+
     @T.macro
     def store_tile(y2, acc, m, t0, bx, ty, tx):
         """The warpgroups' accumulators (tokens from t0) to the output (the producer's threads store nothing)."""
@@ -305,10 +309,8 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             for h in T.unroll(2):  # rows 2t, 2t + 1 of token g + 8h: one 4-byte store
                 if (t0 + ty * 16 + tx // 4 + h * 8 < m and ty < threads // 32
                         and bx * br + ni * 8 + tx % 4 * 2 < n):
-                    y2[((t0 + ty * 16 + tx // 4 + h * 8) * n + bx * br + ni * 8 + tx % 4 * 2) // 2] = (
-                        T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
-                        | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
-                            dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+                    y2[((t0 + ty * 16 + tx // 4 + h * 8) * n + bx * br + ni * 8 + tx % 4 * 2) // 2] = half2(
+                        acc[ni * 4 + h * 2], acc[ni * 4 + h * 2 + 1])
 
     srow = br + 8  # fp16 per staged output row: 16 bytes of padding put a fragment's 8 rows in distinct banks
     assert bt * srow <= ring and (bt * br // 8) % threads == 0
@@ -322,10 +324,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
         if ty < threads // 32:
             for ni in T.unroll(br // 8):
                 for h in T.unroll(2):
-                    sm2[((ty * 16 + tx // 4 + h * 8) * srow + ni * 8 + tx % 4 * 2) // 2] = (
-                        T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
-                        | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
-                            dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+                    sm2[((ty * 16 + tx // 4 + h * 8) * srow + ni * 8 + tx % 4 * 2) // 2] = half2(acc[ni * 4 + h * 2], acc[ni * 4 + h * 2 + 1])
         T.tvm_storage_sync("shared")
         if ty < threads // 32:
             for c in T.unroll(bt * br // 8 // threads):
@@ -345,9 +344,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             for ni in T.unroll(br // 8):
                 for h in T.unroll(2):
                     sm2[(base + ni // 8 * bt * 64 + offset(ty * 16 + tx // 4 + h * 8, ni % 8 * 8 + tx % 4 * 2, bt, True))
-                        // 2] = (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, acc[ni * 4 + h * 2])))
-                                 | T.shift_left(T.Cast("uint32", T.reinterpret("uint16", T.Cast(
-                                     dt, acc[ni * 4 + h * 2 + 1]))), T.uint32(16)))
+                        // 2] = half2(acc[ni * 4 + h * 2], acc[ni * 4 + h * 2 + 1])
             T.ptx.fence.proxy.async_.shared__cta()  # written by this thread, read by the copy engine
         T.tvm_storage_sync("shared")
         if tid == 0:
