@@ -78,6 +78,9 @@ class WgmmaConfig:
     # issues the bulk tensor stores (a second tensor map, of y) and waits only until they have read shared memory
     ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
     # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "wgmma ablation")
+    lines: int = 0  # the dequantizing launch writes a 16-byte piece per lane, whole 128-byte lines per store
+    # instruction (with the swizzle), loading this many trips ahead; 0: a 16-column group per lane in two stores;
+    # negative: the last rows first, so that the first row tiles the GEMM reads are the ones still in L2
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -91,7 +94,7 @@ class WgmmaConfig:
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
                 + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else "")
-                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "")
+                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "") + (f"l{self.lines}".replace("-", "r") if self.lines else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
 
@@ -157,14 +160,20 @@ def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
 
 
 @T.macro
+def _dequant_half(dd, o, word, z, scl):
+    """Half a group (8 codes, interleaved order, one word) as (code - zero) * scale in fp16 pairs, in dd[o..o+3]
+    (z, scl: the zero point and the scale's bits, as uint32)."""
+    for t in T.unroll(4):
+        T.ptx.sub.f16x2(dd[o + t], ((word >> T.uint32(t * 4)) & T.uint32(0x000F000F))
+                        | T.uint32(0x64006400), (T.uint32(0x6400) + z) * T.uint32(0x10001))
+        T.ptx.mul.rn.f16x2(dd[o + t], dd[o + t], scl * T.uint32(0x10001))
+
+
+@T.macro
 def _dequant(dd, cw, z, scl):
-    """A group's 16 codes (interleaved order, two words in cw) as (code - zero) * scale in fp16 pairs: columns
-    0-7 in dd[0..3], 8-15 in dd[4..7] (z, scl: the zero point and the scale's bits, as uint32)."""
+    """A group's 16 codes (two words in cw): columns 0-7 in dd[0..3], 8-15 in dd[4..7]."""
     for q in T.unroll(2):
-        for t in T.unroll(4):
-            T.ptx.sub.f16x2(dd[q * 4 + t], ((cw[q] >> T.uint32(t * 4)) & T.uint32(0x000F000F))
-                            | T.uint32(0x64006400), (T.uint32(0x6400) + z) * T.uint32(0x10001))
-            T.ptx.mul.rn.f16x2(dd[q * 4 + t], dd[q * 4 + t], scl * T.uint32(0x10001))
+        _dequant_half(dd, q * 4, cw[q], z, scl)
 
 
 def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
@@ -215,6 +224,66 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
     return dequant_pass
 
 
+def _dequant_lines(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, reverse: bool = False):
+    """The same scratch, written a 16-byte piece (8 columns) per lane: lanes 8c .. 8c + 7 write chunk c's piece
+    of the row, so with the swizzle each store instruction writes four whole 128-byte lines. A warp per row marks
+    its row's slots, then loads ``batch`` trips' codes, scales and zero points before
+    any of their arithmetic and stores."""
+    n, k, group, rb = s.n, s.k, s.group, s.rows
+    kg, nch, wpb = k // group, k // ck, 8
+    gpl = -(-kg // 32)
+    pieces = kg * 2  # 8-column pieces of a row
+    trips = -(-pieces // (32 * batch))
+    ppc = ck // 8
+    th = tile_halves(br, ck, sw)
+
+    @T.macro
+    def dequant_pass(indptr, indices, qw, sc, zr, wd2):
+        for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
+            for wy in T.thread_binding(wpb, thread="threadIdx.y"):
+                for lx in T.thread_binding(32, thread="threadIdx.x"):
+                    slot = T.alloc_buffer((wpb * kg,), "int32", scope="shared")  # group -> its block, or -1
+                    blk = T.alloc_buffer((batch,), "int32", scope="local")
+                    cw = T.alloc_buffer((batch,), "uint32", scope="local")
+                    zz = T.alloc_buffer((batch,), "uint32", scope="local")
+                    ss = T.alloc_buffer((batch,), "uint32", scope="local")
+                    dd = T.alloc_buffer((4,), "uint32", scope="local")
+                    r = ((n + wpb - 1) // wpb - 1 - bi if reverse else bi) * wpb + wy
+                    for g0 in range(gpl):
+                        if g0 * 32 + lx < kg:
+                            slot[wy * kg + g0 * 32 + lx] = -1
+                    T.tvm_storage_sync("shared")
+                    if r < n:
+                        for i in range((indptr[r // rb + 1] - indptr[r // rb] + 31) // 32):
+                            if indptr[r // rb] + i * 32 + lx < indptr[r // rb + 1]:
+                                slot[wy * kg + T.Cast("int32", indices[indptr[r // rb] + i * 32 + lx])] = (
+                                    indptr[r // rb] + i * 32 + lx)
+                    T.tvm_storage_sync("shared")
+                    if r < n:
+                        for t in T.serial(trips):
+                            for u in T.unroll(batch):  # piece (t * batch + u) * 32 + lx: group (...) // 2
+                                blk[u] = T.if_then_else((t * batch + u) * 32 + lx < pieces, slot[
+                                    wy * kg + T.min(((t * batch + u) * 32 + lx) // 2, kg - 1)], -1)
+                            for u in T.unroll(batch):
+                                if blk[u] >= 0:
+                                    cw[u] = qw[blk[u], r % rb, lx % 2]
+                                    zz[u] = T.Cast("uint32", zr[blk[u], r % rb])
+                                    ss[u] = T.Cast("uint32", T.reinterpret("uint16", sc[blk[u], r % rb]))
+                            for u in T.unroll(batch):
+                                if (t * batch + u) * 32 + lx < pieces:
+                                    if blk[u] >= 0:
+                                        _dequant_half(dd, 0, cw[u], zz[u], ss[u])
+                                    else:
+                                        for v in T.unroll(4):
+                                            dd[v] = T.uint32(0)
+                                    for v in T.vectorized(4):
+                                        wd2[((r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * th
+                                             + offset(r % br, ((t * batch + u) * 32 + lx) % ppc * 8, br, sw)) // 2
+                                            + v] = dd[v]
+
+    return dequant_pass
+
+
 def launch(s: BSRShape, cfg: WgmmaConfig):
     """All of the kernel's launches as a macro ``run(x, indptr, indices, qw, sc, zr, y2, m)`` (y2: the output as
     fp16 pairs), so that a prefill PrimFunc can pick it by M (bsr_prefill_tiled's plan)."""
@@ -240,7 +309,8 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     pieces = ck // 8  # 16-byte pieces of a token's chunk
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
-    prepass = _dequant_pass(s, br, ck, sw)
+    prepass = (_dequant_lines(s, br, ck, sw, abs(cfg.lines), cfg.lines < 0) if cfg.lines
+               else _dequant_pass(s, br, ck, sw))
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
