@@ -200,20 +200,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate,
                                                                      tma_store=False),
                         tag="wgmma ablation")
-    if wgmma:  # the dequantizing launch writing whole 128-byte lines per store, beside the group per lane, and
-        # without it (the GEMM alone, wrong results, unchecked): the difference is the launch's time
-        for n, k in shapes + [(3072, 576), (576, 1536)]:
-            for m in (512, 4096):
-                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
-                    for lines, ablate in ((0, ""), (4, ""), (8, ""), (0, "dequant")):  # (first run)
-                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, lines=lines, ablate=ablate),
-                            tag="wgmma dequant")
-    if wgmma:  # the same, last rows first (second run)
-        for n, k in shapes:
-            for m in (512, 4096):
-                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
-                    for lines in (0, 4, -4):
-                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, lines=lines), tag="wgmma dequant order")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):

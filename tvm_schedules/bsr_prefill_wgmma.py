@@ -78,9 +78,6 @@ class WgmmaConfig:
     # issues the bulk tensor stores (a second tensor map, of y) and waits only until they have read shared memory
     ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
     # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "wgmma ablation")
-    lines: int = 0  # the dequantizing launch writes a 16-byte piece per lane, whole 128-byte lines per store
-    # instruction (with the swizzle), loading this many trips ahead; 0: a 16-column group per lane in two stores;
-    # negative: the last rows first, so that the first row tiles the GEMM reads are the ones still in L2
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -94,7 +91,7 @@ class WgmmaConfig:
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
                 + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else "")
-                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "") + (f"l{self.lines}".replace("-", "r") if self.lines else "")
+                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
 
@@ -160,75 +157,22 @@ def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
 
 
 @T.macro
-def _dequant_half(dd, o, word, z, scl):
-    """Half a group (8 codes, interleaved order, one word) as (code - zero) * scale in fp16 pairs, in dd[o..o+3]
-    (z, scl: the zero point and the scale's bits, as uint32)."""
+def _dequant_piece(dd, word, z, scl):
+    """8 codes (half a group, interleaved order, one word) as (code - zero) * scale in 4 fp16 pairs, dd[0..3] (z,
+    scl: the zero point and the scale's bits, as uint32): one 16-byte piece of the dequantized row."""
     for t in T.unroll(4):
-        T.ptx.sub.f16x2(dd[o + t], ((word >> T.uint32(t * 4)) & T.uint32(0x000F000F))
+        T.ptx.sub.f16x2(dd[t], ((word >> T.uint32(t * 4)) & T.uint32(0x000F000F))
                         | T.uint32(0x64006400), (T.uint32(0x6400) + z) * T.uint32(0x10001))
-        T.ptx.mul.rn.f16x2(dd[o + t], dd[o + t], scl * T.uint32(0x10001))
+        T.ptx.mul.rn.f16x2(dd[t], dd[t], scl * T.uint32(0x10001))
 
 
-@T.macro
-def _dequant(dd, cw, z, scl):
-    """A group's 16 codes (two words in cw): columns 0-7 in dd[0..3], 8-15 in dd[4..7]."""
-    for q in T.unroll(2):
-        _dequant_half(dd, q * 4, cw[q], z, scl)
-
-
-def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool):
-    """A warp per weight row marks in shared memory which block of its block row holds each column group, then
-    lane l writes groups l, l + 32, ...: (code - zero) * scale as fp16, or zeros, two 16-byte stores each."""
-    n, k, group, words, rb = s.n, s.k, s.group, s.words, s.rows
-    kg, nch, wpb = k // group, k // ck, 8
-    gpl = -(-kg // 32)
-    th = tile_halves(br, ck, sw)
-
-    @T.macro
-    def dequant_pass(indptr, indices, qw, sc, zr, wd2):
-        for bi in T.thread_binding((n + wpb - 1) // wpb, thread="blockIdx.x"):
-            for wy in T.thread_binding(wpb, thread="threadIdx.y"):
-                for lx in T.thread_binding(32, thread="threadIdx.x"):
-                    slot = T.alloc_buffer((wpb * kg,), "int32", scope="shared")  # group -> its block, or -1
-                    cw = T.alloc_buffer((words,), "uint32", scope="local")
-                    dd = T.alloc_buffer((8,), "uint32", scope="local")
-                    blk = T.alloc_buffer((1,), "int32", scope="local")
-                    for g0 in range(gpl):
-                        if g0 * 32 + lx < kg:
-                            slot[wy * kg + g0 * 32 + lx] = -1
-                    T.tvm_storage_sync("shared")
-                    if bi * wpb + wy < n:
-                        for i in range((indptr[(bi * wpb + wy) // rb + 1] - indptr[(bi * wpb + wy) // rb] + 31) // 32):
-                            if indptr[(bi * wpb + wy) // rb] + i * 32 + lx < indptr[(bi * wpb + wy) // rb + 1]:
-                                slot[wy * kg + T.Cast("int32", indices[indptr[(bi * wpb + wy) // rb] + i * 32 + lx])] = (
-                                    indptr[(bi * wpb + wy) // rb] + i * 32 + lx)
-                    T.tvm_storage_sync("shared")
-                    if bi * wpb + wy < n:
-                        for g0 in range(gpl):
-                            if g0 * 32 + lx < kg:
-                                blk[0] = slot[wy * kg + g0 * 32 + lx]  # (a shared load cannot sit in a condition)
-                                if blk[0] >= 0:
-                                    for q in T.vectorized(words):
-                                        cw[q] = qw[blk[0], (bi * wpb + wy) % rb, q]
-                                    _dequant(dd, cw, T.Cast("uint32", zr[blk[0], (bi * wpb + wy) % rb]),
-                                             T.Cast("uint32", T.reinterpret("uint16", sc[blk[0], (bi * wpb + wy) % rb])))
-                                else:
-                                    for v in T.unroll(8):
-                                        dd[v] = T.uint32(0)
-                                for h in T.unroll(2):  # the group's two 8-column slabs
-                                    for v in T.vectorized(4):
-                                        wd2[(((bi * wpb + wy) // br * nch + (g0 * 32 + lx) // (ck // 16)) * th
-                                              + offset((bi * wpb + wy) % br, (g0 * 32 + lx) % (ck // 16) * 16 + h * 8,
-                                                       br, sw)) // 2 + v] = dd[h * 4 + v]
-
-    return dequant_pass
-
-
-def _dequant_lines(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, reverse: bool = False):
-    """The same scratch, written a 16-byte piece (8 columns) per lane: lanes 8c .. 8c + 7 write chunk c's piece
-    of the row, so with the swizzle each store instruction writes four whole 128-byte lines. A warp per row marks
-    its row's slots, then loads ``batch`` trips' codes, scales and zero points before
-    any of their arithmetic and stores."""
+def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4):
+    """The first launch: a warp per weight row marks in shared memory which block of its block row holds each
+    column group, then writes the row's fp16 tiles a 16-byte piece (8 columns, zeros for a pruned group) per
+    lane, lanes 8c .. 8c + 7 chunk c's pieces: with the swizzle each store instruction writes four whole 128-byte
+    lines. Each lane loads ``batch`` trips' codes, scales and zero points before any of their arithmetic. H100
+    (docs/perf.md): 1.06x faster at M = 512 and 1.015x at 4096 than a 16-column group per lane (two stores of
+    half lines each), the pass itself 12288 x 4096 about 65 -> 52 us at M = 512."""
     n, k, group, rb = s.n, s.k, s.group, s.rows
     kg, nch, wpb = k // group, k // ck, 8
     gpl = -(-kg // 32)
@@ -248,7 +192,7 @@ def _dequant_lines(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, reve
                     zz = T.alloc_buffer((batch,), "uint32", scope="local")
                     ss = T.alloc_buffer((batch,), "uint32", scope="local")
                     dd = T.alloc_buffer((4,), "uint32", scope="local")
-                    r = ((n + wpb - 1) // wpb - 1 - bi if reverse else bi) * wpb + wy
+                    r = bi * wpb + wy
                     for g0 in range(gpl):
                         if g0 * 32 + lx < kg:
                             slot[wy * kg + g0 * 32 + lx] = -1
@@ -272,7 +216,7 @@ def _dequant_lines(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, reve
                             for u in T.unroll(batch):
                                 if (t * batch + u) * 32 + lx < pieces:
                                     if blk[u] >= 0:
-                                        _dequant_half(dd, 0, cw[u], zz[u], ss[u])
+                                        _dequant_piece(dd, cw[u], zz[u], ss[u])
                                     else:
                                         for v in T.unroll(4):
                                             dd[v] = T.uint32(0)
@@ -309,8 +253,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     pieces = ck // 8  # 16-byte pieces of a token's chunk
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
-    prepass = (_dequant_lines(s, br, ck, sw, abs(cfg.lines), cfg.lines < 0) if cfg.lines
-               else _dequant_pass(s, br, ck, sw))
+    prepass = _dequant_pass(s, br, ck, sw)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
