@@ -200,6 +200,18 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate,
                                                                      tma_store=False),
                         tag="wgmma ablation")
+    if wgmma:  # the weights packed still quantized, expanded in the GEMM by a dequantizing warpgroup, beside BEST
+        for n, k in shapes + [(3072, 576), (576, 1536)]:
+            for m in (129, 512, 1024, 4096):
+                add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma packed")
+                for stages, raw in ((4, 2), (3, 6), (3, 5)):
+                    add("bsr_prefill_wgmma", n, k, m, 1, tag="wgmma packed",
+                        cfg=replace(bsr_prefill_wgmma.BEST, packed=True, stages=stages, raw_stages=raw))
+                if m <= 512:
+                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.SMALL, tag="wgmma packed")
+                    for stages, raw in ((4, 4), (4, 10)):
+                        add("bsr_prefill_wgmma", n, k, m, 1, tag="wgmma packed",
+                            cfg=replace(bsr_prefill_wgmma.SMALL, packed=True, stages=stages, raw_stages=raw))
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):
@@ -473,7 +485,7 @@ def _load(path: Path):
     return mod
 
 
-def run(bundle: str, out_json: str | None, only: str | None) -> int:
+def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | None = None) -> int:
     import numpy as np
     import torch
 
@@ -503,7 +515,7 @@ def run(bundle: str, out_json: str | None, only: str | None) -> int:
     results, failures = [], []
     layout = _load(here / "kernels" / "layout.py")
     warp_plan = _load(here / "kernels" / "warp_plan.py")
-    cases = [c for c in p["cases"] if not only or selected(c, only)]
+    cases = [c for c in p["cases"] if (not only or selected(c, only)) and (not ms or c["m"] in ms)]
     doc = {"device": gpu, "copy_gbs": copy_gbs, "floor_us": floor_us, "archs": p["archs"], "results": results,
            "failures": failures}
     for i, c in enumerate(cases):
@@ -846,6 +858,8 @@ def main(argv=None) -> int:
     r.add_argument("bundle")
     r.add_argument("--json", default=None)
     r.add_argument("--only", default=None, help="run only these cases (as build --only)")
+    r.add_argument("--m", type=int, action="append", default=None,
+                   help="run only cases of this token count (repeatable): one call to profile, e.g. under ncu")
     t = sub.add_parser("report", help="print the tables of a JSON result (and write them into a doc)")
     t.add_argument("json", nargs="+", help="result files; a run split over calls is merged in order")
     t.add_argument("--doc", default=None, help="markdown file with <!-- kernels --> markers to fill")
@@ -859,7 +873,7 @@ def main(argv=None) -> int:
             if not (Path(a.bundle) / "kernels" / "plan.json").is_file():
                 raise FileNotFoundError(f"{a.bundle}: not a kernel bundle (no kernels/plan.json)")
             os.environ.setdefault("TQDM_DISABLE", "1")
-            return run(a.bundle, a.json, a.only)
+            return run(a.bundle, a.json, a.only, a.m)
         docs = [json.loads(Path(f).read_text()) for f in a.json]
         doc = dict(docs[-1], results=merge([d["results"] for d in docs]))
         print(summary(doc))
