@@ -200,18 +200,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate,
                                                                      tma_store=False),
                         tag="wgmma ablation")
-    if wgmma:  # the weights packed still quantized, expanded in the GEMM by a dequantizing warpgroup, beside BEST
-        for n, k in shapes + [(3072, 576), (576, 1536)]:
-            for m in (129, 512, 1024, 4096):
-                add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma packed")
-                for stages, raw in ((4, 2), (3, 4)):
-                    add("bsr_prefill_wgmma", n, k, m, 1, tag="wgmma packed",
-                        cfg=replace(bsr_prefill_wgmma.BEST, packed=True, stages=stages, raw_stages=raw))
-                if m <= 512:
-                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.SMALL, tag="wgmma packed")
-                    for stages, raw in ((4, 4),):
-                        add("bsr_prefill_wgmma", n, k, m, 1, tag="wgmma packed",
-                            cfg=replace(bsr_prefill_wgmma.SMALL, packed=True, stages=stages, raw_stages=raw))
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):

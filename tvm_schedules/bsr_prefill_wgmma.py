@@ -78,11 +78,6 @@ class WgmmaConfig:
     # issues the bulk tensor stores (a second tensor map, of y) and waits only until they have read shared memory
     ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
     # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "wgmma ablation")
-    packed: bool = False  # (tma_store only) the first launch packs the weights still quantized (0.75 bytes per
-    # weight, not 2), the producer copies them into a ring of their own, and a dequantizing warpgroup expands
-    # each chunk into the wgmma ring (and starts its activations' copy): no fp16 scratch written and read back
-    raw_stages: int = 4  # (packed) chunks in the packed weights' ring
-    dequant_warpgroups: int = 1  # (packed) 2: 512 threads, registers moved to the consumers by setmaxnreg
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -97,7 +92,6 @@ class WgmmaConfig:
                 + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else "")
                 + ("e" if self.staged_store else "") + ("m" if self.tma_store else "")
-                + (f"q{self.raw_stages}" if self.packed else "") + ("x2" if self.dequant_warpgroups > 1 else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
 
@@ -116,8 +110,6 @@ SWEEP_SWIZZLED = [WgmmaConfig(256, 2, 4, **_SW), WgmmaConfig(256, 2, 3, **_SW), 
                   WgmmaConfig(128, 2, 3, **_SW),
                   WgmmaConfig(128, 2, 3, **_SW, blocks_per_sm=2), WgmmaConfig(128, 1, 4, **_SW),
                   WgmmaConfig(128, 1, 3, **_SW, blocks_per_sm=2)]
-DEQUANT_REGS, CONSUMER_REGS = 56, 200  # (packed, 2 dequantizing warpgroups) 4 x 128 threads share 64 K registers
-MAX_SMEM = 227 * 1024  # dynamic shared memory a thread block may have on sm_90
 SMS = 132  # SMs of an H100 / H200 SXM, the sm_90a parts this kernel is tuned on
 TILE_GAIN = 1.2  # BEST's speed per unit of work over SMALL's at M = 4096 (H100: 1.20-1.27x, docs/perf.md)
 
@@ -157,43 +149,30 @@ def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
             and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
             and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle)
-            and (not cfg.tma_store or (cfg.direct and cfg.rows % 64 == 0)) and (not cfg.packed or cfg.tma_store)
-            and ring_bytes(cfg) <= MAX_SMEM)
-
-
-def ring_bytes(cfg: WgmmaConfig) -> int:
-    """Dynamic shared memory of the GEMM: the ring (swizzled: 1 KB of room to align it), the packed weights' ring."""
-    halves = cfg.stages * (tile_halves(cfg.rows, cfg.chunk, cfg.swizzle) + tile_halves(cfg.tokens, cfg.chunk, cfg.swizzle))
-    return 2 * (halves + (ATOM if cfg.swizzle else 0) + (cfg.raw_stages * packed_words(cfg.rows, cfg.chunk) * 2 if cfg.packed else 0))
+            and (not cfg.tma_store or (cfg.direct and cfg.rows % 64 == 0)))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
-    tile = packed_words(cfg.rows, cfg.chunk) * 2 if cfg.packed else tile_halves(cfg.rows, cfg.chunk, cfg.swizzle)
-    return -(-s.n // cfg.rows) * (s.k // cfg.chunk) * tile
+    return -(-s.n // cfg.rows) * (s.k // cfg.chunk) * tile_halves(cfg.rows, cfg.chunk, cfg.swizzle)
 
 
 @T.macro
-def _dequant_piece(dd, word, zero, scale):
-    """8 codes (half a group, interleaved order, one word) as (code - zero) * scale in 4 fp16 pairs, dd[0..3]
-    (zero: 1024 + the zero point as an fp16 bit pattern, scale: the scale's bits, both as uint32): one 16-byte
-    piece of the dequantized row. A code or'ed into 0x6400 is the fp16 1024 + code, so the subtraction is exact."""
+def _dequant_piece(dd, word, z, scl):
+    """8 codes (half a group, interleaved order, one word) as (code - zero) * scale in 4 fp16 pairs, dd[0..3] (z,
+    scl: the zero point and the scale's bits, as uint32): one 16-byte piece of the dequantized row."""
     for t in T.unroll(4):
         T.ptx.sub.f16x2(dd[t], ((word >> T.uint32(t * 4)) & T.uint32(0x000F000F))
-                        | T.uint32(0x64006400), zero * T.uint32(0x10001))
-        T.ptx.mul.rn.f16x2(dd[t], dd[t], scale * T.uint32(0x10001))
+                        | T.uint32(0x64006400), (T.uint32(0x6400) + z) * T.uint32(0x10001))
+        T.ptx.mul.rn.f16x2(dd[t], dd[t], scl * T.uint32(0x10001))
 
 
-def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, packed: bool = False):
+def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4):
     """The first launch: a warp per weight row marks in shared memory which block of its block row holds each
     column group, then writes the row's fp16 tiles a 16-byte piece (8 columns, zeros for a pruned group) per
     lane, lanes 8c .. 8c + 7 chunk c's pieces: with the swizzle each store instruction writes four whole 128-byte
     lines. Each lane loads ``batch`` trips' codes, scales and zero points before any of their arithmetic. H100
     (docs/perf.md): 1.06x faster at M = 512 and 1.015x at 4096 than a 16-column group per lane (two stores of
-    half lines each), the pass itself 12288 x 4096 about 65 -> 52 us at M = 512.
-
-    ``packed``: the weights stay quantized, in the GEMM's tiles (``packed_words``): each piece's code word, and
-    per group 1024 + zero point and the scale as fp16 pairs, zeros for pruned groups; 1 byte per weight instead
-    of 2. The GEMM's dequantizing warpgroup expands them in shared memory."""
+    half lines each), the pass itself 12288 x 4096 about 65 -> 52 us at M = 512."""
     n, k, group, rb = s.n, s.k, s.group, s.rows
     kg, nch, wpb = k // group, k // ck, 8
     gpl = -(-kg // 32)
@@ -201,8 +180,6 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, packe
     trips = -(-pieces // (32 * batch))
     ppc = ck // 8
     th = tile_halves(br, ck, sw)
-
-    pw = packed_words(br, ck)
 
     @T.macro
     def dequant_pass(indptr, indices, qw, sc, zr, wd2):
@@ -236,20 +213,10 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, packe
                                     cw[u] = qw[blk[u], r % rb, lx % 2]
                                     zz[u] = T.Cast("uint32", zr[blk[u], r % rb])
                                     ss[u] = T.Cast("uint32", T.reinterpret("uint16", sc[blk[u], r % rb]))
-                            for u in T.unroll(batch if packed else 0):  # (a Python bool cannot guard a loop)
-                                if (t * batch + u) * 32 + lx < pieces:
-                                    wd2[(r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * pw
-                                        + r % br * ppc + ((t * batch + u) * 32 + lx) % ppc] = T.if_then_else(
-                                        blk[u] >= 0, cw[u], T.uint32(0))
-                                    # the piece's half of its group's pair of words: lane 2i the zero, 2i + 1 the scale
-                                    wd2[(r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * pw + br * ppc
-                                        + r % br * ppc + ((t * batch + u) * 32 + lx) % ppc] = T.if_then_else(
-                                        blk[u] >= 0, T.if_then_else(lx % 2 == 0, T.uint32(0x6400) + zz[u], ss[u])
-                                        * T.uint32(0x10001), T.uint32(0))
-                            for u in T.unroll(0 if packed else batch):
+                            for u in T.unroll(batch):
                                 if (t * batch + u) * 32 + lx < pieces:
                                     if blk[u] >= 0:
-                                        _dequant_piece(dd, cw[u], T.uint32(0x6400) + zz[u], ss[u])
+                                        _dequant_piece(dd, cw[u], zz[u], ss[u])
                                     else:
                                         for v in T.unroll(4):
                                             dd[v] = T.uint32(0)
@@ -259,12 +226,6 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, packe
                                             + v] = dd[v]
 
     return dequant_pass
-
-
-def packed_words(br: int, ck: int = CHUNK) -> int:
-    """uint32 words of a packed weight tile (rows x chunk): a code word per 8-column piece, row-major, then per
-    16-column group two: 1024 + the zero point and the scale, each as an fp16 pair (ready for f16x2 arithmetic)."""
-    return br * ck // 8 + br * ck // 8
 
 
 def launch(s: BSRShape, cfg: WgmmaConfig):
@@ -286,21 +247,13 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     # a stage's two bulk copies: each tile but its last slab's 16 bytes of padding, which nothing writes (TVM
     # sizes the activation tiles' buffer by what is written: the full tile read past its end)
     wcopy, xcopy = (2 * wsize, 2 * xsize) if sw else (2 * (wsize - 8), 2 * (xsize - 8))  # (direct: the full box)
-    pk = cfg.packed
-    pw = packed_words(br, ck)
-    dq = threads // 32 + ws  # (packed) the dequantizing warpgroup's first warp, after the producer's
-    ring = ring_bytes(cfg) // 2  # swizzled: room to start the ring on a 1024-byte boundary; packed: its ring after
+    ring = stages * stage + (ATOM if sw else 0)  # swizzled: room to start the ring on a 1024-byte boundary
     wcopies = br * ck // 8 // threads  # 16-byte cp.async per thread per chunk
     xcopies = bt * ck // 8 // threads
     pieces = ck // 8  # 16-byte pieces of a token's chunk
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
-    prepass = _dequant_pass(s, br, ck, sw, packed=pk)
-
-    raw = cfg.raw_stages if pk else 0
-    dqt = 128 * cfg.dequant_warpgroups * pk  # (packed) dequantizing threads
-    rps = dqt // 8  # (packed) rows a step of theirs expands
-    steps = br // rps if pk else 0
+    prepass = _dequant_pass(s, br, ck, sw)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
@@ -357,59 +310,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                     [buf * stage + offset(0, ks * 16, br)]), slab(br) // 8, 8, 0)
             mma_async(acc, da[0], db[0])
         T.ptx.wgmma.commit_group.sync.aligned()
-
-    @T.macro
-    def copy_x(sm, bars, base, ch, t0):
-        """The token tile's chunk ch straight from x into the stage, swizzled as it lands, by one thread."""
-        T.ptx["cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"](
-            sm.ptr_to([base + ch % stages * stage + wsize]), T.address_of(xmap),
-            T.Cast("int32", ch * ck), T.Cast("int32", t0), bars.ptr_to([ch % stages]))
-
-    @T.macro
-    def copy_packed(sm, wd, bars, base, bx, ch):
-        """(packed) Chunk ch of the row tile's packed weights into its stage of their ring, by one thread."""
-        T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(bars.ptr_to([2 * stages + ch % raw]), T.uint32(pw * 4))
-        T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-            sm.ptr_to([base + stages * stage + ch % raw * pw * 2]), wd.ptr_to([(bx * nch + ch) * pw * 2]),
-            T.uint32(pw * 4), bars.ptr_to([2 * stages + ch % raw]))
-
-    @T.macro
-    def consume(sm, acc, da, db, bars, ty, base, ready):
-        """A consumer warpgroup: wgmma's over each chunk once it is in, releasing the one before."""
-        for ch in T.serial(nch):
-            wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
-            multiply(sm, acc, da, db, ty // 4, ch % stages, base)
-            T.ptx.wgmma.wait_group.sync.aligned(1)
-            if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
-                T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
-        T.ptx.wgmma.wait_group.sync.aligned(0)
-
-    @T.macro
-    def expand(sm, sm2, dd, base, ch, d):
-        """Dequantizing thread d's pieces of a chunk: in step st, row st * rps + d // 8 (four rows per warp), the piece
-        at slot d % 8 of its swizzled 128-byte line; a warp's loads and stores each cover four whole rows, no bank
-        twice. Every step's three words are loaded first (inline PTX, which the compiler keeps in order: loaded step
-        by step, the warpgroup waited on each load; as ordinary loads of the ring TVM would want a barrier inside the
-        warpgroup's branch). Codes in bits 4-7 of a byte or'ed into 0x6400 are the fp16 1024 + 16 code, and
-        (that / 16) - (64 + zero) is exact: no shift for them, one per word for the upper byte."""
-        for st in T.unroll(steps):
-            T.ptx.ld.shared.u32(dd[4 + st * 3], sm.ptr_to([base + stages * stage + (
-                ch % raw * pw + (st * rps + d // 8) * pieces + (d % 8 ^ (st * rps + d // 8) % 8)) * 2]))
-            T.ptx.ld.shared.v2.u32(dd[5 + st * 3], dd[6 + st * 3], sm.ptr_to([base + stages * stage + (
-                ch % raw * pw + br * pieces + (st * rps + d // 8) * pieces + (d % 8 ^ (st * rps + d // 8) % 8) // 2 * 2) * 2]))
-        for st in T.unroll(steps):
-            T.ptx.sub.f16x2(dd[4 + steps * 3], T.uint32(0x63806380), dd[5 + st * 3])  # 960 - (1024 + zero)
-            for h in T.unroll(2):  # codes of byte 0 and 2 (h = 0), then bytes 1 and 3; (a & b) | c in one LOP3
-                T.ptx.lop3.b32(dd[2 * h], dd[4 + st * 3] >> T.uint32(8 * h), T.uint32(0x000F000F),
-                               T.uint32(0x64006400), 0xEA)
-                T.ptx.lop3.b32(dd[2 * h + 1], dd[4 + st * 3] >> T.uint32(8 * h), T.uint32(0x00F000F0),
-                               T.uint32(0x64006400), 0xEA)
-                T.ptx.sub.f16x2(dd[2 * h], dd[2 * h], dd[5 + st * 3])
-                T.ptx.fma.rn.f16x2(dd[2 * h + 1], dd[2 * h + 1], T.uint32(0x2C002C00), dd[4 + steps * 3])
-            for v in T.unroll(4):
-                T.ptx.mul.rn.f16x2(dd[v], dd[v], dd[6 + st * 3])
-            for v in T.vectorized(4):
-                sm2[(base + ch % stages * stage + (st * rps + d // 8) * ck + d % 8 * 8) // 2 + v] = dd[v]
 
     def half2(lo, hi):  # two fp32 results as one word of fp16 (lo in the low half): a 4-byte store
         return (T.Cast("uint32", T.reinterpret("uint16", T.Cast(dt, lo)))
@@ -469,28 +369,9 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
             T.ptx["cp.async.bulk.wait_group.read"](0)  # shared memory must outlive the reads
 
     @T.macro
-    def store_tma_consumers(sm2, acc, t0, bx, ty, tx, tid, base):
-        """store_tma by the consumer warpgroups alone, synchronized by a named barrier of theirs (512 threads: the
-        accumulators live only in registers the consumers got by setmaxnreg, so the store must run in their branch)."""
-        T.ptx.bar.sync(1, threads)
-        for ni in T.unroll(br // 8):
-            for h in T.unroll(2):
-                sm2[(base + ni // 8 * bt * 64 + offset(ty * 16 + tx // 4 + h * 8, ni % 8 * 8 + tx % 4 * 2, bt, True))
-                    // 2] = half2(acc[ni * 4 + h * 2], acc[ni * 4 + h * 2 + 1])
-        T.ptx.fence.proxy.async_.shared__cta()  # written by this thread, read by the copy engine
-        T.ptx.bar.sync(1, threads)
-        if tid == 0:
-            for j in T.unroll(br // 64):
-                T.ptx["cp.async.bulk.tensor.2d.global.shared::cta.tile.bulk_group"](
-                    T.address_of(ymap), T.Cast("int32", bx * br + j * 64), T.Cast("int32", t0),
-                    sm2.ptr_to([(base + j * bt * 64) // 2]))
-            T.ptx["cp.async.bulk.commit_group"]()
-            T.ptx["cp.async.bulk.wait_group.read"](0)  # shared memory must outlive the reads
-
-    @T.macro
     def run(x, indptr, indices, qw, sc, zr, y2, m):
         wd = T.alloc_buffer((scratch_halves(s, cfg),), dt, scope="global")
-        wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)  # (packed: its first 3 / 8)
+        wd2 = T.decl_buffer((scratch_halves(s, cfg) // 2,), "uint32", data=wd.data)
         xt = T.alloc_buffer(((m + bt - 1) // bt * nch * xsize if ws and not direct else 1,), dt, scope="global")
         if cfg.ablate != "dequant":
             prepass(indptr, indices, qw, sc, zr, wd2)
@@ -506,7 +387,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                      swizzle=3)
         for bx in T.thread_binding(row_tiles, thread=f"blockIdx.{'y' if cfg.tokens_first else 'x'}"):
             for by in T.thread_binding((m + bt - 1) // bt, thread=f"blockIdx.{'x' if cfg.tokens_first else 'y'}"):
-                for ty in T.thread_binding(threads // 32 + (dqt // 32 if pk else ws), thread="threadIdx.y"):
+                for ty in T.thread_binding(threads // 32 + ws, thread="threadIdx.y"):
                     for tx in T.thread_binding(32, thread="threadIdx.x"):
                         with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.blocks_per_sm):
                             sm = T.alloc_buffer((ring,), dt, scope="shared.dyn")
@@ -519,9 +400,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                             # M (rows it shares with the tile before are computed and stored twice, the same
                             # values), so its box holds no rows past M, which the copy engine fills slowly
                             t0 = T.max(T.min(by * bt, m - bt), 0) if direct else by * bt
-                            bars = T.alloc_buffer((2 * stages + 2 * raw if ws else 1,), "uint64", scope="shared")  # full, empty
-                            # (packed) a piece, every step's three words, -(64 + zero) as an fp16 pair
-                            dd = T.alloc_buffer((5 + steps * 3 if pk else 1,), "uint32", scope="local")
+                            bars = T.alloc_buffer((2 * stages if ws else 1,), "uint64", scope="shared")  # full, empty
                             ready = T.alloc_buffer((1,), "uint32", scope="local")
                             # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
                             # is placed after the static, with no such alignment promised)
@@ -538,36 +417,12 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     # copies name only where they start: name the last (a padding slot no copy or
                                     # wgmma reaches), or the ring is cut short and the copies write past its end
                                     sm[ring - 1] = T.Cast(dt, 0)
-                                    for i in range(stages):  # (packed: "full" also counts the dequantizing threads)
-                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1 + dqt))
+                                    for i in range(stages):
+                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([i]), T.uint32(1))
                                         T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([stages + i]), T.uint32(threads))
-                                    for j in range(raw):  # (packed) its ring's "full" and "empty" (the warpgroup's)
-                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([2 * stages + j]), T.uint32(1))
-                                        T.ptx.mbarrier.init.shared__cta.b64(bars.ptr_to([2 * stages + raw + j]), T.uint32(dqt))
                                     T.ptx.fence.mbarrier_init.release.cluster()
                                 T.tvm_storage_sync("shared")
-                                if pk and ty >= threads // 32:  # the dequantizing warpgroup, its first thread the producer
-                                    if cfg.dequant_warpgroups > 1:  # 512 threads: registers moved to the consumers
-                                        T.ptx["setmaxnreg.dec.sync.aligned.u32"](DEQUANT_REGS)
-                                    if tid == threads:
-                                        for ch in range(min(raw, nch)):
-                                            copy_packed(sm, wd, bars, base[0], bx, ch)
-                                    for ch in T.serial(nch):
-                                        if ch >= stages:  # the consumers released chunk ch - stages
-                                            wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)
-                                        if tid == threads:
-                                            T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(
-                                                bars.ptr_to([ch % stages]), T.uint32(xcopy))
-                                            copy_x(sm, bars, base[0], ch, t0)
-                                        wait_bar(bars, 2 * stages + ch % raw, ch // raw % 2, ready)  # packed chunk in
-                                        expand(sm, sm2, dd, base[0], ch, tid - threads)
-                                        T.ptx.fence.proxy.async_.shared__cta()  # written here, read by wgmma
-                                        T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([ch % stages]))
-                                        T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([2 * stages + raw + ch % raw]))
-                                        if tid == threads and ch + raw < nch:  # every thread has read the stage
-                                            wait_bar(bars, 2 * stages + raw + ch % raw, ch // raw % 2, ready)
-                                            copy_packed(sm, wd, bars, base[0], bx, ch + raw)
-                                elif ty == threads // 32:  # the producer warp: one lane fills the ring
+                                if ty == threads // 32:  # the producer warp: one lane fills the ring
                                     if tx == 0:
                                         for ch in T.serial(nch):
                                             if ch >= stages:  # the warpgroups released chunk ch - stages
@@ -577,18 +432,22 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                             T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
                                                 sm.ptr_to([base[0] + ch % stages * stage]), wd.ptr_to([(bx * nch + ch) * wsize]),
                                                 T.uint32(wcopy), bars.ptr_to([ch % stages]))
-                                            if direct:
-                                                copy_x(sm, bars, base[0], ch, t0)
+                                            if direct:  # the token tile's chunk from x, swizzled as it lands (zeros past M)
+                                                T.ptx["cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"](
+                                                    sm.ptr_to([base[0] + ch % stages * stage + wsize]), T.address_of(xmap),
+                                                    T.Cast("int32", ch * ck), T.Cast("int32", t0), bars.ptr_to([ch % stages]))
                                             else:
                                                 T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
                                                     sm.ptr_to([base[0] + ch % stages * stage + wsize]),
                                                     xt.ptr_to([(by * nch + ch) * xsize]), T.uint32(xcopy), bars.ptr_to([ch % stages]))
-                                elif pk and cfg.dequant_warpgroups > 1:
-                                    T.ptx["setmaxnreg.inc.sync.aligned.u32"](CONSUMER_REGS)
-                                    consume(sm, acc, da, db, bars, ty, base[0], ready)
-                                    store_tma_consumers(sm2, acc, t0, bx, ty, tx, tid, base[0])
                                 else:
-                                    consume(sm, acc, da, db, bars, ty, base[0], ready)
+                                    for ch in T.serial(nch):
+                                        wait_bar(bars, ch % stages, ch // stages % 2, ready)  # chunk ch has landed
+                                        multiply(sm, acc, da, db, ty // 4, ch % stages, base[0])
+                                        T.ptx.wgmma.wait_group.sync.aligned(1)
+                                        if ch >= 1:  # chunk ch - 1's wgmma's are done: its stage may be refilled
+                                            T.ptx.mbarrier.arrive.shared__cta.b64(bars.ptr_to([stages + (ch - 1) % stages]))
+                                    T.ptx.wgmma.wait_group.sync.aligned(0)
                             else:
                                 for p in range(ahead):
                                     load(x, wd, sm, m, by, bx, tid, p, p)
@@ -602,7 +461,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                     multiply(sm, acc, da, db, ty // 4, ch % stages, 0)
                                     T.ptx.wgmma.wait_group.sync.aligned(1)
                                 T.ptx.wgmma.wait_group.sync.aligned(0)
-                            if cfg.ablate != "store" and cfg.tma_store and not (pk and cfg.dequant_warpgroups > 1):
+                            if cfg.ablate != "store" and cfg.tma_store:
                                 store_tma(sm2, acc, t0, bx, ty, tx, tid, base[0])
                             elif cfg.ablate != "store" and cfg.staged_store:
                                 store_staged(y2, sm2, acc, m, t0, bx, ty, tx, tid)
