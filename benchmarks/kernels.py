@@ -200,6 +200,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate,
                                                                      tma_store=False),
                         tag="wgmma ablation")
+    if wgmma:  # the GEMM as a programmatic dependent launch of the dequantizing launch, beside BEST and SMALL
+        for n, k in shapes + [(3072, 576), (576, 1536)]:
+            for m in (129, 512, 1024, 4096):
+                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
+                    for pdl in (False, True):
+                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, pdl=pdl), tag="wgmma pdl")
     for base in [bsr_prefill_tiled.DEFAULT] + bsr_prefill_tiled.SWEEP_WGMMA[:1] * wgmma:
         for n, k in shapes[:2]:  # where the tiled GEMM's time goes: leave out one stage (wrong results, unchecked)
             for m in (512, 4096):

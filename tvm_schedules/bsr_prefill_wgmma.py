@@ -30,6 +30,11 @@ at the ring's start and one thread stores them with bulk tensor copies through a
 stores from the fragments it replaces took 4-24% of the time at M = 4096 (an ablation); as compiled, R = 1 at
 M = 4096 now runs 1.04-1.14x cuBLAS's time on an H100 (tag "wgmma store", "plan sm90a").
 
+``pdl=True`` (BEST and SMALL) makes the GEMM a programmatic dependent launch of the dequantizing launch, whose
+thread blocks let it launch as soon as all of them have started: the GEMM's blocks set up beside the last ones and
+only the producer waits (``griddepcontrol.wait``) before its first copy. H100, tag "wgmma pdl": 1.06-1.15x faster
+on SmolLM2's matrices, 1.00-1.03x (geometric means by M) on LLaMA's.
+
 ``swizzle=True`` lays both tiles out in wgmma's 128-byte swizzled K-major layout: a row's 64 columns of a chunk
 are one 128-byte line, so the dequantizing launch writes whole lines (with core matrices, a row's 16-byte
 pieces were 4 KB apart and L2 re-read partly written sectors from DRAM).
@@ -78,6 +83,9 @@ class WgmmaConfig:
     # issues the bulk tensor stores (a second tensor map, of y) and waits only until they have read shared memory
     ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
     # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "wgmma ablation")
+    pdl: bool = False  # (producer only) the GEMM is a programmatic dependent launch of the dequantizing launch, which
+    # lets it launch once all of its thread blocks have started: the GEMM's blocks start (barriers, tensor maps) beside
+    # the last ones and wait (griddepcontrol.wait) only before the producer's first copy
     blocks_per_sm: int = 1  # thread blocks an SM holds at once (registers and shared memory allowing): another's
     # main loop runs while one stores its tile
 
@@ -91,7 +99,7 @@ class WgmmaConfig:
                 + ("t" if self.tokens_first else "") + ("w" if self.producer else "") + ("s" if self.swizzle else "")
                 + ("d" if self.direct else "")
                 + (f"b{self.blocks_per_sm}" if self.blocks_per_sm > 1 else "")
-                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "")
+                + ("e" if self.staged_store else "") + ("m" if self.tma_store else "") + ("g" if self.pdl else "")
                 + (f"_no_{self.ablate}" if self.ablate else ""))
 
 
@@ -103,9 +111,11 @@ SWEEP = [WgmmaConfig(), WgmmaConfig(stages=3), WgmmaConfig(256, 2, 3), WgmmaConf
 _SW = dict(tokens_first=True, producer=True, swizzle=True)
 # fastest at M = 512 .. 4096 on an H100 (docs/perf.md); the activations by TMA straight from x: 1.04-1.13x faster
 # at M = 4096 than laid out in tiles by a launch of their own (tag "wgmma direct"); the epilogue through shared
-# memory and out by TMA: 1.03-1.12x faster at M = 4096 than 4-byte stores from the fragments (tag "wgmma store")
-BEST = WgmmaConfig(256, 2, 4, **_SW, direct=True, tma_store=True)
-SMALL = WgmmaConfig(128, 2, 4, **_SW, direct=True, tma_store=True)  # half the rows: twice the blocks (by_tokens)
+# memory and out by TMA: 1.03-1.12x faster at M = 4096 than 4-byte stores from the fragments (tag "wgmma store");
+# the GEMM a dependent launch of the dequantizing one: 1.06-1.15x faster on SmolLM2's matrices, 1.00-1.03x (geometric
+# means) on LLaMA's (tag "wgmma pdl")
+BEST = WgmmaConfig(256, 2, 4, **_SW, direct=True, tma_store=True, pdl=True)
+SMALL = WgmmaConfig(128, 2, 4, **_SW, direct=True, tma_store=True, pdl=True)  # half the rows: twice the blocks (by_tokens)
 SWEEP_SWIZZLED = [WgmmaConfig(256, 2, 4, **_SW), WgmmaConfig(256, 2, 3, **_SW), WgmmaConfig(128, 2, 4, **_SW),
                   WgmmaConfig(128, 2, 3, **_SW),
                   WgmmaConfig(128, 2, 3, **_SW, blocks_per_sm=2), WgmmaConfig(128, 1, 4, **_SW),
@@ -149,7 +159,7 @@ def supports(s: BSRShape, cfg: WgmmaConfig = WgmmaConfig()) -> bool:
     return (s.rows in (1, 4, 8, 16) and s.n % s.rows == 0 and s.bits == 4 and s.group == 16 and s.interleaved
             and s.dtype == "float16" and s.k % cfg.chunk == 0 and cfg.chunk in (32, 64) and cfg.rows in (64, 128, 256) and cfg.stages >= 3
             and (not cfg.swizzle or (cfg.producer and cfg.chunk == 64)) and (not cfg.direct or cfg.swizzle)
-            and (not cfg.tma_store or (cfg.direct and cfg.rows % 64 == 0)))
+            and (not cfg.tma_store or (cfg.direct and cfg.rows % 64 == 0)) and (not cfg.pdl or cfg.producer))
 
 
 def scratch_halves(s: BSRShape, cfg: WgmmaConfig) -> int:
@@ -166,7 +176,7 @@ def _dequant_piece(dd, word, z, scl):
         T.ptx.mul.rn.f16x2(dd[t], dd[t], scl * T.uint32(0x10001))
 
 
-def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4):
+def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4, trigger: bool = False):
     """The first launch: a warp per weight row marks in shared memory which block of its block row holds each
     column group, then writes the row's fp16 tiles a 16-byte piece (8 columns, zeros for a pruned group) per
     lane, lanes 8c .. 8c + 7 chunk c's pieces: with the swizzle each store instruction writes four whole 128-byte
@@ -193,6 +203,8 @@ def _dequant_pass(s: BSRShape, br: int, ck: int, sw: bool, batch: int = 4):
                     ss = T.alloc_buffer((batch,), "uint32", scope="local")
                     dd = T.alloc_buffer((4,), "uint32", scope="local")
                     r = bi * wpb + wy
+                    if trigger:  # (the GEMM after it is a dependent launch: it may launch once every block started)
+                        T.ptx.griddepcontrol.launch_dependents()
                     for g0 in range(gpl):
                         if g0 * 32 + lx < kg:
                             slot[wy * kg + g0 * 32 + lx] = -1
@@ -253,7 +265,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     pieces = ck // 8  # 16-byte pieces of a token's chunk
     row_tiles = (n + br - 1) // br
     ahead = stages - 2  # chunks in flight beyond the one being multiplied
-    prepass = _dequant_pass(s, br, ck, sw)
+    prepass = _dequant_pass(s, br, ck, sw, trigger=cfg.pdl)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
@@ -424,6 +436,8 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                                 T.tvm_storage_sync("shared")
                                 if ty == threads // 32:  # the producer warp: one lane fills the ring
                                     if tx == 0:
+                                        if cfg.pdl:  # the scratch (and x) are written by the launches before
+                                            T.ptx.griddepcontrol.wait()
                                         for ch in T.serial(nch):
                                             if ch >= stages:  # the warpgroups released chunk ch - stages
                                                 wait_bar(bars, stages + ch % stages, (ch // stages - 1) % 2, ready)

@@ -80,3 +80,41 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
             assert lines.index(trigger) > lines.index(wait) + 10
     lib.export_library(str(tmp_path / "k.so"))
     assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == len(kernels)
+
+
+@pytest.mark.parametrize("everywhere", [False, True])
+def test_wgmma_gemm_is_a_dependent_launch_of_its_dequantizing_launch(everywhere, tmp_path):
+    """BEST: the dequantizing launch lets the GEMM launch once all its blocks have started; the GEMM waits on it in
+    the producer, before the first copy, and is the launch that carries the flag (with gqsa-compile's pipeline the
+    dequantizing launch also waits first thing, for the launch before it, whose scratch it overwrites)."""
+    import re
+
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_prefill_wgmma as w
+    from tvm_schedules import launch
+    from tvm_schedules.common import BSRShape
+
+    assert w.BEST.pdl and w.SMALL.pdl
+    cuda_toolchain.setup(["sm_90a"])
+    try:
+        target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
+        f = w.bsr_prefill_wgmma(BSRShape(576, 1536, 4, 16, 1, interleaved=True), w.BEST).with_attr("global_symbol", "g")
+        with target:
+            lib = tvm.compile(tvm.IRModule({"g": f}), target=target,
+                              tir_pipeline=launch.PIPELINE_ALL if everywhere else launch.PIPELINE)
+        source = lib.mod.imports[0].inspect_source()
+        lib.export_library(str(tmp_path / "g.so"))
+    finally:
+        cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])
+    kernels = {m[1]: source[m.end():source.find("\n}\n", m.end())]
+               for m in re.finditer(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\([^;{]*\{', source)}
+    wait, trigger = "tvm_builtin_ptx_griddepcontrol_wait();", "tvm_builtin_ptx_griddepcontrol_launch_dependents();"
+    k0, k1 = kernels["g_kernel"], kernels["g_kernel_1"]
+    # (its 72 thread blocks are one wave: gqsa-compile's pipeline also puts a trigger after the wait it adds)
+    assert k0.count(trigger) == 1 + everywhere and k0.count(wait) == everywhere
+    assert not everywhere or k0.index(wait) < k0.index(trigger)
+    assert k1.count(wait) == 1 and k1.count(trigger) == 0
+    assert k1.index(wait) < k1.index("cp_async_bulk")  # before the producer's first copy
+    assert (tmp_path / "g.so").read_bytes().count(launch.PDL_TAG.encode()) == 1 + everywhere
