@@ -152,56 +152,28 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_prefill", n, k, m, 1, tag="wgmma")
                 for cfg in bsr_prefill_tiled.SWEEP_WGMMA:
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=cfg, tag="wgmma")
-    if wgmma:  # R = 1, sm_90a: weights dequantized once per call, then a wgmma GEMM over a shared-memory ring
+    if wgmma:  # R = 1, sm_90a: weights dequantized once per call, then a wgmma GEMM over a shared-memory ring (the
+        # tags of the variants it replaced, "wgmma pipeline", "wgmma swizzle", "wgmma swizzle sweep", "wgmma direct",
+        # "wgmma store", build at commit 94b0234, the last with them; docs/perf.md)
         for n, k in shapes:
-            for m in (512, 4096):
-                add("bsr_prefill", n, k, m, 1, tag="wgmma pipeline")
-                for cfg in bsr_prefill_wgmma.SWEEP:
-                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma pipeline")
             for m in (128, 256, 512, 1024):  # where the producer-warp kernel overtakes the compiled plan
                 add("bsr_prefill", n, k, m, 1, tag="wgmma crossover")
                 add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma crossover")
             for m in (128, 129, 512, 513, 4096):  # what gqsa-compile builds for sm_90a: the plan, wgmma from 129 tokens
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a")
-            for m in (512, 1024, 2048, 4096):  # 128-byte swizzled tiles beside the core-matrix ones
-                for sw in (False, True):  # (both with the activations laid out by a launch of their own)
-                    cfg = replace(bsr_prefill_wgmma.BEST, swizzle=sw, direct=False, tma_store=False)
-                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle")
             for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
                 add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
                 add("bsr_prefill_sm90a", n, k, m, 16, tag="plan sm90a r16")
-            for m in (512, 4096):  # swizzled tiles: smaller tiles, fewer stages, two thread blocks per SM
-                for cfg in bsr_prefill_wgmma.SWEEP_SWIZZLED:
-                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=cfg, tag="wgmma swizzle sweep")
-    if wgmma:  # activations copied straight from x by the producer warp, beside their relayout into tiles first
-        for n, k in shapes:
-            for m in (129, 512, 513, 4096):
-                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
-                    for direct in (False, True):
-                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, direct=direct, tma_store=False),
-                            tag="wgmma direct")
-    if wgmma:  # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
-        for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
-            for m in (128, 129, 256, 512, 1024):
+        for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):  # SmolLM2-135M's matrices (the default
+            for m in (128, 129, 256, 512, 1024):  # model): sm_90a's plan beside the tiled plan alone
                 add("bsr_prefill", n, k, m, 1, tag="plan sm90a small")
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a small")
-    if wgmma:  # the epilogue through shared memory (whole 16-byte row pieces, or TMA) beside direct 4-byte stores;
-        # SmolLM2's 3072 x 576 (9 chunks: the last in the ring's first stage) and 576 x 1536 (a partial row tile)
-        for n, k in shapes + [(3072, 576), (576, 1536)]:
-            for m in (129, 512, 513, 1024, 4096):
-                for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
-                    for staged, tma in ((False, False), (True, False), (False, True)):
-                        add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(base, staged_store=staged, tma_store=tma),
-                            tag="wgmma store")
-    if wgmma:  # where BEST's time goes: without its epilogue, without the dequantizing launch (wrong, unchecked)
-        for n, k in shapes:
-            for m in (512, 4096):
+        for n, k in shapes:  # where BEST's time goes: without its epilogue, without the dequantizing launch (wrong,
+            for m in (512, 4096):  # unchecked)
                 for ablate in ("", "store", "dequant"):
-                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate,
-                                                                     tma_store=False),
+                    add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate),
                         tag="wgmma ablation")
-    if wgmma:  # the GEMM as a programmatic dependent launch of the dequantizing launch, beside BEST and SMALL
-        for n, k in shapes + [(3072, 576), (576, 1536)]:
+        for n, k in shapes + [(3072, 576), (576, 1536)]:  # the GEMM as a dependent launch of the dequantizing one
             for m in (129, 512, 1024, 4096):
                 for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
                     for pdl in (False, True):

@@ -168,49 +168,26 @@ def test_wgmma_prefill_builds_for_sm90a(tmp_path):
 
 
 def test_pipelined_wgmma_prefill_builds_for_sm90a(tmp_path):
-    """bsr_prefill_wgmma: a dequantizing launch, then the wgmma GEMM over a ring in dynamic shared memory
-    (real HGMMA in an sm_90a cubin); every core-matrix row of a tile is one 16-byte copy, and the copies of a
-    chunk cover the tile's rows x columns exactly once."""
-    from tvm_schedules import bsr_prefill_wgmma as w
-
-    cfg = w.WgmmaConfig(256, 2, 4, tokens_first=True)
-    covered = {w.offset(r, kk, cfg.rows) for r in range(cfg.rows) for kk in range(0, w.CHUNK, 8)}
-    assert len(covered) == cfg.rows * w.CHUNK // 8 and max(covered) < w.tile_halves(cfg.rows)
-    assert all(o % 8 == 0 for o in covered) and w.slab(cfg.rows) * 2 % 16 == 0
-    assert (cfg.stages * (w.tile_halves(cfg.rows) + w.tile_halves(cfg.tokens)) * 2) <= 227 * 1024
-    s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
-    assert all(w.supports(s, c) for c in w.SWEEP) and w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
-    assert not w.supports(BSRShape(576, 1536, 8, 16, 1, interleaved=True))  # 4-bit codes only
-    assert _hgmma_kernels(w.bsr_prefill_wgmma(s, cfg), "wgp", tmp_path)[0] == {"wgp_kernel_1"}
-    # the producer warp's variant: bulk copies name only where they start, so the launch must still ask for
-    # the whole ring of shared memory (its first build got 3 KB less and wrote past the end), and with the
-    # 128-byte swizzle 1 KB more, to start the ring on a 1024-byte boundary
-    ws = replace(w.BEST, direct=False, tma_store=False)
-    assert ws.swizzle and ws.producer and w.supports(s, ws)
-    kernels, mod = _hgmma_kernels(w.bsr_prefill_wgmma(s, ws), "wgw", tmp_path)
-    assert kernels == {"wgw_kernel_2"}  # dequantize, lay out the activations, then the GEMM
-    ring = ws.stages * (w.tile_halves(ws.rows, swizzle=True) + w.tile_halves(ws.tokens, swizzle=True)) * 2 + 1024
-    assert f"i64 {ring}" in mod.inspect_source("ll")
-
-
-def test_wgmma_prefill_copies_activations_by_tma(tmp_path):
-    """BEST and SMALL take the activations straight from x with the tensor copy engine and store the output
-    tile by it too: two launches (no relayout, no M x K scratch), the GEMM's SASS loads and stores by TMA
-    (UTMALDG, UTMASTG), its host side encodes both tensor maps per call, and the ring is as large as without."""
+    """bsr_prefill_wgmma: a dequantizing launch, then the wgmma GEMM (real HGMMA in an sm_90a cubin) over a ring in
+    dynamic shared memory, for 4-bit codes of any block height; the GEMM loads and stores by TMA (UTMALDG, UTMASTG),
+    its host side encodes both tensor maps per call, and the launch asks for the whole ring: bulk copies name only
+    where they start (a first build got 3 KB less and wrote past the end), and 1 KB more starts it on a 1024-byte
+    boundary for the swizzle."""
     from gqsa_compile.cuda_toolchain import functions_with, sass_by_arch
     from tvm_schedules import bsr_prefill_wgmma as w
 
-    assert w.BEST.direct and w.SMALL.direct
-    assert not w.supports(BSRShape(576, 1536, 4, 16, 1, interleaved=True), replace(w.BEST, swizzle=False))
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
+    assert w.supports(s, w.BEST) and w.supports(s, w.SMALL) and w.supports(BSRShape(576, 1536, 4, 16, 16, interleaved=True))
+    assert not w.supports(BSRShape(576, 1536, 8, 16, 1, interleaved=True))  # 4-bit codes only
+    assert not w.supports(s, replace(w.BEST, stages=5))  # 241 KB of ring: more than a thread block may have
     kernels, mod = _hgmma_kernels(w.bsr_prefill_wgmma(s, w.BEST), "wgt", tmp_path)
     assert kernels == {"wgt_kernel_1"}  # dequantize, then the GEMM
     sass = sass_by_arch(tmp_path / "wgt.so")[90]
     assert functions_with(sass, "UTMALDG") == functions_with(sass, "UTMASTG") == {"wgt_kernel_1"}
     host = mod.inspect_source("ll")
-    assert host.count("cuTensorMapEncodeTiled") >= 2 and w.BEST.tma_store and w.SMALL.tma_store
-    ring = w.BEST.stages * (w.tile_halves(256, swizzle=True) + w.tile_halves(128, swizzle=True)) * 2 + 1024
-    assert f"i64 {ring}" in host
+    assert host.count("cuTensorMapEncodeTiled") >= 2
+    ring = w.BEST.stages * (w.tile_halves(256) + w.tile_halves(128)) * 2 + 1024
+    assert ring == w.ring_bytes(w.BEST) and f"i64 {ring}" in host
 
 
 def test_swizzled_tiles_are_what_wgmma_reads():
@@ -219,12 +196,11 @@ def test_swizzled_tiles_are_what_wgmma_reads():
     from tvm_schedules import bsr_prefill_wgmma as w
 
     rows = 256
-    pieces = {(r, kk): w.offset(r, kk, rows, swizzle=True) for r in range(rows) for kk in range(0, w.CHUNK, 8)}
-    assert sorted(pieces.values()) == list(range(0, w.tile_halves(rows, swizzle=True), 8))
+    pieces = {(r, kk): w.offset(r, kk, rows) for r in range(rows) for kk in range(0, w.CHUNK, 8)}
+    assert sorted(pieces.values()) == list(range(0, w.tile_halves(rows), 8))
     for (r, kk), o in pieces.items():
         assert o // 64 == r  # the row's line
         assert o % 64 // 8 == kk // 8 ^ r % 8 and o // w.ATOM == r // 8
-    assert not w.supports(BSRShape(576, 1536, 4, 16, 1, interleaved=True), replace(w.BEST, producer=False))
 
 
 def test_sm90a_prefill_plan_runs_wgmma_above_128_tokens(tmp_path):
