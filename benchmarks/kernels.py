@@ -164,16 +164,19 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
                 add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
                 add("bsr_prefill_sm90a", n, k, m, 16, tag="plan sm90a r16")
-        for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):  # SmolLM2-135M's matrices (the default
-            for m in (128, 129, 256, 512, 1024):  # model): sm_90a's plan beside the tiled plan alone
+        # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
+        for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
+            for m in (128, 129, 256, 512, 1024):
                 add("bsr_prefill", n, k, m, 1, tag="plan sm90a small")
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a small")
-        for n, k in shapes:  # where BEST's time goes: without its epilogue, without the dequantizing launch (wrong,
-            for m in (512, 4096):  # unchecked)
+        # where BEST's time goes: without its epilogue, without the dequantizing launch (wrong results, unchecked)
+        for n, k in shapes:
+            for m in (512, 4096):
                 for ablate in ("", "store", "dequant"):
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate),
                         tag="wgmma ablation")
-        for n, k in shapes + [(3072, 576), (576, 1536)]:  # the GEMM as a dependent launch of the dequantizing one
+        # the GEMM as a programmatic dependent launch of the dequantizing launch, or not
+        for n, k in shapes + [(3072, 576), (576, 1536)]:
             for m in (129, 512, 1024, 4096):
                 for base in (bsr_prefill_wgmma.SMALL, bsr_prefill_wgmma.BEST) if m <= 512 else (bsr_prefill_wgmma.BEST,):
                     for pdl in (False, True):

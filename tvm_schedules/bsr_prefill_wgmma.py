@@ -90,10 +90,10 @@ def tile_halves(rows: int) -> int:
     return rows * CHUNK
 
 
-def offset(r, kk, rows: int):
-    """fp16 offset of (row r, column kk) in a rows x CHUNK tile: 8-row atoms of 128-byte rows whose 16-byte pieces
-    are permuted by the row (piece p of row r at p ^ r % 8: what the descriptor's 128-byte swizzle mode reads, from
-    a 1024-byte aligned tile). ``rows`` only names the tile's height (every row is a line of its own)."""
+def offset(r, kk):
+    """fp16 offset of (row r, column kk) in a tile of CHUNK columns: 8-row atoms of 128-byte rows whose 16-byte
+    pieces are permuted by the row (piece p of row r at p ^ r % 8: what the descriptor's 128-byte swizzle mode
+    reads, from a 1024-byte aligned tile)."""
     return r // 8 * ATOM + r % 8 * 64 + (kk // 8 ^ r % 8) * 8 + kk % 8
 
 
@@ -182,7 +182,7 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False):
                                             dd[v] = T.uint32(0)
                                     for v in T.vectorized(4):
                                         wd2[((r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * th
-                                             + offset(r % br, ((t * batch + u) * 32 + lx) % ppc * 8, br)) // 2
+                                             + offset(r % br, ((t * batch + u) * 32 + lx) % ppc * 8)) // 2
                                             + v] = dd[v]
 
     return dequant_pass
@@ -239,7 +239,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
         if ty < threads // 32:
             for ni in T.unroll(br // 8):
                 for h in T.unroll(2):
-                    sm2[(base + ni // 8 * bt * 64 + offset(ty * 16 + tx // 4 + h * 8, ni % 8 * 8 + tx % 4 * 2, bt))
+                    sm2[(base + ni // 8 * bt * 64 + offset(ty * 16 + tx // 4 + h * 8, ni % 8 * 8 + tx % 4 * 2))
                         // 2] = half2(acc[ni * 4 + h * 2], acc[ni * 4 + h * 2 + 1])
             T.ptx.fence.proxy.async_.shared__cta()  # written by this thread, read by the copy engine
         T.tvm_storage_sync("shared")

@@ -196,7 +196,7 @@ def test_swizzled_tiles_are_what_wgmma_reads():
     from tvm_schedules import bsr_prefill_wgmma as w
 
     rows = 256
-    pieces = {(r, kk): w.offset(r, kk, rows) for r in range(rows) for kk in range(0, w.CHUNK, 8)}
+    pieces = {(r, kk): w.offset(r, kk) for r in range(rows) for kk in range(0, w.CHUNK, 8)}
     assert sorted(pieces.values()) == list(range(0, w.tile_halves(rows), 8))
     for (r, kk), o in pieces.items():
         assert o // 64 == r  # the row's line
