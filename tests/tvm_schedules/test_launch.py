@@ -1,7 +1,14 @@
 """Programmatic dependent launch: only kernels that wait on the grid dependency get the launch flag."""
+import re
 from dataclasses import replace
 
 import pytest
+
+
+def _kernel_bodies(source: str) -> dict:
+    """Each device kernel's body in a CUDA source, by name."""
+    return {m[1]: source[m.end():source.find("\n}\n", m.end())]
+            for m in re.finditer(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\([^;{]*\{', source)}
 
 
 def test_pdl_needs_sm90_everywhere():
@@ -41,8 +48,6 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     """gqsa-compile --pdl: kernels that do not wait yet wait first thing, and then trigger the next launch
     unless their grid is a constant of more than one wave; the PDL GEMV waits before staging activations and
     triggers right after where its grid is one wave, after its loop where it is larger."""
-    import re
-
     import tvm
 
     import tvm_schedules
@@ -63,8 +68,7 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     with target:
         lib = tvm.compile(tvm.IRModule(funcs), target=target, tir_pipeline=launch.PIPELINE_ALL)
     source = lib.mod.imports[0].inspect_source()
-    kernels = {m[1]: source[m.end():source.find("\n}\n", m.end())]
-               for m in re.finditer(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\([^;{]*\{', source)}
+    kernels = _kernel_bodies(source)
     assert {k.split("_kernel")[0] for k in kernels} == set(funcs)
     wait, trigger = "tvm_builtin_ptx_griddepcontrol_wait();", "tvm_builtin_ptx_griddepcontrol_launch_dependents();"
     for name, body in kernels.items():
@@ -87,8 +91,6 @@ def test_wgmma_gemm_is_a_dependent_launch_of_its_dequantizing_launch(everywhere,
     """BEST: the dequantizing launch lets the GEMM launch once all its blocks have started; the GEMM waits on it in
     the producer, before the first copy, and is the launch that carries the flag (with gqsa-compile's pipeline the
     dequantizing launch also waits first thing, for the launch before it, whose scratch it overwrites)."""
-    import re
-
     import tvm
 
     from gqsa_compile import cuda_toolchain
@@ -108,8 +110,7 @@ def test_wgmma_gemm_is_a_dependent_launch_of_its_dequantizing_launch(everywhere,
         lib.export_library(str(tmp_path / "g.so"))
     finally:
         cuda_toolchain.setup(["sm_80", "sm_87", "sm_89", "sm_90"])
-    kernels = {m[1]: source[m.end():source.find("\n}\n", m.end())]
-               for m in re.finditer(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\([^;{]*\{', source)}
+    kernels = _kernel_bodies(source)
     wait, trigger = "tvm_builtin_ptx_griddepcontrol_wait();", "tvm_builtin_ptx_griddepcontrol_launch_dependents();"
     k0, k1 = kernels["g_kernel"], kernels["g_kernel_1"]
     # (its 72 thread blocks are one wave: gqsa-compile's pipeline also puts a trigger after the wait it adds)
