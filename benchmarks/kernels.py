@@ -159,7 +159,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (128, 256, 512, 1024):  # where the producer-warp kernel overtakes the compiled plan
                 add("bsr_prefill", n, k, m, 1, tag="wgmma crossover")
                 add("bsr_prefill_wgmma", n, k, m, 1, cfg=bsr_prefill_wgmma.BEST, tag="wgmma crossover")
-            for m in (128, 129, 512, 513, 4096):  # what gqsa-compile builds for sm_90a: the plan, wgmma from 129 tokens
+            for m in (128, 129, 512, 513, 1024, 2048, 4096):  # what gqsa-compile builds for sm_90a: wgmma from 129 tokens
                 add("bsr_prefill_sm90a", n, k, m, 1, tag="plan sm90a")
             for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
                 add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
