@@ -44,7 +44,7 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_packed, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -175,13 +175,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for ablate in ("", "store", "dequant"):
                     add("bsr_prefill_wgmma", n, k, m, 1, cfg=replace(bsr_prefill_wgmma.BEST, ablate=ablate),
                         tag="wgmma ablation")
-        # experiment: weights expanded inside the GEMM from a packed copy, weights as wgmma's A (bsr_prefill_packed)
-        for n, k in shapes + [(3072, 576), (576, 1536)]:
-            for m in (512, 1024, 2048, 4096):
-                add("bsr_prefill_sm90a", n, k, m, 1, tag="wgmma packed a")
-                for cfg in (bsr_prefill_packed.PackedConfig(4, 4), bsr_prefill_packed.PackedConfig(4, 4, True),
-                            bsr_prefill_packed.PackedConfig(4, 3, True)):
-                    add("bsr_prefill_packed", n, k, m, 1, cfg=cfg, tag="wgmma packed a")
         # the GEMM as a programmatic dependent launch of the dequantizing launch, or not
         for n, k in shapes + [(3072, 576), (576, 1536)]:
             for m in (129, 512, 1024, 4096):
@@ -307,7 +300,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_packed, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick, archs)
@@ -340,8 +333,6 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
                 f = tvm_schedules.bsr_matmul(s, None, target, wgmma=True)
             elif fam == "bsr_prefill_wgmma":
                 f = bsr_prefill_wgmma.bsr_prefill_wgmma(s, bsr_prefill_wgmma.WgmmaConfig(**spec["cfg"]))
-            elif fam == "bsr_prefill_packed":
-                f = bsr_prefill_packed.bsr_prefill_packed(s, bsr_prefill_packed.PackedConfig(**spec["cfg"]))
             elif fam == "bsr_prefill_warp":  # the per-warp kernel at its tuned configuration, for comparison
                 f = bsr_prefill.bsr_prefill_mma(s, bsr_prefill.tuned(s.rows))
             else:

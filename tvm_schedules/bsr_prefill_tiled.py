@@ -47,7 +47,6 @@ the weight path, not the tensor cores, is what a faster kernel must fix (docs/pe
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
@@ -431,19 +430,14 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     return launch
 
 
-def _family(cfg):
-    """The module of a configuration that is not this family's (bsr_prefill_wgmma's): its supports and launch."""
-    return sys.modules[type(cfg).__module__]
-
-
 def plan_supported(s: BSRShape, plan: tuple) -> bool:
-    """Whether every configuration of a plan (tiled, or another family's) takes this matrix."""
-    return all(supports(s, c) if isinstance(c, TiledConfig) else _family(c).supports(s, c) for _, c in plan)
+    """Whether every configuration of a plan (tiled, or bsr_prefill_wgmma's) takes this matrix."""
+    return all(supports(s, c) if isinstance(c, TiledConfig) else bsr_prefill_wgmma.supports(s, c) for _, c in plan)
 
 
 def _wgmma_launch(s: BSRShape, cfg):
-    """Another family's launches (bsr_prefill_wgmma's) with this family's launch signature (no split-K workspace)."""
-    run = _family(cfg).launch(s, cfg)
+    """bsr_prefill_wgmma's launches with this family's launch signature (no split-K workspace)."""
+    run = bsr_prefill_wgmma.launch(s, cfg)
 
     @T.macro
     def launch(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz):

@@ -97,12 +97,6 @@ def offset(r, kk):
     return r // 8 * ATOM + r % 8 * 64 + (kk // 8 ^ r % 8) * 8 + kk % 8
 
 
-def packed_words(rows: int) -> int:
-    """uint32 words of a packed weight tile (rows x CHUNK): a code word per 8-column piece, row-major, then per
-    16-column group two, 1024 + the zero point and the scale as fp16 pairs."""
-    return rows * CHUNK // 8 * 2
-
-
 def ring_bytes(cfg: WgmmaConfig) -> int:
     """The GEMM's dynamic shared memory: the ring, and 1 KB of room to start it on a 1024-byte boundary."""
     return 2 * (cfg.stages * (tile_halves(cfg.rows) + tile_halves(cfg.tokens)) + ATOM)
@@ -129,16 +123,14 @@ def _dequant_piece(dd, word, z, scl):
         T.ptx.mul.rn.f16x2(dd[t], dd[t], scl * T.uint32(0x10001))
 
 
-def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False, packed: bool = False):
+def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False):
     """The first launch: a warp per weight row marks in shared memory which block of its block row holds each
     column group, then writes the row's fp16 tiles a 16-byte piece (8 columns, zeros for a pruned group) per
     lane, lanes 8c .. 8c + 7 chunk c's pieces: each store instruction writes four whole 128-byte lines. Each lane
     loads ``batch`` trips' codes, scales and zero points before any of their arithmetic. H100 (docs/perf.md):
     1.06x faster at M = 512 and 1.015x at 4096 than a 16-column group per lane (two stores of half lines each),
     the pass itself 12288 x 4096 about 65 -> 52 us at M = 512. ``trigger``: the GEMM after it may launch once every
-    block of this one has started. ``packed`` (bsr_prefill_packed): the weights stay quantized, in tiles of
-    ``packed_words``: each piece's code word, then per group 1024 + zero point and the scale as fp16 pairs (zeros
-    for pruned groups), 1 byte per weight instead of 2."""
+    block of this one has started."""
     n, k, group, rb = s.n, s.k, s.group, s.rows
     kg, nch, wpb = k // group, k // CHUNK, 8
     gpl = -(-kg // 32)
@@ -146,7 +138,6 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False, p
     trips = -(-pieces // (32 * batch))
     ppc = CHUNK // 8
     th = tile_halves(br)
-    pw = packed_words(br)
 
     @T.macro
     def dequant_pass(indptr, indices, qw, sc, zr, wd2):
@@ -182,17 +173,7 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False, p
                                     cw[u] = qw[blk[u], r % rb, lx % 2]
                                     zz[u] = T.Cast("uint32", zr[blk[u], r % rb])
                                     ss[u] = T.Cast("uint32", T.reinterpret("uint16", sc[blk[u], r % rb]))
-                            for u in T.unroll(batch if packed else 0):  # (a Python bool cannot guard a loop)
-                                if (t * batch + u) * 32 + lx < pieces:
-                                    wd2[(r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * pw
-                                        + r % br * ppc + ((t * batch + u) * 32 + lx) % ppc] = T.if_then_else(
-                                        blk[u] >= 0, cw[u], T.uint32(0))
-                                    # the piece's half of its group's pair of words: lane 2i the zero, 2i + 1 the scale
-                                    wd2[(r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * pw + br * ppc
-                                        + r % br * ppc + ((t * batch + u) * 32 + lx) % ppc] = T.if_then_else(
-                                        blk[u] >= 0, T.if_then_else(lx % 2 == 0, T.uint32(0x6400) + zz[u], ss[u])
-                                        * T.uint32(0x10001), T.uint32(0))
-                            for u in T.unroll(0 if packed else batch):
+                            for u in T.unroll(batch):
                                 if (t * batch + u) * 32 + lx < pieces:
                                     if blk[u] >= 0:
                                         _dequant_piece(dd, cw[u], zz[u], ss[u])
