@@ -280,7 +280,6 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
                             # where the ring starts: 1024-byte aligned for the swizzle (dynamic shared memory
                             # is placed after the static, with no such alignment promised)
                             base = T.alloc_buffer((1,), "int32", scope="local")
-                            base[0] = 0
                             base[0] = (ATOM - T.Cast("int32", T.call_extern(
                                 "uint32", "__cvta_generic_to_shared", sm.ptr_to([0]))) // 2 % ATOM) % ATOM
                             for i in range(br // 2):
