@@ -235,6 +235,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                                         (8, 1056, 4), (16, 528, 2)):
                 add("bsr_decode", n, k, 1, 1, tag="pdl sweep", cfg=replace(
                     bsr_decode.tuned(1, 1, k), warps=warps, ctas=ctas, unroll=unroll, pdl=True))
+    # Decode: a trip's steps wholly past the row's end skip their arithmetic (a warp-uniform branch), with and
+    # without the warp plan: unequal rows end mid-trip on nearly every row, balanced rows of 128 blocks never
+    for n, k in shapes if not quick else shapes[:1]:
+        for m in DECODE_M:
+            for tail in (False, True):
+                for p in (False, True):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="row end",
+                            cfg=replace(bsr_decode.tuned(m, 1, k), tail=tail, plan=p))
     return kernels, cases
 
 

@@ -54,6 +54,8 @@ class DecodeConfig:
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
     # previous kernel's output before it reads the activations, and lets the next one launch once its loop is
     # done (right after the wait where its grid is one wave)
+    tail: bool = False  # skip the arithmetic of a trip's steps that lie wholly past the row's end (a warp-uniform
+    # branch): a row of 65 blocks otherwise pays 128 blocks' math, which unequal rows pay on every row
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -67,7 +69,7 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + ("e" if self.tail else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -304,42 +306,43 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                 chk[0] = chk[0] ^ wq[u, r, w]
                                     T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
-                                    for r in T.unroll(rw):
-                                        if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
-                                            for j in T.unroll(cols // 2):
-                                                dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
-                                                         ) | T.uint32(0x64006400)
-                                                T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
-                                        else:
-                                            for j in T.unroll(cols):
-                                                qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
-                                                    nibble(j) * bits if s.interleaved else j % per * bits))
-                                                    & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
-                                                        "float32", zv[u, r]))
-                                        for i in T.unroll(m):
-                                            if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
-                                                for c in T.unroll(cols // 8):
-                                                    if smem:
-                                                        for v in T.vectorized(4):
-                                                            x2[c * 4 + v] = xs[gathered(
-                                                                (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
-                                                    else:
-                                                        for v in T.vectorized(4):
-                                                            x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
-                                                h[0] = T.uint32(0)
+                                    if not cfg.tail or (it * unroll + u) * step < count:
+                                        for r in T.unroll(rw):
+                                            if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
                                                 for j in T.unroll(cols // 2):
-                                                    T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
-                                                part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
-                                                    "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
-                                                        "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
+                                                    dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                                             ) | T.uint32(0x64006400)
+                                                    T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
                                             else:
-                                                for c in T.unroll(cols // xv):
-                                                    for v in T.vectorized(xv):
-                                                        xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
-                                                part[0] = T.float32(0)
                                                 for j in T.unroll(cols):
-                                                    part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
-                                            acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
+                                                    qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
+                                                        nibble(j) * bits if s.interleaved else j % per * bits))
+                                                        & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
+                                                            "float32", zv[u, r]))
+                                            for i in T.unroll(m):
+                                                if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
+                                                    for c in T.unroll(cols // 8):
+                                                        if smem:
+                                                            for v in T.vectorized(4):
+                                                                x2[c * 4 + v] = xs[gathered(
+                                                                    (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
+                                                        else:
+                                                            for v in T.vectorized(4):
+                                                                x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                    h[0] = T.uint32(0)
+                                                    for j in T.unroll(cols // 2):
+                                                        T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
+                                                    part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
+                                                        "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
+                                                            "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
+                                                else:
+                                                    for c in T.unroll(cols // xv):
+                                                        for v in T.vectorized(xv):
+                                                            xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
+                                                    part[0] = T.float32(0)
+                                                    for j in T.unroll(cols):
+                                                        part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
+                                                acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]
