@@ -54,8 +54,9 @@ class DecodeConfig:
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
     # previous kernel's output before it reads the activations, and lets the next one launch once its loop is
     # done (right after the wait where its grid is one wave)
-    tail: bool = False  # skip the arithmetic of a trip's steps that lie wholly past the row's end (a warp-uniform
-    # branch): a row of 65 blocks otherwise pays 128 blocks' math, which unequal rows pay on every row
+    pack: str = ""  # block metadata as the artifact may pack it (4-bit, R = 1, K / G <= 4096): "z" the zero point in
+    # the top 4 bits of the uint16 column index (the zeros array unread), "w" one uint32 per block, scale << 16 |
+    # zero << 12 | column (indices, scales and zero points in one load)
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -69,7 +70,7 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + ("g" if self.pdl else "") + ("e" if self.tail else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"m{self.pack}" if self.pack else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -164,6 +165,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     mask = 2**bits - 1
     half2 = half2_path(s, cfg, lanes)
     fence = cfg.fence
+    pack = cfg.pack
+    assert not pack or (rows == 1 and bits == 4 and k // group <= 4096), "packed metadata: 4-bit, R = 1, K / G <= 4096"
     meta = cfg.ablate != "meta"  # load the indices, scales and zero points (all but an ablation do)
     smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
@@ -208,7 +211,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         nnz = T.int32()
         x = T.match_buffer(x_h, (m, k), dt)
         indptr = T.match_buffer(indptr_h, (tbase + 4 * tasks if plan else nbr + 1,), "int32")
-        indices = T.match_buffer(indices_h, (nnz,), "uint16")
+        indices = T.match_buffer(indices_h, (nnz,), "uint32" if pack == "w" else "uint16")
         qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
         sc = T.match_buffer(sc_h, (nnz, rows), "float16")
         zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
@@ -243,6 +246,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
                     col = T.alloc_buffer((unroll,), "int32", scope="local")
                     ix = T.alloc_buffer((unroll,), "uint16", scope="local")
+                    mw = T.alloc_buffer((unroll,), "uint32", scope="local")  # pack "w": the block's metadata word
                     sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
                     zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
@@ -271,7 +275,10 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                     e = (it * unroll + u) * step + lane_blk
                                     b = start + T.min(e, count - 1)
                                     # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
-                                    if meta:
+                                    if meta and pack == "w":
+                                        T.ptx.ld.global_.nc.b32(mw[u], indices.ptr_to([b]))
+                                        ix[u] = T.Cast("uint16", mw[u] & T.uint32(0xFFFF))
+                                    elif meta:
                                         T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
                                     else:  # ablation: a column spread like real ones, no index load
                                         ix[u] = T.Cast("uint16", b % (k // group))
@@ -284,8 +291,13 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         else:
                                             for w in T.vectorized(wpl):
                                                 wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
-                                        if meta:
+                                        if meta and pack == "w":
+                                            sh[u, r] = T.Cast("uint16", mw[u] >> T.uint32(16))
+                                        elif meta:
                                             T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
+                                        if meta and pack != "":
+                                            zb[u, r] = T.Cast("uint8", ix[u] >> T.uint16(12))
+                                        elif meta:
                                             T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
                                         else:  # ablation: scale 1, zero point 8
                                             sh[u, r] = T.uint16(0x3C00)
@@ -293,7 +305,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
                                             "float32", e < count)  # 0 for the clamped repeats past the row's end
                                         zv[u, r] = T.Cast("uint32", zb[u, r])
-                                    col[u] = T.Cast("int32", ix[u]) * (group // 8) + sub * (cols // 8)
+                                    col[u] = T.Cast("int32", ix[u] & T.uint16(0xFFF) if pack != "" else ix[u]) * (group // 8
+                                                                                                ) + sub * (cols // 8)
                                 if fence:
                                     # A store that needs every loaded word: ptxas otherwise sinks each block's
                                     # loads to their first use, leaving one block per lane in flight.
@@ -306,43 +319,42 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                 chk[0] = chk[0] ^ wq[u, r, w]
                                     T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
-                                    if not cfg.tail or (it * unroll + u) * step < count:
-                                        for r in T.unroll(rw):
-                                            if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
+                                    for r in T.unroll(rw):
+                                        if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
+                                            for j in T.unroll(cols // 2):
+                                                dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                                         ) | T.uint32(0x64006400)
+                                                T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
+                                        else:
+                                            for j in T.unroll(cols):
+                                                qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
+                                                    nibble(j) * bits if s.interleaved else j % per * bits))
+                                                    & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
+                                                        "float32", zv[u, r]))
+                                        for i in T.unroll(m):
+                                            if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
+                                                for c in T.unroll(cols // 8):
+                                                    if smem:
+                                                        for v in T.vectorized(4):
+                                                            x2[c * 4 + v] = xs[gathered(
+                                                                (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
+                                                    else:
+                                                        for v in T.vectorized(4):
+                                                            x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
+                                                h[0] = T.uint32(0)
                                                 for j in T.unroll(cols // 2):
-                                                    dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
-                                                             ) | T.uint32(0x64006400)
-                                                    T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
+                                                    T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
+                                                part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
+                                                    "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
+                                                        "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
                                             else:
+                                                for c in T.unroll(cols // xv):
+                                                    for v in T.vectorized(xv):
+                                                        xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
+                                                part[0] = T.float32(0)
                                                 for j in T.unroll(cols):
-                                                    qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
-                                                        nibble(j) * bits if s.interleaved else j % per * bits))
-                                                        & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
-                                                            "float32", zv[u, r]))
-                                            for i in T.unroll(m):
-                                                if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
-                                                    for c in T.unroll(cols // 8):
-                                                        if smem:
-                                                            for v in T.vectorized(4):
-                                                                x2[c * 4 + v] = xs[gathered(
-                                                                    (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
-                                                        else:
-                                                            for v in T.vectorized(4):
-                                                                x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
-                                                    h[0] = T.uint32(0)
-                                                    for j in T.unroll(cols // 2):
-                                                        T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
-                                                    part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
-                                                        "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
-                                                            "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
-                                                else:
-                                                    for c in T.unroll(cols // xv):
-                                                        for v in T.vectorized(xv):
-                                                            xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
-                                                    part[0] = T.float32(0)
-                                                    for j in T.unroll(cols):
-                                                        part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
-                                                acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
+                                                    part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
+                                            acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]

@@ -22,3 +22,15 @@ def interleave_codes(qweight: np.ndarray) -> np.ndarray:
         out |= ((qweight >> np.uint32(4 * i)) & np.uint32(15)) << np.uint32(4 * nibble(i))
     return out
 
+
+
+def pack_metadata(indices: np.ndarray, scales: np.ndarray, zeros: np.ndarray, how: str) -> np.ndarray:
+    """A 4-bit R = 1 matrix's per-block metadata in fewer bytes and loads (column groups < 4096): ``"z"`` the
+    zero point in the top 4 bits of the uint16 column index; ``"w"`` one uint32 per block, scale << 16 | zero
+    << 12 | column (the fp16 scale's bits unchanged)."""
+    col = indices.astype(np.uint32)
+    assert col.max(initial=0) < 4096 and zeros.shape[1] == 1 and zeros.max(initial=0) < 16
+    z = zeros[:, 0].astype(np.uint32) << np.uint32(12)
+    if how == "z":
+        return (col | z).astype(np.uint16)
+    return col | z | scales[:, 0].view(np.uint16).astype(np.uint32) << np.uint32(16)

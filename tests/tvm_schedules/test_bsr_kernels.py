@@ -71,6 +71,26 @@ def test_interleave_puts_code_pairs_in_fp16_halves():
         assert (pair & 0xFFFF, pair >> 16) == (2 * p, 2 * p + 1)
 
 
+@pytest.mark.parametrize("how", ["z", "w"])
+def test_packed_metadata_keeps_column_zero_point_and_scale(how, rng):
+    """pack_metadata (the decode kernel's ``pack`` option): each block's column, zero point and fp16 scale come
+    back bit for bit from the packed index, at the extremes of each field too."""
+    from tvm_schedules.layout import pack_metadata
+
+    nnz = 200
+    col = np.concatenate([[0, 4095], rng.integers(0, 4096, nnz - 2)]).astype(np.uint16)
+    zero = np.concatenate([[15, 0], rng.integers(0, 16, nnz - 2)]).astype(np.uint8)[:, None]
+    scale = np.concatenate([[6.1e-5, 65504.0], rng.uniform(1e-3, 1, nnz - 2)]).astype(np.float16)[:, None]
+    packed = pack_metadata(col, scale, zero, how)
+    assert packed.dtype == (np.uint16 if how == "z" else np.uint32)
+    np.testing.assert_array_equal(packed & 0xFFF, col)
+    np.testing.assert_array_equal((packed >> 12) & 0xF, zero[:, 0])
+    if how == "w":
+        np.testing.assert_array_equal((packed >> 16).astype(np.uint16).view(np.float16), scale[:, 0])
+    with pytest.raises(AssertionError):
+        pack_metadata(np.array([4096], np.uint16), scale[:1], zero[:1], how)
+
+
 @pytest.fixture(scope="module")
 def cuda_target():
     from gqsa_compile import cuda_toolchain
@@ -96,6 +116,9 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "decode_no_math": bsr_decode.bsr_decode_cuda(s, 1, bsr_decode.DecodeConfig(ablate="math")),  # benchmark only
         # rows to warps by a plan appended to indptr (tvm_schedules.warp_plan)
         "decode_plan": bsr_decode.bsr_decode_cuda(s, 4, replace(bsr_decode.tuned(4, 1, s.k), plan=True)),
+        # block metadata packed: the zero point in the column index, or one word per block (benchmark only)
+        "decode_pack_z": bsr_decode.bsr_decode_cuda(s, 1, replace(bsr_decode.tuned(1, 1, s.k), pack="z")),
+        "decode_pack_w": bsr_decode.bsr_decode_cuda(s, 8, replace(bsr_decode.tuned(8, 1, s.k), pack="w")),
         # 4 x 11008 activations (86 KB) staged in dynamic shared memory
         "decode_dyn_smem": tvm_schedules.bsr_matmul(BSRShape(64, 11008, 4, 16, 1, interleaved=True), 4, cuda_target),
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
