@@ -49,13 +49,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
 
-    def add(fam, n, k, m, rows, sparsity=0.5, alloc="row", cfg=None, tag="main", bits=BITS, group=GROUP):
+    def add(fam, n, k, m, rows, sparsity=0.5, alloc="row", cfg=None, tag="main", bits=BITS, group=GROUP,
+            packed=False):
         kind = "prefill" if fam.startswith("bsr_prefill") else "decode"
         key = cfg.key if cfg else ""
         name = kernel_name(fam, n, k, m if kind == "decode" else None, rows, key) + (
-            f"_b{bits}g{group}" if (bits, group) != (BITS, GROUP) else "")
+            f"_b{bits}g{group}" if (bits, group) != (BITS, GROUP) else "") + ("_pm" if packed else "")
         kernels[name] = {"family": fam, "n": n, "k": k, "m": m if kind == "decode" else None, "rows": rows,
-                         "cfg": cfg.__dict__ if cfg else None, "interleaved": True, "bits": bits, "group": group}
+                         "cfg": cfg.__dict__ if cfg else None, "interleaved": True, "bits": bits, "group": group,
+                         "packed": packed}
         cases.append({"kind": kind, "tag": tag, "kernel": name, "n": n, "k": k, "m": m, "rows": rows,
                       "sparsity": sparsity, "alloc": alloc, "cfg": key, "family": fam, "bits": bits,
                       "group": group})
@@ -235,14 +237,20 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                                         (8, 1056, 4), (16, 528, 2)):
                 add("bsr_decode", n, k, 1, 1, tag="pdl sweep", cfg=replace(
                     bsr_decode.tuned(1, 1, k), warps=warps, ctas=ctas, unroll=unroll, pdl=True))
-    # Decode: the block metadata packed (tvm_schedules.layout.pack_metadata): 12 bytes a block instead of 13,
-    # and two or one loads for it instead of three
+    # Block metadata packed into one uint32 per block as gqsa-compile stores it (BSRShape.packed: the kernels take
+    # no scales and zeros), beside the separate tensors, for every kernel that reads the weights: decode, the
+    # default prefill plan and sm_90a's (tag "packed meta", the decode kernel alone with two packings, builds at
+    # commit 31d1bfb)
     for n, k in shapes if not quick else shapes[:1]:
-        for m in DECODE_M:
-            for pack in ("", "z", "w"):
+        for packed in (False, True):
+            for m in DECODE_M:
                 for alloc in ("row",) if m > 1 else ("row", "layer"):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="packed meta",
-                        cfg=replace(bsr_decode.tuned(m, 1, k), pack=pack))
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="packed plan", packed=packed)
+            for m in PREFILL_M:
+                add("bsr_prefill", n, k, m, 1, tag="packed plan", packed=packed)
+            if wgmma:
+                for m in (129, 512, 4096):
+                    add("bsr_prefill_sm90a", n, k, m, 1, tag="packed plan", packed=packed)
     return kernels, cases
 
 
@@ -325,7 +333,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     with target:
         for name, spec in kernels.items():
             s = BSRShape(spec["n"], spec["k"], spec.get("bits", BITS), spec.get("group", GROUP), spec.get("rows", 1),
-                         interleaved=spec.get("interleaved", False))
+                         interleaved=spec.get("interleaved", False), packed=spec.get("packed", False))
             fam = spec["family"]
             if fam == "dense_int4":
                 f = _schedule_dense_int4(spec["n"], spec["k"], spec["m"], target)
@@ -509,10 +517,9 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
             arrays[2] = layout.interleave_codes(arrays[2])
         if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
             arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
-        pack = (spec.get("cfg") or {}).get("pack", "")
-        if pack:  # block metadata packed into the index array; the scales (for "w") and zero points go unread
-            arrays[1] = layout.pack_metadata(arrays[1], arrays[3], arrays[4], pack)
-        wbytes = sum(a.nbytes for a in arrays[:{"": 5, "z": 4, "w": 3}[pack]])
+        if spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
+            arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
+        wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]
         xs = T(x)

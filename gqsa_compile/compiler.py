@@ -18,17 +18,20 @@ import onnx
 
 from runtime.files import sha256, writing_dir
 from training.checkpoint import copy_tokenizer, read_checkpoint
+import tvm_schedules
 from tvm_schedules import launch
+from tvm_schedules.common import BSRShape
 
 from . import cuda_toolchain
 from .fuse_projections import fuse_projections
-from .kernel_layout import code_order, to_kernel_layout
+from .kernel_layout import PACKED32, block_meta, code_order, pack_block_metadata, to_kernel_layout
 from .onnx_export import build_graph, cache_names, weight_arrays
 from .onnx_import import VARYING_INPUTS, LoweringContext, import_model
 
 # 2: 4-bit codes of CUDA artifacts in the interleaved order; 3: decode captured as a CUDA graph, so a runtime
-# must keep decode's inputs at fixed addresses (runtime.model.ARTIFACT_VERSION: the newest a runtime runs)
-ARTIFACT_VERSION = 3
+# must keep decode's inputs at fixed addresses; 4: block metadata of CUDA artifacts packed (manifest "block_meta")
+# (runtime.model.ARTIFACT_VERSION: the newest a runtime runs)
+ARTIFACT_VERSION = 4
 
 
 class CompileError(RuntimeError):
@@ -57,9 +60,11 @@ def kernel_choices(mod) -> dict[str, str]:
 
 def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
                   archs: list[str] | None = None, dtype: str | None = None, log=print,
-                  order: str | None = None, cuda_graph: bool = True, pdl: bool | None = None) -> Path:
-    """``order``: the weights' code order (kernel_layout); the target's own by default. Tests pass
-    "interleaved4" with llvm to check the CUDA artifacts' layout end to end on a CPU.
+                  order: str | None = None, cuda_graph: bool = True, pdl: bool | None = None,
+                  meta_layout: str | None = None) -> Path:
+    """``order``: the weights' code order, ``meta_layout``: how block metadata is stored (kernel_layout); the target's
+    own by default. Tests pass "interleaved4" and "packed32" with llvm to check the CUDA artifacts' layout end to
+    end on a CPU.
 
     ``cuda_graph`` (CUDA only): kernels that read only fixed-address tensors run as CUDA graphs, captured on
     the first call and replayed after: a decode step is then one graph launch instead of hundreds of kernel
@@ -80,15 +85,18 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
         raise CompileError(f"unsupported dtype {dtype!r} (float16 or float32)")
     t0 = time.time()
     args, meta, dense, compressed = read_checkpoint(ckpt_dir)
-    order = order or code_order(target)
+    order, meta_layout = order or code_order(target), meta_layout or block_meta(target)
     compressed = fuse_projections(to_kernel_layout(compressed, order), args.n_layers)
     tgt = make_target(target, archs)
+    wgmma = target == "cuda" and all(a == "sm_90a" for a in archs)
+    if meta_layout == PACKED32:
+        compressed = pack_block_metadata(compressed, lambda b: tvm_schedules.reads_packed(
+            BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint"), tgt, wgmma))
     log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices)")
     model = build_graph(args, dense, compressed, dtype)
     log("[2/4] import into Relax (prefill: T symbolic, decode: T = 1)")
     ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len,
-                          interleaved=order != "checkpoint", pdl=pdl,
-                          wgmma=target == "cuda" and all(a == "sm_90a" for a in archs))
+                          interleaved=order != "checkpoint", pdl=pdl, wgmma=wgmma)
     mod = import_model(model, ctx)
     log(f"[3/4] build for {target}" + (f" ({', '.join(archs)})" if target == "cuda" else ""))
     cuda_graph = cuda_graph and target == "cuda"
@@ -126,6 +134,7 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
                       "n_kv_heads": args.n_kv_heads, "vocab_size": args.vocab_size,
                       "max_seq_len": args.max_seq_len},
             "code_order": order,
+            "block_meta": meta_layout,
             "kernels": kernel_choices(mod),
             "compression": {k: meta.get(k) for k in ("bits", "group", "rows", "sparsity", "embed_bits",
                                                      "bytes_per_weight", "method")},

@@ -5,6 +5,7 @@ and position code the Relax importer cannot take). Standard ONNX ops carry norms
 the parts no ONNX op expresses are nodes of the ``gqsa`` domain whose inputs are the BSR tensors:
 
     gqsa.BSRMatMul(x, indptr, indices, qweight, scales, zeros)          y = x W^T
+    gqsa.BSRMatMul(x, indptr, indices, qweight), packed = 1              the same, metadata packed in indices
     gqsa.BSREmbedding(ids, indptr, qweight, scales, zeros)              rows of the quantized table
     gqsa.KVAppend(cache, new, positions) -> cache                        written in place
     gqsa.CachedAttention(q, k_cache, v_cache, positions)                 causal over the cache
@@ -98,9 +99,10 @@ def build_graph(args: ModelArgs, dense: dict[str, np.ndarray], compressed: dict[
     def bsr_attrs(b: BSRWeight):
         return dict(n=b.shape[0], k=b.shape[1], bits=b.bits, group=b.group, rows=b.rows)
 
-    def linear(x, name):
+    def linear(x, name):  # packed metadata (kernel_layout.PackedBSRWeight): no scales and zeros inputs
         b = compressed[name]
-        return g.op("BSRMatMul", x, *(f"{name}.{t}" for t in BSRWeight.TENSORS), domain=DOMAIN, **bsr_attrs(b))
+        packed = {"packed": 1} if getattr(b, "packed", False) else {}
+        return g.op("BSRMatMul", x, *(f"{name}.{t}" for t in b.TENSORS), domain=DOMAIN, **bsr_attrs(b), **packed)
 
     def columns(x, sizes):
         """Columns of [T, N] ``x`` in consecutive pieces (a fused projection's outputs), as Slices: unlike a

@@ -16,7 +16,7 @@ from .bsr_decode import tuned as decode_tuned
 from .bsr_decode import bsr_decode_cuda
 from . import bsr_prefill, bsr_prefill_tiled
 from .bsr_prefill_simt import bsr_prefill_simt
-from .common import BSRShape, is_gpu
+from .common import BSRShape, is_gpu, packable
 from .embedding import embedding
 from .kv_cache import kv_append
 from .launch import PIPELINE  # noqa: F401  (registers the TIR pipeline that flags dependent launches)
@@ -44,10 +44,20 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if prefill_cfg is None and bsr_prefill_tiled.plan_supported(s, tiled):
         return _finish(bsr_prefill_tiled.bsr_prefill_tiled(s, tiled), f"bsr_prefill_{s.key}",
                        bsr_prefill_tiled.config_key(tiled))
+    if s.packed:
+        raise ValueError(f"no CUDA prefill kernel reads packed block metadata for {s}")
     cfg = prefill_cfg or bsr_prefill.tuned(s.rows)
     if bsr_prefill.supports(s, cfg):
         return _finish(bsr_prefill.bsr_prefill_mma(s, cfg), f"bsr_prefill_{s.key}", bsr_prefill.effective(s, cfg).key)
     return _finish(bsr_prefill_simt(s), f"bsr_prefill_simt_{s.key}")
+
+
+def reads_packed(s: BSRShape, target, wgmma: bool = False) -> bool:
+    """Whether every kernel ``bsr_matmul`` would pick for ``s`` can read its block metadata packed into one
+    uint32 per block (BSRShape.packed): on CUDA the tiled (and wgmma) prefill plan must take the matrix."""
+    if not packable(s.bits, s.rows, s.k, s.group):
+        return False
+    return not is_gpu(target) or bsr_prefill_tiled.plan_supported(s, bsr_prefill_tiled.tuned(s, wgmma=wgmma))
 
 
 def attention(n_heads: int, n_kv: int, head_dim: int, cache_len: int, dtype: str, target):

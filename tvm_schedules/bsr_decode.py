@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .common import BSRShape, nibble
+from .common import BSRShape, bsr_func, nibble
 from .launch import SMALL_GRID
 from .warp_plan import records_at
 
@@ -54,9 +54,6 @@ class DecodeConfig:
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
     # previous kernel's output before it reads the activations, and lets the next one launch once its loop is
     # done (right after the wait where its grid is one wave)
-    pack: str = ""  # block metadata as the artifact may pack it (4-bit, R = 1, K / G <= 4096): "z" the zero point in
-    # the top 4 bits of the uint16 column index (the zeros array unread), "w" one uint32 per block, scale << 16 |
-    # zero << 12 | column (indices, scales and zero points in one load)
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -70,7 +67,7 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"m{self.pack}" if self.pack else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -165,8 +162,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     mask = 2**bits - 1
     half2 = half2_path(s, cfg, lanes)
     fence = cfg.fence
-    pack = cfg.pack
-    assert not pack or (rows == 1 and bits == 4 and k // group <= 4096), "packed metadata: 4-bit, R = 1, K / G <= 4096"
+    packed = s.packed  # one uint32 per block: scale << 16 | zero << 12 | column (tvm_schedules.layout)
     meta = cfg.ablate != "meta"  # load the indices, scales and zero points (all but an ablation do)
     smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
@@ -204,18 +200,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     def count_of(indptr, rec, br, start):
         return rec[2] if plan else indptr[br + 1] - start
 
-    @T.prim_func
-    def bsr_decode(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
-                   zr_h: T.handle, y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        nnz = T.int32()
-        x = T.match_buffer(x_h, (m, k), dt)
-        indptr = T.match_buffer(indptr_h, (tbase + 4 * tasks if plan else nbr + 1,), "int32")
-        indices = T.match_buffer(indices_h, (nnz,), "uint32" if pack == "w" else "uint16")
-        qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
-        sc = T.match_buffer(sc_h, (nnz, rows), "float16")
-        zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
-        y = T.match_buffer(y_h, (m, n), dt)
+    @T.macro
+    def body(x, indptr, indices, qw, sc, zr, y, m, nnz):
         x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)  # activation pairs as 32-bit words
         for bx in T.thread_binding(nctas, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
@@ -246,7 +232,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
                     col = T.alloc_buffer((unroll,), "int32", scope="local")
                     ix = T.alloc_buffer((unroll,), "uint16", scope="local")
-                    mw = T.alloc_buffer((unroll,), "uint32", scope="local")  # pack "w": the block's metadata word
+                    mw = T.alloc_buffer((unroll,), "uint32", scope="local")  # packed: the block's metadata word
                     sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
                     zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
@@ -275,7 +261,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                     e = (it * unroll + u) * step + lane_blk
                                     b = start + T.min(e, count - 1)
                                     # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
-                                    if meta and pack == "w":
+                                    if meta and packed:
                                         T.ptx.ld.global_.nc.b32(mw[u], indices.ptr_to([b]))
                                         ix[u] = T.Cast("uint16", mw[u] & T.uint32(0xFFFF))
                                     elif meta:
@@ -291,13 +277,11 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         else:
                                             for w in T.vectorized(wpl):
                                                 wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
-                                        if meta and pack == "w":
+                                        if meta and packed:  # R = 1: the block's word holds both
                                             sh[u, r] = T.Cast("uint16", mw[u] >> T.uint32(16))
-                                        elif meta:
-                                            T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
-                                        if meta and pack != "":
                                             zb[u, r] = T.Cast("uint8", ix[u] >> T.uint16(12))
                                         elif meta:
+                                            T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
                                             T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
                                         else:  # ablation: scale 1, zero point 8
                                             sh[u, r] = T.uint16(0x3C00)
@@ -305,7 +289,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
                                             "float32", e < count)  # 0 for the clamped repeats past the row's end
                                         zv[u, r] = T.Cast("uint32", zb[u, r])
-                                    col[u] = T.Cast("int32", ix[u] & T.uint16(0xFFF) if pack != "" else ix[u]) * (group // 8
+                                    col[u] = T.Cast("int32", ix[u] & T.uint16(0xFFF) if packed else ix[u]) * (group // 8
                                                                                                 ) + sub * (cols // 8)
                                 if fence:
                                     # A store that needs every loaded word: ptxas otherwise sinks each block's
@@ -369,4 +353,4 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     if cfg.pdl and not early:  # the next kernel's thread blocks may take the SMs this one leaves
                         T.ptx.griddepcontrol.launch_dependents()
 
-    return bsr_decode
+    return bsr_func(s, body, tokens=m, indptr_len=tbase + 4 * tasks if plan else None)

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from tvm.script import tirx as T
 
 from . import bsr_prefill_wgmma
-from .common import BSRShape, slab
+from .common import BSRShape, bsr_func, column, scale_bits, slab, zero_bits
 
 PAD = 8  # fp16 of padding per shared row: rows 16 B off the bank period, so ldmatrix is conflict-free
 SMEM_BYTES = 48 * 1024  # beyond this a thread block's shared memory is dynamic (opt-in)
@@ -230,7 +230,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
     @T.macro
     def load_index(indices, nnz, j, cur, ix):
         for c in T.unroll(items):  # the column group of the row's block cur + j
-            ix[c] = T.Cast("int32", indices[T.min(cur[c] + j, nnz - 1)])
+            ix[c] = column(s, indices, T.min(cur[c] + j, nnz - 1))
 
     def blk(cur, j, nnz, c):  # the block lane j loads for item c (clamped: past the row's end it is not used)
         return T.min(cur[c] + j, nnz - 1)
@@ -245,7 +245,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
         T.ptx.mul.rn.f16x2(dst[i], dst[i], scl[c] * T.uint32(0x10001))
 
     @T.macro
-    def load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch):
+    def load_w(qw, indices, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, ch):
         """Lane j of a row's gpc lanes loads the row's block cur + j if it lies in this chunk: a row's kept
         blocks of a chunk are consecutive in memory, so the row's lanes read them coalesced."""
         for c in T.unroll(items):
@@ -258,8 +258,8 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                 hits[c] = hits[c] | sw[0]
             for q in T.vectorized(words):
                 cw[c * words + q] = qw[blk(cur, j, nnz, c), brow(tid, c), q]
-            scl[c] = T.Cast("uint32", T.reinterpret("uint16", sc[blk(cur, j, nnz, c), brow(tid, c)]))
-            zz[c] = T.Cast("uint32", zr[blk(cur, j, nnz, c), brow(tid, c)])
+            scl[c] = scale_bits(s, indices, sc, blk(cur, j, nnz, c), brow(tid, c))
+            zz[c] = zero_bits(s, indices, zr, blk(cur, j, nnz, c), brow(tid, c))
             cur[c] = cur[c] + popc(hits[c])
 
     @T.macro
@@ -369,7 +369,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 if sk:  # the row's first block at or after the split's first column group
                                     lo[0] = end[c]
                                     while cur[c] < lo[0]:
-                                        if T.Cast("int32", indices[(cur[c] + lo[0]) // 2]) < first(by) * gpc:
+                                        if column(s, indices, (cur[c] + lo[0]) // 2) < first(by) * gpc:
                                             cur[c] = (cur[c] + lo[0]) // 2 + 1
                                         else:
                                             lo[0] = (cur[c] + lo[0]) // 2
@@ -377,7 +377,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                             if use_x:
                                 load_x(x, sm, tid, first(by), 0, xrow)
                             if use_w:
-                                load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
+                                load_w(qw, indices, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by))
                                 load_index(indices, nnz, j, cur, ix)
                                 store_w(sm, hm, tid, j, hits, grp, cw, scl, zz, d, 0)
                             T.ptx["cp.async.wait_all"]()
@@ -391,7 +391,7 @@ def _launch(s: BSRShape, cfg: TiledConfig):
                                 if use_x:
                                     load_x(x, sm, tid, T.min(first(by) + ch + 1, nch - 1), (ch + 1) % 2, xrow)
                                 if use_w:
-                                    load_w(qw, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
+                                    load_w(qw, indices, sc, zr, nnz, tid, j, cur, end, ix, hits, grp, sw, cw, scl, zz, first(by) + ch + 1)
                                     load_index(indices, nnz, j, cur, ix)
                                 if wg:
                                     compute_wgmma(sm, acc, da, db, ty, ch % 2)
@@ -462,19 +462,8 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     def below(m, i):  # does entry i (not the last) take M = m?
         return m <= bounds[i] if i + 1 < nplan else False
 
-    @T.prim_func
-    def bsr_prefill(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
-                    zr_h: T.handle, y_h: T.handle):
-        T.func_attr({"tirx.noalias": True})
-        m = T.int64()
-        nnz = T.int32()
-        x = T.match_buffer(x_h, (m, k), dt)
-        indptr = T.match_buffer(indptr_h, (s.block_rows + 1,), "int32")
-        indices = T.match_buffer(indices_h, (nnz,), "uint16")
-        qw = T.match_buffer(qw_h, (nnz, rb, s.words), "uint32")
-        sc = T.match_buffer(sc_h, (nnz, rb), "float16")
-        zr = T.match_buffer(zr_h, (nnz, rb), "uint8")
-        y = T.match_buffer(y_h, (m, n), dt)
+    @T.macro
+    def dispatch(x, indptr, indices, qw, sc, zr, y, m, nnz):
         y2 = T.decl_buffer((m * n // 2,), "uint32", data=y.data)  # output pairs as 32-bit words
         ws = T.alloc_buffer((max_splits * m * n if max_splits > 1 else 1,), "float32", scope="global")  # split-K sums
         if below(m, 0):  # the plan's bounds in order (a missing entry's False drops its branch while parsing)
@@ -488,8 +477,7 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
         else:
             last(x, indptr, indices, qw, sc, zr, y2, ws, m, nnz)
 
-    return bsr_prefill
-
+    return bsr_func(s, dispatch)
 
 def config_key(plan) -> str:
     """What the artifact's manifest records for a plan."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .common import BSRShape
+from .common import BSRShape, column, scale_bits, zero_bits
 
 CHUNK = 64  # input columns per stage: one 128-byte swizzled line of fp16 per row
 WG_TOKENS = 64  # tokens per warpgroup (wgmma's M)
@@ -160,7 +160,7 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False):
                     if r < n:
                         for i in range((indptr[r // rb + 1] - indptr[r // rb] + 31) // 32):
                             if indptr[r // rb] + i * 32 + lx < indptr[r // rb + 1]:
-                                slot[wy * kg + T.Cast("int32", indices[indptr[r // rb] + i * 32 + lx])] = (
+                                slot[wy * kg + column(s, indices, indptr[r // rb] + i * 32 + lx)] = (
                                     indptr[r // rb] + i * 32 + lx)
                     T.tvm_storage_sync("shared")
                     if r < n:
@@ -171,8 +171,8 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False):
                             for u in T.unroll(batch):
                                 if blk[u] >= 0:
                                     cw[u] = qw[blk[u], r % rb, lx % 2]
-                                    zz[u] = T.Cast("uint32", zr[blk[u], r % rb])
-                                    ss[u] = T.Cast("uint32", T.reinterpret("uint16", sc[blk[u], r % rb]))
+                                    zz[u] = zero_bits(s, indices, zr, blk[u], r % rb)
+                                    ss[u] = scale_bits(s, indices, sc, blk[u], r % rb)
                             for u in T.unroll(batch):
                                 if (t * batch + u) * 32 + lx < pieces:
                                     if blk[u] >= 0:

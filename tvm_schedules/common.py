@@ -19,10 +19,14 @@ class BSRShape:
     rows: int
     dtype: str = "float16"  # activations
     interleaved: bool = False  # 4-bit codes in half2 pair order (tvm_schedules.layout)
+    packed: bool = False  # block metadata in one uint32 per block (layout.pack_metadata): the kernel takes
+    # (x, indptr, indices, qweight, y), no scales or zero points
 
     def __post_init__(self):
         # the artifact's code order is one flag for all matrices; other widths keep the checkpoint order
         object.__setattr__(self, "interleaved", self.interleaved and self.bits == 4)
+        if self.packed and not packable(self.bits, self.rows, self.k, self.group):
+            raise ValueError(f"block metadata packs for 4-bit R = 1 matrices of < 4096 column groups, not {self}")
 
     @property
     def per_word(self) -> int:
@@ -39,7 +43,33 @@ class BSRShape:
     @property
     def key(self) -> str:
         return f"n{self.n}_k{self.k}_b{self.bits}_g{self.group}_r{self.rows}_{self.dtype}" + (
-            "_il" if self.interleaved else "")
+            "_il" if self.interleaved else "") + ("_pm" if self.packed else "")
+
+
+def packable(bits: int, rows: int, k: int, group: int) -> bool:
+    """Whether a matrix's block metadata fits one uint32 per block: 4-bit zero points, one row per block, a
+    12-bit column group."""
+    return bits == 4 and rows == 1 and k // group <= 4096
+
+
+def column(s: BSRShape, indices, b):
+    """Block ``b``'s column group, int32."""
+    return T.Cast("int32", indices[b] & T.uint32(0xFFF)) if s.packed else T.Cast("int32", indices[b])
+
+
+def zero_bits(s: BSRShape, indices, zr, b, r):
+    """Row ``r`` of block ``b``: its zero point, uint32."""
+    return (indices[b] >> T.uint32(12)) & T.uint32(0xF) if s.packed else T.Cast("uint32", zr[b, r])
+
+
+def scale_bits(s: BSRShape, indices, sc, b, r):
+    """Row ``r`` of block ``b``: its fp16 scale's bits, uint32."""
+    return indices[b] >> T.uint32(16) if s.packed else T.Cast("uint32", T.reinterpret("uint16", sc[b, r]))
+
+
+def scale(s: BSRShape, indices, sc, b, r):
+    """Row ``r`` of block ``b``: its scale, float32."""
+    return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", scale_bits(s, indices, sc, b, r))))
 
 
 def code(word, i: int | T.PrimExpr, s: BSRShape):
@@ -57,3 +87,45 @@ def slab(rows: int) -> int:
     """fp16 between 8-column slabs of a wgmma tile (its descriptor's leading-dimension byte offset / 2): the
     K-major core matrices of ``rows`` rows, then 16 bytes so that a row's slabs land in different banks."""
     return rows // 8 * 64 + 8
+
+
+def bsr_func(s: BSRShape, body, tokens: int | None = None, nnz_dtype: str = "int32", indptr_len: int | None = None):
+    """The PrimFunc ``(x, indptr, indices, qweight, scales, zeros, y)`` around ``body``, a T.macro taking
+    ``(x, indptr, indices, qw, sc, zr, y, m, nnz)``; with packed metadata (BSRShape.packed) the PrimFunc has no
+    scales and zeros and ``body`` gets None for them. ``tokens``: M, static, or None for a symbolic int64 one;
+    ``indptr_len``: indptr's length where more than the block rows + 1 (the decode warp plan). One definition of
+    the signatures for every family (TVMScript functions have a fixed parameter list)."""
+    n, k, rows, words, dt = s.n, s.k, s.rows, s.words, s.dtype
+    ind = indptr_len or s.block_rows + 1
+
+    if s.packed:
+        @T.prim_func
+        def bsr_packed(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, y_h: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            m = T.int64()
+            nnz = T.int32() if nnz_dtype == "int32" else T.int64()
+            x = T.match_buffer(x_h, (m if tokens is None else tokens, k), dt)
+            indptr = T.match_buffer(indptr_h, (ind,), "int32")
+            indices = T.match_buffer(indices_h, (nnz,), "uint32")
+            qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
+            y = T.match_buffer(y_h, (m if tokens is None else tokens, n), dt)
+            body(x, indptr, indices, qw, None, None, y, m if tokens is None else tokens, nnz)
+
+        return bsr_packed
+
+    @T.prim_func
+    def bsr(x_h: T.handle, indptr_h: T.handle, indices_h: T.handle, qw_h: T.handle, sc_h: T.handle,
+            zr_h: T.handle, y_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        m = T.int64()
+        nnz = T.int32() if nnz_dtype == "int32" else T.int64()
+        x = T.match_buffer(x_h, (m if tokens is None else tokens, k), dt)
+        indptr = T.match_buffer(indptr_h, (ind,), "int32")
+        indices = T.match_buffer(indices_h, (nnz,), "uint16")
+        qw = T.match_buffer(qw_h, (nnz, rows, words), "uint32")
+        sc = T.match_buffer(sc_h, (nnz, rows), "float16")
+        zr = T.match_buffer(zr_h, (nnz, rows), "uint8")
+        y = T.match_buffer(y_h, (m if tokens is None else tokens, n), dt)
+        body(x, indptr, indices, qw, sc, zr, y, m if tokens is None else tokens, nnz)
+
+    return bsr

@@ -43,13 +43,20 @@ def test_logits_match_reference(tiny_ckpt, tiny_artifact):
 
 
 def test_cuda_code_order_end_to_end_on_cpu(tiny_ckpt, tmp_path):
-    """The CUDA artifacts' interleaved 4-bit code order, built for llvm so a CPU can run it: the repacked
-    weights, the lowering's layout flag and every kernel's decoding (4-bit Linears, the 8-bit embedding and
-    tied head) must agree, or the logits drift from the reference."""
+    """The CUDA artifacts' weight layout (interleaved 4-bit codes, block metadata packed into one word per
+    block), built for llvm so a CPU can run it: the repacked weights, the lowering's layout flags and every
+    kernel's decoding (4-bit Linears, the 8-bit embedding and tied head) must agree, or the logits drift from
+    the reference."""
     from gqsa_compile.compiler import compile_model
 
-    out = compile_model(tiny_ckpt, tmp_path / "il", "llvm", log=lambda *a: None, order="interleaved4")
-    assert json.loads((out / "manifest.json").read_text())["code_order"] == "interleaved4"
+    out = compile_model(tiny_ckpt, tmp_path / "il", "llvm", log=lambda *a: None, order="interleaved4",
+                        meta_layout="packed32")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["code_order"] == "interleaved4" and manifest["block_meta"] == "packed32"
+    names = {w["name"]: w["dtype"] for w in manifest["weights"]}
+    o = "layers.0.self_attn.o_proj"  # the packed words replace the scales and zero points
+    assert names[f"{o}.indices"] == "uint32" and f"{o}.scales" not in names and f"{o}.zeros" not in names
+    assert names["embed_tokens.indices"] == "uint16" and "embed_tokens.scales" in names  # the embedding kernel's
     _assert_logits_match(tiny_ckpt, out, seed=1, prompt=6, total=10)
 
 
@@ -92,7 +99,8 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     from tvm_schedules.bsr_decode import tuned
     from tvm_schedules.layout import interleave_codes
 
-    assert manifest["artifact_version"] == 3 and manifest["code_order"] == "interleaved4"
+    assert manifest["artifact_version"] == 4 and manifest["code_order"] == "interleaved4"
+    assert manifest["block_meta"] == "packed32"
     compressed = read_checkpoint(tiny_ckpt)[3]
     stored = read_safetensors(out / "weights.safetensors")
     o = "layers.0.self_attn.o_proj"

@@ -60,6 +60,29 @@ def test_interleaved_code_order_reads_the_same_weights(bits, group, rows, rng):
     assert not np.array_equal(interleave_codes(b.qweight), b.qweight)  # the repack really moves codes
 
 
+def test_packed_metadata_reads_the_same_weights(rng):
+    """The CPU kernel with the CUDA artifacts' packed block metadata (one uint32 per block, no scales and
+    zeros) gives bitwise the result of the separate tensors; a packed shape the layout cannot hold is refused."""
+    from tvm_schedules.layout import pack_metadata
+
+    n, k, m = 64, 256, 3
+    b = _bsr(n, k, 4, 16, 1)
+    x = rng.standard_normal((m, k)).astype("float32")
+    outs = []
+    for packed in (False, True):
+        s = BSRShape(n, k, 4, 16, 1, "float32", packed=packed)
+        lib = tvm.compile(tvm.IRModule({"main": tvm_schedules.bsr_matmul(s, m, tvm.target.Target("llvm"))}),
+                          target="llvm")
+        arrays = ((x, b.indptr, pack_metadata(b.indices, b.scales, b.zeros), b.qweight) if packed
+                  else (x, b.indptr, b.indices, b.qweight, b.scales, b.zeros))
+        y = tvm.runtime.tensor(np.full((m, n), np.nan, "float32"))
+        lib["main"](*[tvm.runtime.tensor(a) for a in arrays], y)
+        outs.append(y.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    with pytest.raises(ValueError):
+        BSRShape(n, k, 4, 16, 4, packed=True)
+
+
 def test_interleave_puts_code_pairs_in_fp16_halves():
     """(word >> 4p) & 0x000F000F must hold codes 2p and 2p + 1 in its low and high halves."""
     from tvm_schedules.layout import interleave_codes
@@ -71,24 +94,22 @@ def test_interleave_puts_code_pairs_in_fp16_halves():
         assert (pair & 0xFFFF, pair >> 16) == (2 * p, 2 * p + 1)
 
 
-@pytest.mark.parametrize("how", ["z", "w"])
-def test_packed_metadata_keeps_column_zero_point_and_scale(how, rng):
-    """pack_metadata (the decode kernel's ``pack`` option): each block's column, zero point and fp16 scale come
-    back bit for bit from the packed index, at the extremes of each field too."""
+def test_packed_metadata_keeps_column_zero_point_and_scale(rng):
+    """pack_metadata (CUDA artifacts' block metadata): each block's column, zero point and fp16 scale come back
+    bit for bit from its word, at the extremes of each field too; a column past 12 bits is refused."""
     from tvm_schedules.layout import pack_metadata
 
     nnz = 200
     col = np.concatenate([[0, 4095], rng.integers(0, 4096, nnz - 2)]).astype(np.uint16)
     zero = np.concatenate([[15, 0], rng.integers(0, 16, nnz - 2)]).astype(np.uint8)[:, None]
     scale = np.concatenate([[6.1e-5, 65504.0], rng.uniform(1e-3, 1, nnz - 2)]).astype(np.float16)[:, None]
-    packed = pack_metadata(col, scale, zero, how)
-    assert packed.dtype == (np.uint16 if how == "z" else np.uint32)
+    packed = pack_metadata(col, scale, zero)
+    assert packed.dtype == np.uint32
     np.testing.assert_array_equal(packed & 0xFFF, col)
     np.testing.assert_array_equal((packed >> 12) & 0xF, zero[:, 0])
-    if how == "w":
-        np.testing.assert_array_equal((packed >> 16).astype(np.uint16).view(np.float16), scale[:, 0])
+    np.testing.assert_array_equal((packed >> 16).astype(np.uint16).view(np.float16), scale[:, 0])
     with pytest.raises(AssertionError):
-        pack_metadata(np.array([4096], np.uint16), scale[:1], zero[:1], how)
+        pack_metadata(np.array([4096], np.uint16), scale[:1], zero[:1])
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +137,17 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "decode_no_math": bsr_decode.bsr_decode_cuda(s, 1, bsr_decode.DecodeConfig(ablate="math")),  # benchmark only
         # rows to warps by a plan appended to indptr (tvm_schedules.warp_plan)
         "decode_plan": bsr_decode.bsr_decode_cuda(s, 4, replace(bsr_decode.tuned(4, 1, s.k), plan=True)),
-        # block metadata packed: the zero point in the column index, or one word per block (benchmark only)
-        "decode_pack_z": bsr_decode.bsr_decode_cuda(s, 1, replace(bsr_decode.tuned(1, 1, s.k), pack="z")),
-        "decode_pack_w": bsr_decode.bsr_decode_cuda(s, 8, replace(bsr_decode.tuned(8, 1, s.k), pack="w")),
         # 4 x 11008 activations (86 KB) staged in dynamic shared memory
         "decode_dyn_smem": tvm_schedules.bsr_matmul(BSRShape(64, 11008, 4, 16, 1, interleaved=True), 4, cuda_target),
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
         "decode_tall": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 8, cuda_target),
         "decode_tall1": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 1, cuda_target),
         "prefill_r1": tvm_schedules.bsr_matmul(BSRShape(576, 576, 4, 16, 1, interleaved=True), None, cuda_target),
+        # CUDA artifacts' packed block metadata (one uint32 per block, no scales and zeros): decode and prefill
+        "decode_packed": tvm_schedules.bsr_matmul(replace(s, packed=True), 1, cuda_target),
+        "decode_packed8": tvm_schedules.bsr_matmul(replace(s, packed=True), 8, cuda_target),
+        "prefill_r1_packed": tvm_schedules.bsr_matmul(BSRShape(576, 576, 4, 16, 1, interleaved=True, packed=True),
+                                                      None, cuda_target),
         "prefill_r16": tvm_schedules.bsr_matmul(BSRShape(576, 1536, 4, 16, 16, interleaved=True), None,
                                                 cuda_target),
         "prefill_g32_sweep": bsr_prefill.bsr_prefill_mma(BSRShape(256, 512, 4, 32, 4), bsr_prefill.SWEEP[3]),
@@ -151,7 +174,8 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
     for arch, text in sass.items():
         mma = functions_with(text, "HMMA")
         # prefill_r1: the tiled GEMM's three launches, chosen by M at run time
-        assert {"prefill_r1_kernel", "prefill_r1_kernel_1", "prefill_r1_kernel_2", "prefill_r16_kernel",
+        assert {"prefill_r1_kernel", "prefill_r1_kernel_1", "prefill_r1_kernel_2", "prefill_r1_packed_kernel",
+                "prefill_r16_kernel",
                 "prefill_g32_sweep_kernel", "prefill_warp_r1_kernel", "prefill_warp_r16_kernel",
                 "prefill_tiled_g32_kernel"} <= mma, (arch, mma)
         assert "decode1_kernel" not in mma and "prefill_simt_kernel" not in mma
