@@ -251,6 +251,21 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             if wgmma:
                 for m in (129, 512, 4096):
                     add("bsr_prefill_sm90a", n, k, m, 1, tag="packed plan", packed=packed)
+    # Packed metadata with programmatic dependent launch (back to back, as a decode step's GEMVs run), and
+    # whether a GEMV that loads one word less per block wants more blocks per lane in flight, or other warps
+    if launch.supported(archs):
+        for n, k in shapes if not quick else shapes[:1]:
+            for packed in (False, True):
+                for m in DECODE_M:
+                    for alloc in ("row",) if m > 1 else ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="packed pdl", packed=packed,
+                            cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True))
+    for n, k in shapes if not quick else shapes[:1]:
+        for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
+                        (2, [dict(), dict(unroll=2), dict(unroll=8)])):
+            for c in cfgs:
+                add("bsr_decode", n, k, m, 1, tag="packed sweep", packed=True,
+                    cfg=replace(bsr_decode.tuned(m, 1, k), **c))
     return kernels, cases
 
 
