@@ -486,14 +486,18 @@ def _load(path: Path):
 
 
 def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | None = None) -> int:
+    here = Path(bundle)
+    p = json.loads((here / "kernels" / "plan.json").read_text())
+    cases = [c for c in p["cases"] if (not only or selected(c, only)) and (not ms or c["m"] in ms)]
+    if not cases:
+        raise UsageError(f"no case of {bundle} has " + " and ".join(
+            ([f"--only {only!r}"] if only else []) + ([f"--m {', '.join(map(str, ms))}"] if ms else [])))
     import numpy as np
     import torch
 
     from runtime.model import import_tvm
 
     tvm = import_tvm(cuda=True)
-    here = Path(bundle)
-    p = json.loads((here / "kernels" / "plan.json").read_text())
     lib = tvm.runtime.load_module(str(here / "kernels" / "kernels.so"))
     dev = tvm.cuda(0)
     bench = Bench(torch)
@@ -515,7 +519,6 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
     results, failures = [], []
     layout = _load(here / "kernels" / "layout.py")
     warp_plan = _load(here / "kernels" / "warp_plan.py")
-    cases = [c for c in p["cases"] if (not only or selected(c, only)) and (not ms or c["m"] in ms)]
     doc = {"device": gpu, "copy_gbs": copy_gbs, "floor_us": floor_us, "archs": p["archs"], "results": results,
            "failures": failures}
     for i, c in enumerate(cases):

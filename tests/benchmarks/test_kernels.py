@@ -82,3 +82,14 @@ def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):
     # a selection that matches nothing is a one-line error, before any compiler work, and writes nothing
     assert kernels.main(["build", str(tmp_path / "b"), "--only", "=no_such_kernel"]) == 2
     assert "selects no case" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+def test_run_selecting_no_case_is_a_one_line_error(kernels, tmp_path, capsys):
+    """``run --only/--m`` that selects nothing stops before touching the GPU, with exit status 2."""
+    (tmp_path / "kernels").mkdir()
+    case = {"tag": "main", "kernel": "bsr_decode_n64_k256_m1_r1", "m": 1}
+    (tmp_path / "kernels" / "plan.json").write_text(json.dumps({"cases": [case], "kernels": {}}))
+    assert kernels.main(["run", str(tmp_path), "--only", "no such tag"]) == 2
+    assert kernels.main(["run", str(tmp_path), "--m", "512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "no such tag" in err[0] and "--m 512" in err[1]
