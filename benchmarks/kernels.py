@@ -675,6 +675,32 @@ def _pdl_table(pick) -> list[str]:
     return out
 
 
+def _packed_table(pick) -> list[str]:
+    """Kernels on packed block metadata (one uint32 per block, as gqsa-compile stores it) beside the same kernels
+    on separate indices, scales and zero points (tags "packed plan", "packed pdl"): by family and M, geometric
+    mean and range of the speed-up over the seven shapes."""
+    import math
+
+    out = []
+    for tag in ("packed plan", "packed pdl"):
+        rows = [r for r in pick(tag=tag) if r["kernel"].endswith("_pm")]
+        if not rows:
+            continue
+        out += ["", f"Packed block metadata, speed over separate tensors (tag `{tag}`; geometric mean, range), and "
+                "the packed kernel's time / cuBLAS fp16 time (range):", "",
+                "| kernel | M | rows | speed-up | range | time / cuBLAS |", "| --- | ---: | --- | ---: | --- | --- |"]
+        for fam, m, alloc in sorted({(r["family"], r["m"], r["alloc"]) for r in rows}):
+            pairs = [(q, r) for r in rows if (r["family"], r["m"], r["alloc"]) == (fam, m, alloc)
+                     for q in pick(tag=tag, family=fam, m=m, alloc=alloc, n=r["n"], k=r["k"])
+                     if q["kernel"] == r["kernel"][:-3]]
+            x = [q["time_us"] / r["time_us"] for q, r in pairs]
+            inv = [1 / r["vs_fp16"] for _, r in pairs]
+            if x:
+                out.append(f"| {fam} | {m} | {alloc} | {math.exp(sum(map(math.log, x)) / len(x)):.3f} | "
+                           f"{min(x):.3f}-{max(x):.3f} | {min(inv):.2f}-{max(inv):.2f} |")
+    return out
+
+
 def _split_table(pick) -> list[str]:
     """Tag "split plan" (kernels_split_h100.json; the variant was removed after it, commit b2a9f90): the
     grid-stride order, the plan of whole rows, and the plan that also cut long rows, each on balanced and unequal
@@ -738,13 +764,14 @@ def summary(doc: dict) -> str:
     floor = f"; an empty kernel takes {doc['floor_us']:.1f} us back to back" if "floor_us" in doc else ""
     same = all("copy_same_us" in r for r in pick(tag="main", kind="decode")) and pick(tag="main", kind="decode")
     out = [f"Device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write){floor}. "
-           "W4 G16, fp16 activations; times are medians of 7 (us).", "",
-           "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline"
+           "W4 G16, fp16 activations; times are medians of 7 (us)."]
+    main = bool(pick(tag="main"))  # a run of some tags only (--only) has no main tables
+    out += ["", "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline"
            + ("; same-byte copy: a device-to-device copy that moves as many bytes, the ceiling at this size"
               if same else "") + ":", "",
            "| shape N x K | M | time | GB/s | % of copy | x cuBLAS fp16 | x dlight int4 g32 | unequal rows: time (loss) |"
            + (" same-byte copy: time (kernel's % of its speed) |" if same else ""),
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if same else "")]
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if same else "")] * main
     for r in pick(tag="main", kind="decode"):
         u = pick(tag="unequal rows", n=r["n"], k=r["k"], m=r["m"])
         loss = f"{u[0]['time_us']:.1f} ({u[0]['time_us'] / r['time_us'] - 1:+.0%})" if u else "-"
@@ -766,7 +793,7 @@ def summary(doc: dict) -> str:
             out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['cfg']} | {unroll} | {r['time_us']:.1f} | "
                        + " | ".join(f"{q[0]['time_us']:.1f}" if q else "-" for q in cut.values()) + " |")
     out += ["", "Time follows kept blocks (decode, R = 1):", "",
-            "| shape N x K | M | 30% pruned | 50% pruned | 70% pruned |", "| --- | ---: | ---: | ---: | ---: |"]
+            "| shape N x K | M | 30% pruned | 50% pruned | 70% pruned |", "| --- | ---: | ---: | ---: | ---: |"] * main
     for r in pick(tag="main", kind="decode"):
         if r["m"] in (1, 8):
             cells = []
@@ -778,7 +805,7 @@ def summary(doc: dict) -> str:
     out += ["", "Prefill (tensor cores, mma.sync m16n8k16), 50% of blocks; time / cuBLAS fp16 time on the same "
             "dense shape (the issue's bound: <= 1.1 at R = 1, <= 0.7 at R = 16, M >= 512):", "",
             "| shape N x K | M | R = 1 time | R = 1 / cuBLAS | R = 16 time | R = 16 / cuBLAS | cuBLAS fp16 | R = 16 TFLOP/s (dense-equivalent) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"] * main
     for r in pick(tag="main", kind="prefill", rows=1):
         t = pick(tag="main", kind="prefill", rows=16, n=r["n"], k=r["k"], m=r["m"])
         t16 = t[0] if t else None
@@ -787,7 +814,7 @@ def summary(doc: dict) -> str:
                    + f"{r['fp16_us']:.0f} | " + (f"{t16['tflops']:.0f} |" if t16 else "- |"))
     out += ["", "Prefill time follows kept blocks at R = 16 (M = 512; the tiled GEMM skips pruned blocks' mma's, the "
             "per-warp kernel walks only kept blocks):", "",
-            "| shape N x K | kernel | 30% pruned | 50% pruned | 70% pruned |", "| --- | --- | ---: | ---: | ---: |"]
+            "| shape N x K | kernel | 30% pruned | 50% pruned | 70% pruned |", "| --- | --- | ---: | ---: | ---: |"] * main
     for r in pick(tag="main", kind="prefill", rows=16, m=512):
         for fam, label in (("bsr_prefill", "tiled (compiled)"), ("bsr_prefill_warp", "per-warp (before)")):
             cells = []
@@ -825,10 +852,11 @@ def summary(doc: dict) -> str:
                           "time (us):")
     out += _pdl_table(pick)
     out += _split_table(pick)
+    out += _packed_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
-            "| ---: | ---: | ---: | ---: | ---: |"]
-    for rows in (1, 4, 8, 16):
+            "| ---: | ---: | ---: | ---: | ---: |"] * main
+    for rows in (1, 4, 8, 16) if main else ():
         d1 = [r for r in res if r["kind"] == "decode" and r["rows"] == rows and r["m"] == 1 and r["sparsity"] == 0.5
               and r["alloc"] == "row" and r["tag"] in ("main", "block height")]
         d8 = [r for r in res if r["kind"] == "decode" and r["rows"] == rows and r["m"] == 8 and r["sparsity"] == 0.5

@@ -93,3 +93,14 @@ def test_run_selecting_no_case_is_a_one_line_error(kernels, tmp_path, capsys):
     assert kernels.main(["run", str(tmp_path), "--m", "512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "no such tag" in err[0] and "--m 512" in err[1]
+
+
+def test_report_of_a_partial_run_shows_packed_speedups_and_no_empty_tables(kernels):
+    """A run of the packed tags alone (``--only``): the packed-versus-separate table, no nan-filled main tables."""
+    base = {"tag": "packed plan", "family": "bsr_decode", "kind": "decode", "n": 4096, "k": 4096, "m": 1,
+            "rows": 1, "sparsity": 0.5, "alloc": "row", "cfg": ""}
+    sep = dict(base, kernel="bsr_decode_n4096_k4096_m1_r1", time_us=6.6, vs_fp16=2.5)
+    packed = dict(base, kernel=sep["kernel"] + "_pm", time_us=6.0, vs_fp16=2.75)
+    text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": [sep, packed]})
+    assert "| bsr_decode | 1 | row | 1.100 | 1.100-1.100 | 0.36-0.36 |" in text
+    assert "nan" not in text and "Speed versus block height" not in text
