@@ -451,7 +451,7 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
     only known at run time; the host side of the PrimFunc picks the launch)."""
     plan = ((None, plan),) if isinstance(plan, TiledConfig) else tuple(plan)
     assert plan[-1][0] is None and plan_supported(s, plan), (s, plan)
-    n, k, rb, dt = s.n, s.k, s.rows, s.dtype
+    n = s.n
     launches = [_launch(s, c) if isinstance(c, TiledConfig) else _wgmma_launch(s, c) for _, c in plan]
     bounds = [b for b, _ in plan[:-1]]
     nplan = len(plan)
