@@ -260,6 +260,14 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for alloc in ("row",) if m > 1 else ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="packed pdl", packed=packed,
                             cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True))
+        # where the next kernel may launch: each warp done (as built before), the whole thread block done, or its
+        # exit (as built now)
+        for n, k in shapes if not quick else shapes[:1]:
+            for m in (1, 2):
+                for trigger in ("warp", "block", "exit"):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl trigger", packed=True,
+                            cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True, trigger=trigger))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

@@ -54,8 +54,12 @@ class DecodeConfig:
     rotate: bool = False  # staged group-major ([group][token][columns]), each lane walking the tokens from
     # its block's slot in the quarter-warp (M >= 2): the four blocks of a quarter-warp then hit distinct banks
     pdl: bool = False  # programmatic dependent launch (sm_90+, tvm_schedules.launch): this kernel waits for the
-    # previous kernel's output before it reads the activations, and lets the next one launch once its loop is
-    # done (right after the wait where its grid is one wave)
+    # previous kernel's output before it reads the activations, and lets the next one launch right after the wait
+    # where its grid is one wave, else as its thread blocks exit (``trigger``)
+    trigger: str = "exit"  # PDL over more than one wave: where the next kernel may launch. "exit": no explicit
+    # trigger, a thread block counts once it exits; "block": after a barrier, once all its warps are done; "warp":
+    # each thread once its own warp's rows are done, which lets a thread block count while its other warps still
+    # walk long rows (H100, unequal rows at M = 1: 1.10x slower than "exit", balanced the same; docs/perf.md)
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -69,7 +73,8 @@ class DecodeConfig:
             f"s{self.ctas}" if self.smem else "") + ("f" if self.fence else "") + (
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
-            "p" if self.plan else "") + ("g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            "p" if self.plan else "") + ("g" if self.pdl else "") + (
+            f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -352,7 +357,9 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                     T.tvm_warp_activemask(), red[0], 16 >> o, 32, 32)
                             if tx == 0 and task < tasks:
                                 y[j // rw, br * rows + r0 + j % rw] = T.Cast(dt, red[0])
-                    if cfg.pdl and not early:  # the next kernel's thread blocks may take the SMs this one leaves
+                    if cfg.pdl and not early and cfg.trigger != "exit":  # the next kernel's thread blocks may
+                        if cfg.trigger == "block":  # take the SMs this one leaves
+                            T.tvm_storage_sync("shared")
                         T.ptx.griddepcontrol.launch_dependents()
 
     return bsr_func(s, body, tokens=m, indptr_len=tbase + 4 * tasks if plan else None)
