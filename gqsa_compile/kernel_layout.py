@@ -5,7 +5,7 @@ artifact may store the same numbers in a kernel-friendly order. For CUDA, 4-bit 
 (tvm_schedules.layout: codes 2p and 2p + 1 at nibbles p and p + 4) so the decode and prefill kernels turn a
 code pair into a half2 with one LOP3, and the block metadata of 4-bit R = 1 matrices is packed into one
 uint32 per block (scale << 16 | zero << 12 | column): 12 bytes a block instead of 13, read in one load
-instead of three (decode 1.03-1.14x faster at M = 1 on an H100, docs/perf.md). CPU (llvm) artifacts keep the
+instead of three (decode 1.03-1.15x faster at M = 1 on an H100, docs/perf.md). CPU (llvm) artifacts keep the
 checkpoint order and separate tensors.
 """
 from __future__ import annotations

@@ -69,7 +69,9 @@ def scale_bits(s: BSRShape, indices, sc, b, r):
 
 def scale(s: BSRShape, indices, sc, b, r):
     """Row ``r`` of block ``b``: its scale, float32."""
-    return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", scale_bits(s, indices, sc, b, r))))
+    if s.packed:
+        return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", indices[b] >> T.uint32(16))))
+    return T.Cast("float32", sc[b, r])
 
 
 def code(word, i: int | T.PrimExpr, s: BSRShape):
