@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .common import BSRShape, bsr_func, nibble
+from .common import BSRShape, bsr_func, nibble, word_column, word_scale_bits, word_zero
 from .launch import SMALL_GRID
 from .warp_plan import records_at
 
@@ -171,6 +171,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     fence = cfg.fence
     packed = s.packed  # one uint32 per block: scale << 16 | zero << 12 | column (tvm_schedules.layout)
     meta = cfg.ablate != "meta"  # load the indices, scales and zero points (all but an ablation do)
+    word = packed and meta  # a block's column, zero point and scale come from its loaded word mw
     smem = half2 and cfg.stages(m, k)
     dyn = smem and m * k * 2 > SMEM_BYTES  # more than a thread block's static shared memory
     nctas = launch(s, m, cfg)["warps"] // warps
@@ -268,9 +269,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                     e = (it * unroll + u) * step + lane_blk
                                     b = start + T.min(e, count - 1)
                                     # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
-                                    if meta and packed:
+                                    if word:
                                         T.ptx.ld.global_.nc.b32(mw[u], indices.ptr_to([b]))
-                                        ix[u] = T.Cast("uint16", mw[u] & T.uint32(0xFFFF))
                                     elif meta:
                                         T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
                                     else:  # ablation: a column spread like real ones, no index load
@@ -284,9 +284,9 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         else:
                                             for w in T.vectorized(wpl):
                                                 wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
-                                        if meta and packed:  # R = 1: the block's word holds both
-                                            sh[u, r] = T.Cast("uint16", mw[u] >> T.uint32(16))
-                                            zb[u, r] = T.Cast("uint8", ix[u] >> T.uint16(12))
+                                        if word:  # R = 1: the block's word holds both
+                                            sh[u, r] = T.Cast("uint16", word_scale_bits(mw[u]))
+                                            zb[u, r] = T.Cast("uint8", word_zero(mw[u]))
                                         elif meta:
                                             T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
                                             T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
@@ -296,14 +296,14 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
                                             "float32", e < count)  # 0 for the clamped repeats past the row's end
                                         zv[u, r] = T.Cast("uint32", zb[u, r])
-                                    col[u] = (T.Cast("int32", ix[u] & T.uint16(0xFFF) if packed else ix[u])
-                                              * (group // 8) + sub * (cols // 8))
+                                    col[u] = (T.Cast("int32", word_column(mw[u]) if word else ix[u]) * (group // 8)
+                                              + sub * (cols // 8))
                                 if fence:
                                     # A store that needs every loaded word: ptxas otherwise sinks each block's
                                     # loads to their first use, leaving one block per lane in flight.
                                     chk[0] = T.uint32(0)
                                     for u in T.unroll(unroll):
-                                        chk[0] = chk[0] ^ T.Cast("uint32", ix[u])
+                                        chk[0] = chk[0] ^ (mw[u] if word else T.Cast("uint32", ix[u]))
                                         for r in T.unroll(rw):
                                             chk[0] = chk[0] ^ T.Cast("uint32", sh[u, r]) ^ zv[u, r]
                                             for w in T.unroll(wpl):

@@ -479,6 +479,7 @@ def bsr_prefill_tiled(s: BSRShape, plan: TiledConfig | tuple = DEFAULT):
 
     return bsr_func(s, dispatch)
 
+
 def config_key(plan) -> str:
     """What the artifact's manifest records for a plan."""
     if isinstance(plan, TiledConfig):

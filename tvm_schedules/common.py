@@ -52,25 +52,40 @@ def packable(bits: int, rows: int, k: int, group: int) -> bool:
     return bits == 4 and rows == 1 and k // group <= 4096
 
 
+def word_column(w):
+    """A packed metadata word's column group (layout.pack_metadata: scale << 16 | zero << 12 | column)."""
+    return w & T.uint32(0xFFF)
+
+
+def word_zero(w):
+    """A packed metadata word's zero point."""
+    return (w >> T.uint32(12)) & T.uint32(0xF)
+
+
+def word_scale_bits(w):
+    """A packed metadata word's fp16 scale, as its bits."""
+    return w >> T.uint32(16)
+
+
 def column(s: BSRShape, indices, b):
     """Block ``b``'s column group, int32."""
-    return T.Cast("int32", indices[b] & T.uint32(0xFFF)) if s.packed else T.Cast("int32", indices[b])
+    return T.Cast("int32", word_column(indices[b]) if s.packed else indices[b])
 
 
 def zero_bits(s: BSRShape, indices, zr, b, r):
     """Row ``r`` of block ``b``: its zero point, uint32."""
-    return (indices[b] >> T.uint32(12)) & T.uint32(0xF) if s.packed else T.Cast("uint32", zr[b, r])
+    return word_zero(indices[b]) if s.packed else T.Cast("uint32", zr[b, r])
 
 
 def scale_bits(s: BSRShape, indices, sc, b, r):
     """Row ``r`` of block ``b``: its fp16 scale's bits, uint32."""
-    return indices[b] >> T.uint32(16) if s.packed else T.Cast("uint32", T.reinterpret("uint16", sc[b, r]))
+    return word_scale_bits(indices[b]) if s.packed else T.Cast("uint32", T.reinterpret("uint16", sc[b, r]))
 
 
 def scale(s: BSRShape, indices, sc, b, r):
     """Row ``r`` of block ``b``: its scale, float32."""
     if s.packed:
-        return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", indices[b] >> T.uint32(16))))
+        return T.Cast("float32", T.reinterpret("float16", T.Cast("uint16", word_scale_bits(indices[b]))))
     return T.Cast("float32", sc[b, r])
 
 

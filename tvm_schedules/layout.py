@@ -24,8 +24,6 @@ def interleave_codes(qweight: np.ndarray) -> np.ndarray:
     return out
 
 
-
-
 def pack_metadata(indices: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> np.ndarray:
     """A 4-bit R = 1 matrix's per-block metadata as one uint32 per block, scale << 16 | zero << 12 | column (the
     fp16 scale's bits unchanged; columns < 4096): what CUDA artifacts store (gqsa_compile.kernel_layout)."""
