@@ -268,6 +268,28 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl trigger", packed=True,
                             cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True, trigger=trigger))
+    # Loads in flight across phases (DecodeConfig.ahead): the first trip's loads issued before the activations
+    # are staged (and before the PDL wait), and each next trip's before this trip's arithmetic; plain and PDL,
+    # balanced and unequal rows, and at M = 1 four blocks per lane per trip beside them
+    for n, k in shapes if not quick else shapes[:1]:
+        for m in (1, 2):
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    variants = [dict(ahead=a) for a in (0, 1, 2)] + (
+                        [dict(unroll=4), dict(unroll=4, ahead=1)] if m == 1 else [])
+                    for v in variants:
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="ahead", packed=True,
+                            cfg=replace(bsr_decode.tuned(m, 1, k), pdl=pdl, **v))
+    # ... and where the next trip's loads in flight paid (rows of many trips), on more long-row shapes: LLaMA-2-13B
+    # and 70B down projections, and K = 8192, whose rows take 4 trips at 50%
+    for n, k in ((4096, 11008), (4096, 14336), (5120, 13824), (8192, 28672), (8192, 8192), (4096, 8192)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                for a in (0, 2):
+                    cfg = replace(bsr_decode.tuned(1, 1, k), pdl=pdl, ahead=a)
+                    if a and pdl and not cfg.stages(1, k):
+                        continue  # refused: with PDL the prologue needs staged activations
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="ahead long", packed=True, cfg=cfg)
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -733,6 +755,43 @@ def _split_table(pick) -> list[str]:
     return out
 
 
+def _ahead_table(pick) -> list[str]:
+    """Tags "ahead" and "ahead long" (kernels_ahead_h100.json, kernels_ahead_long_h100.json; the knob was removed
+    after them): speed of each variant over the same launch without it (config key suffix ``a1``/``a2``, or
+    ``u4`` for four blocks per lane), geometric mean and range over the shapes, per M, launch and rows."""
+    import math
+
+    rows = pick(tag="ahead") + pick(tag="ahead long")
+    if not rows:
+        return []
+    base = {(r["tag"], r["n"], r["k"], r["m"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}
+    groups: dict = {}
+    for r in rows:
+        cfg = r["cfg"]
+        plain = cfg[:-2] if cfg.endswith(("a1", "a2")) else cfg
+        if "u4" in plain and r["m"] == 1:
+            plain = plain.replace("u4", "u2")
+        ref = base.get((r["tag"], r["n"], r["k"], r["m"], r["alloc"], plain))
+        if ref is None or plain == cfg:
+            continue
+        variant = ("4 blocks per lane" if "u4" in cfg and r["m"] == 1 else "") + (
+            (", " if "u4" in cfg and r["m"] == 1 else "") + f"ahead {cfg[-1]}" if cfg.endswith(("a1", "a2")) else "")
+        launch = "PDL" if re.search(r"f?g(a\d)?$", cfg) else "plain"
+        key = (r["tag"], r["m"], launch, "balanced" if r["alloc"] == "row" else "unequal", variant)
+        groups.setdefault(key, []).append((ref / r["time_us"], f"{r['n']} x {r['k']}"))
+    out = ["", "Loads in flight across phases (`DecodeConfig.ahead`: 1, the first trip's loads before staging and the "
+           "PDL wait; 2, also each next trip's before this trip's math), speed over the same launch without it:", "",
+           "| tag | M | launch | rows | variant | geometric mean | range | best shape |",
+           "| --- | ---: | --- | --- | --- | ---: | --- | --- |"]
+    for key in sorted(groups):
+        x = groups[key]
+        g = math.exp(sum(math.log(v) for v, _ in x) / len(x))
+        best = max(x)
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {g:.3f} | "
+                   f"{min(v for v, _ in x):.3f}-{best[0]:.3f} | {best[1]} ({best[0]:.3f}) |")
+    return out
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -861,6 +920,7 @@ def summary(doc: dict) -> str:
     out += _pdl_table(pick)
     out += _split_table(pick)
     out += _packed_table(pick)
+    out += _ahead_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main
