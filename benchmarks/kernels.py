@@ -268,28 +268,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl trigger", packed=True,
                             cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True, trigger=trigger))
-    # Loads in flight across phases (DecodeConfig.ahead): the first trip's loads issued before the activations
-    # are staged (and before the PDL wait), and each next trip's before this trip's arithmetic; plain and PDL,
-    # balanced and unequal rows, and at M = 1 four blocks per lane per trip beside them
-    for n, k in shapes if not quick else shapes[:1]:
-        for m in (1, 2):
-            for pdl in (False, True) if launch.supported(archs) else (False,):
-                for alloc in ("row", "layer"):
-                    variants = [dict(ahead=a) for a in (0, 1, 2)] + (
-                        [dict(unroll=4), dict(unroll=4, ahead=1)] if m == 1 else [])
-                    for v in variants:
-                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="ahead", packed=True,
-                            cfg=replace(bsr_decode.tuned(m, 1, k), pdl=pdl, **v))
-    # ... and where the next trip's loads in flight paid (rows of many trips), on more long-row shapes: LLaMA-2-13B
-    # and 70B down projections, and K = 8192, whose rows take 4 trips at 50%
-    for n, k in ((4096, 11008), (4096, 14336), (5120, 13824), (8192, 28672), (8192, 8192), (4096, 8192)):
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                for a in (0, 2):
-                    cfg = replace(bsr_decode.tuned(1, 1, k), pdl=pdl, ahead=a)
-                    if a and pdl and not cfg.stages(1, k):
-                        continue  # refused: with PDL the prologue needs staged activations
-                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="ahead long", packed=True, cfg=cfg)
+    # (tags "ahead" and "ahead long", loads in flight across phases, build at commit 2ab48ff; report still
+    # prints their table from the JSON)
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

@@ -11,6 +11,21 @@ def _kernel_bodies(source: str) -> dict:
             for m in re.finditer(r'extern "C" __global__ void (?:__launch_bounds__\([^)]*\) )?(\w+)\([^;{]*\{', source)}
 
 
+def _global_loads_before_wait(so_path) -> dict:
+    """Per kernel that waits on the grid dependency (ACQBULK in its sm_90 SASS): its global loads placed before the
+    wait. ptxas hoists an unconditional wait to the top, but it is free to move ``ld.global.nc`` loads (what nvcc
+    emits for ``__restrict__`` inputs) above a wait it cannot hoist, and they would read the previous kernel's
+    output before it is written (docs/perf.md, loads in flight across phases)."""
+    from gqsa_compile.cuda_toolchain import sass_by_arch
+
+    out = {}
+    for chunk in sass_by_arch(so_path)[90].split("Function : ")[1:]:
+        name, code = chunk[:chunk.index("\n")].strip(), chunk[chunk.index("\n"):]
+        if "ACQBULK" in code:
+            out[name] = code[:code.index("ACQBULK")].count("LDG")
+    return out
+
+
 def test_pdl_needs_sm90_everywhere():
     from tvm_schedules import launch
 
@@ -42,6 +57,7 @@ def test_only_waiting_decode_kernels_are_flagged(m, tmp_path):
     lib.export_library(str(tmp_path / "k.so"))
     data = (tmp_path / "k.so").read_bytes()
     assert data.count(launch.PDL_TAG.encode()) == 1  # one kernel's launch parameters carry the flag
+    assert _global_loads_before_wait(tmp_path / "k.so") == {f"decode_{replace(bsr_decode.tuned(m, 1, s.k), pdl=True).key}_kernel": 0}
 
 
 def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
@@ -84,6 +100,7 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
             assert lines[lines.index(wait) + 1] == trigger
     lib.export_library(str(tmp_path / "k.so"))
     assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == len(kernels)
+    assert _global_loads_before_wait(tmp_path / "k.so") == dict.fromkeys(kernels, 0)
 
 
 @pytest.mark.parametrize("everywhere", [False, True])
