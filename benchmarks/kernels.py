@@ -270,6 +270,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                             cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True, trigger=trigger))
     # (tags "ahead" and "ahead long", loads in flight across phases, build at commit 2ab48ff; report still
     # prints their table from the JSON)
+    # the next trip's loads early without giving up thread blocks: registers capped at 8 thread blocks per SM
+    # (__launch_bounds__ min blocks), and one block per lane per trip (a second set the size of today's one)
+    for n, k in SHAPES + [(8192, 8192), (5120, 13824)] if not quick else shapes[:1]:
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                for v in (dict(), dict(ahead=2), dict(ahead=2, min_blocks=8), dict(unroll=1),
+                          dict(unroll=1, ahead=2), dict(unroll=1, ahead=2, min_blocks=8)):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="ahead regs", packed=True,
+                        cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, **v))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -736,28 +745,32 @@ def _split_table(pick) -> list[str]:
 
 
 def _ahead_table(pick) -> list[str]:
-    """Tags "ahead" and "ahead long" (kernels_ahead_h100.json, kernels_ahead_long_h100.json; the knob was removed
-    after them): speed of each variant over the same launch without it (config key suffix ``a1``/``a2``, or
-    ``u4`` for four blocks per lane), geometric mean and range over the shapes, per M, launch and rows."""
+    """Tags "ahead", "ahead long" and "ahead regs" (kernels_ahead*_h100.json; the knobs were removed after them):
+    speed of each variant over the same launch without it (config key suffix ``a1``/``a2`` for DecodeConfig.ahead,
+    ``n8`` for registers capped at 8 thread blocks per SM, ``u1``/``u4`` for blocks per lane per trip at M = 1),
+    geometric mean and range over the shapes, per M, launch and rows."""
     import math
 
-    rows = pick(tag="ahead") + pick(tag="ahead long")
+    rows = pick(tag="ahead") + pick(tag="ahead long") + pick(tag="ahead regs")
     if not rows:
         return []
     base = {(r["tag"], r["n"], r["k"], r["m"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}
     groups: dict = {}
     for r in rows:
-        cfg = r["cfg"]
-        plain = cfg[:-2] if cfg.endswith(("a1", "a2")) else cfg
-        if "u4" in plain and r["m"] == 1:
-            plain = plain.replace("u4", "u2")
-        ref = base.get((r["tag"], r["n"], r["k"], r["m"], r["alloc"], plain))
+        cfg, m = r["cfg"], r["m"]
+        plain = re.sub(r"a\d$|n\d+$", "", re.sub(r"a\dn\d+$", "", cfg))
+        unroll = re.match(r"w\d+u(\d+)", cfg)[1]
+        if m == 1:
+            plain = re.sub(r"^(w\d+)u\d+", r"\1u2", plain)
+        ref = base.get((r["tag"], r["n"], r["k"], m, r["alloc"], plain))
         if ref is None or plain == cfg:
             continue
-        variant = ("4 blocks per lane" if "u4" in cfg and r["m"] == 1 else "") + (
-            (", " if "u4" in cfg and r["m"] == 1 else "") + f"ahead {cfg[-1]}" if cfg.endswith(("a1", "a2")) else "")
-        launch = "PDL" if re.search(r"f?g(a\d)?$", cfg) else "plain"
-        key = (r["tag"], r["m"], launch, "balanced" if r["alloc"] == "row" else "unequal", variant)
+        ahead = re.search(r"a(\d)(n\d+)?$", cfg)
+        parts = ([f"{unroll} block{'s' * (unroll != '1')} per lane"] if m == 1 and unroll != "2" else []) + (
+            [f"ahead {ahead[1]}"] if ahead else []) + (
+            ["registers for 8 blocks per SM"] if re.search(r"n8$", cfg) else [])
+        launch = "PDL" if re.search(r"g(a\d)?(n\d+)?$", cfg) else "plain"
+        key = (r["tag"], m, launch, "balanced" if r["alloc"] == "row" else "unequal", ", ".join(parts))
         groups.setdefault(key, []).append((ref / r["time_us"], f"{r['n']} x {r['k']}"))
     out = ["", "Loads in flight across phases (`DecodeConfig.ahead`: 1, the first trip's loads before staging and the "
            "PDL wait; 2, also each next trip's before this trip's math), speed over the same launch without it:", "",
