@@ -268,17 +268,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl trigger", packed=True,
                             cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True, trigger=trigger))
-    # (tags "ahead" and "ahead long", loads in flight across phases, build at commit 2ab48ff; report still
-    # prints their table from the JSON)
-    # the next trip's loads early without giving up thread blocks: registers capped at 8 thread blocks per SM
-    # (__launch_bounds__ min blocks), and one block per lane per trip (a second set the size of today's one)
-    for n, k in SHAPES + [(8192, 8192), (5120, 13824)] if not quick else shapes[:1]:
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                for v in (dict(), dict(ahead=2), dict(ahead=2, min_blocks=8), dict(unroll=1),
-                          dict(unroll=1, ahead=2), dict(unroll=1, ahead=2, min_blocks=8)):
-                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="ahead regs", packed=True,
-                        cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, **v))
+    # (tags "ahead" and "ahead long", loads in flight across phases, build at commit 2ab48ff, and "ahead regs"
+    # at cb1b9d3; report still prints their table from the JSON)
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

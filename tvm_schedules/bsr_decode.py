@@ -60,10 +60,6 @@ class DecodeConfig:
     # trigger, a thread block counts once it exits; "block": after a barrier, once all its warps are done; "warp":
     # each thread once its own warp's rows are done, which lets a thread block count while its other warps still
     # walk long rows (H100, unequal rows at M = 1: 1.10x slower than "exit", balanced the same; docs/perf.md)
-    ahead: int = 0  # loads in flight across phases: 1 issues the first trip's loads before the activations are
-    # staged (and, with PDL, before the wait: weights never depend on the previous kernel); 2 also issues each
-    # next trip's loads before this trip's arithmetic (a second register set)
-    min_blocks: int = 0  # thread blocks per SM the registers must allow (0: as ptxas likes)
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -78,9 +74,7 @@ class DecodeConfig:
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
             "p" if self.plan else "") + ("g" if self.pdl else "") + (
-            f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"a{self.ahead}" if self.ahead else "") + (
-            f"n{self.min_blocks}" if self.min_blocks else "") + (
-            f"_no_{self.ablate}" if self.ablate else "")
+            f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -187,9 +181,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     early = nctas <= SMALL_GRID
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
-    ahead = cfg.ahead
-    assert not (plan and ahead), "the prologue loads the grid-order first task, not the plan's"
-    assert not (ahead and cfg.pdl and not smem), "with PDL the prologue needs staged activations (coherent loads)"
     base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
@@ -218,99 +209,22 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         return rec[2] if plan else indptr[br + 1] - start
 
     @T.macro
-    def settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk):
-        """Row ``r`` of block ``u``'s fp32 scale (0 for the clamped repeats past the row's end) and zero point,
-        from register set 0."""
-        if word:  # R = 1: the block's word holds both
-            sh[0, u, r] = T.Cast("uint16", word_scale_bits(mw[0, u]))
-            zb[0, u, r] = T.Cast("uint8", word_zero(mw[0, u]))
-        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[0, u, r])) * T.Cast(
-            "float32", (it * unroll + u) * step + lane_blk < count)
-        zv[u, r] = T.Cast("uint32", zb[0, u, r])
-
-    @T.macro
-    def issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, slot, u, it, start, count, r0, lane_blk, sub, now):
-        """Load block ``u`` of trip ``it`` into register set ``slot`` (inline PTX: nvcc keeps the loads here
-        instead of sinking each to its use); ``now``: settle each row's scale and zero point right after."""
-        e = (it * unroll + u) * step + lane_blk
-        b = start + T.min(e, count - 1)
-        if word:
-            T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([b]))
-        elif meta:
-            T.ptx.ld.global_.nc.b16(ix[slot, u], indices.ptr_to([b]))
-        else:  # ablation: a column spread like real ones, no index load
-            ix[slot, u] = T.Cast("uint16", b % (k // group))
-        for r in T.unroll(rw):
-            if wpl == 1:
-                T.ptx.ld.global_.nc.b32(wq[slot, u, r, 0], qw.ptr_to([b, r0 + r, sub]))
-            elif wpl == 2:
-                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, r, 0], wq[slot, u, r, 1], qw.ptr_to([b, r0 + r, sub * 2]))
-            else:
-                for w in T.vectorized(wpl):
-                    wq[slot, u, r, w] = qw[b, r0 + r, sub * wpl + w]
-            if meta and not word:  # packed (word): the block's word holds scale and zero point
-                T.ptx.ld.global_.nc.b16(sh[slot, u, r], sc.ptr_to([b, r0 + r]))
-                T.ptx.ld.global_.nc.u8(zb[slot, u, r], zr.ptr_to([b, r0 + r]))
-            if not meta:  # ablation: scale 1, zero point 8
-                sh[slot, u, r] = T.uint16(0x3C00)
-                zb[slot, u, r] = T.uint8(8)
-            if now:
-                settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
-
-    @T.macro
     def body(x, indptr, indices, qw, sc, zr, y, m, nnz):
         x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)  # activation pairs as 32-bit words
         for bx in T.thread_binding(nctas, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    if cfg.min_blocks > 0:  # __launch_bounds__(threads, min_blocks): ptxas caps the registers
-                        T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", cfg.min_blocks)
                     xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
-                    # a trip's loads, issued before any arithmetic so they are all in flight at once; set 1 holds
-                    # the next trip's (ahead = 2)
-                    wq = T.alloc_buffer((2, unroll, rw, wpl), "uint32", scope="local")
-                    ix = T.alloc_buffer((2, unroll), "uint16", scope="local")
-                    mw = T.alloc_buffer((2, unroll), "uint32", scope="local")  # packed: the block's metadata word
-                    sh = T.alloc_buffer((2, unroll, rw), "uint16", scope="local")
-                    zb = T.alloc_buffer((2, unroll, rw), "uint8", scope="local")
-                    sv = T.alloc_buffer((unroll, rw), "float32", scope="local")
-                    zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
-                    xr = T.alloc_buffer((4,), "uint32", scope="local")  # one coherent 16-byte load
-                    if ahead > 0:  # the first task's first trip, before anything that waits (staging, the grid)
-                        wq[0, 0, 0, 0] = T.uint32(0)  # what the wait's branch reads where a warp loads nothing
-                        mw[0, 0] = T.uint32(0)
-                        ix[0, 0] = T.uint16(0)
-                        if bx * warps + ty < tasks:
-                            first = indptr[(bx * warps + ty) // splits]
-                            end = indptr[(bx * warps + ty) // splits + 1]
-                            if end > first:
-                                for u in T.unroll(unroll):
-                                    issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, 0, first, end - first,
-                                          (bx * warps + ty) % splits * rw, tx // lanes, tx % lanes, False)
-                    if cfg.pdl and ahead == 0:  # nothing before this reads what the previous kernel writes
+                    if cfg.pdl:  # nothing before this reads what the previous kernel writes
                         T.ptx.griddepcontrol.wait()
-                    if cfg.pdl and ahead > 0:
-                        # ptxas hoists an unconditional wait to the kernel's first instruction, ahead of the
-                        # prologue's loads; a branch on their data keeps it after them (either way it waits)
-                        if (mw[0, 0] if word else T.Cast("uint32", ix[0, 0])) ^ wq[0, 0, 0, 0] != T.uint32(0x9E3779B9):
-                            T.ptx.griddepcontrol.wait()
-                        else:
-                            T.ptx.griddepcontrol.wait()
-                    if cfg.pdl:
                         if early:  # one wave of thread blocks: the next kernel's take no slot this one needs
                             T.ptx.griddepcontrol.launch_dependents()
                     if smem:
                         for c in range(stage):
                             if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
-                                if cfg.pdl and ahead > 0:  # coherent loads: ptxas moves .nc ones above the wait
-                                    T.ptx.ld.global_.v4.b32(xr[0], xr[1], xr[2], xr[3],
-                                                            x32.ptr_to([(c * warps * 32 + ty * 32 + tx) * 4]))
-                                    for v in T.vectorized(4):
-                                        xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = xr[v]
-                                else:
-                                    for v in T.vectorized(4):
-                                        xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
-                                            (c * warps * 32 + ty * 32 + tx) * 4 + v]
+                                for v in T.vectorized(4):
+                                    xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
+                                        (c * warps * 32 + ty * 32 + tx) * 4 + v]
                         T.tvm_storage_sync("shared")
                     acc = T.alloc_buffer((m * rw,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
@@ -320,7 +234,15 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     h = T.alloc_buffer((1,), "uint32", scope="local")
                     x2 = T.alloc_buffer((cols // 2,), "uint32", scope="local")
                     dq = T.alloc_buffer((cols // 2,), "uint32", scope="local")
+                    # one trip's loads, issued before any arithmetic so they are all in flight at once
+                    wq = T.alloc_buffer((unroll, rw, wpl), "uint32", scope="local")
+                    sv = T.alloc_buffer((unroll, rw), "float32", scope="local")
+                    zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
                     col = T.alloc_buffer((unroll,), "int32", scope="local")
+                    ix = T.alloc_buffer((unroll,), "uint16", scope="local")
+                    mw = T.alloc_buffer((unroll,), "uint32", scope="local")  # packed: the block's metadata word
+                    sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
+                    zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
                     sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
@@ -342,46 +264,61 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                         if task < tasks:
                             start = start_of(indptr, rec, br)
                             count = count_of(indptr, rec, br, start)
-                            trips = (count + step * unroll - 1) // (step * unroll)
-                            for it in range(trips):
+                            for it in range((count + step * unroll - 1) // (step * unroll)):
                                 for u in T.unroll(unroll):
-                                    if ahead == 0:
-                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, True)
-                                    else:
-                                        if ahead == 1:  # the prologue issued the first task's first trip
-                                            if rep > 0 or it > 0:
-                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, False)
-                                        elif rep > 0 and it == 0:  # later trips come from set 1
-                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, False)
-                                        for r in T.unroll(rw):
-                                            settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
-                                    col[u] = (T.Cast("int32", word_column(mw[0, u]) if word else ix[0, u]) * (group // 8)
+                                    e = (it * unroll + u) * step + lane_blk
+                                    b = start + T.min(e, count - 1)
+                                    # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
+                                    if word:
+                                        T.ptx.ld.global_.nc.b32(mw[u], indices.ptr_to([b]))
+                                    elif meta:
+                                        T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
+                                    else:  # ablation: a column spread like real ones, no index load
+                                        ix[u] = T.Cast("uint16", b % (k // group))
+                                    for r in T.unroll(rw):
+                                        if wpl == 1:
+                                            T.ptx.ld.global_.nc.b32(wq[u, r, 0], qw.ptr_to([b, r0 + r, sub]))
+                                        elif wpl == 2:
+                                            T.ptx.ld.global_.nc.v2.b32(wq[u, r, 0], wq[u, r, 1],
+                                                                       qw.ptr_to([b, r0 + r, sub * 2]))
+                                        else:
+                                            for w in T.vectorized(wpl):
+                                                wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
+                                        if word:  # R = 1: the block's word holds both
+                                            sh[u, r] = T.Cast("uint16", word_scale_bits(mw[u]))
+                                            zb[u, r] = T.Cast("uint8", word_zero(mw[u]))
+                                        elif meta:
+                                            T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
+                                            T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
+                                        else:  # ablation: scale 1, zero point 8
+                                            sh[u, r] = T.uint16(0x3C00)
+                                            zb[u, r] = T.uint8(8)
+                                        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
+                                            "float32", e < count)  # 0 for the clamped repeats past the row's end
+                                        zv[u, r] = T.Cast("uint32", zb[u, r])
+                                    col[u] = (T.Cast("int32", word_column(mw[u]) if word else ix[u]) * (group // 8)
                                               + sub * (cols // 8))
                                 if fence:
                                     # A store that needs every loaded word: ptxas otherwise sinks each block's
                                     # loads to their first use, leaving one block per lane in flight.
                                     chk[0] = T.uint32(0)
                                     for u in T.unroll(unroll):
-                                        chk[0] = chk[0] ^ (mw[0, u] if word else T.Cast("uint32", ix[0, u]))
+                                        chk[0] = chk[0] ^ (mw[u] if word else T.Cast("uint32", ix[u]))
                                         for r in T.unroll(rw):
-                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[0, u, r]) ^ zv[u, r]
+                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[u, r]) ^ zv[u, r]
                                             for w in T.unroll(wpl):
-                                                chk[0] = chk[0] ^ wq[0, u, r, w]
+                                                chk[0] = chk[0] ^ wq[u, r, w]
                                     T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
-                                if ahead == 2:  # the next trip's loads in flight during this trip's arithmetic
-                                    if it + 1 < trips:
-                                        for u in T.unroll(unroll):
-                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 1, u, it + 1, start, count, r0, lane_blk, sub, False)
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
                                             for j in T.unroll(cols // 2):
-                                                dq[j] = ((wq[0, u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                                dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
                                                          ) | T.uint32(0x64006400)
                                                 T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
                                         else:
                                             for j in T.unroll(cols):
-                                                qf[j] = T.reinterpret("float32", ((wq[0, u, r, j // per] >> T.uint32(
+                                                qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
                                                     nibble(j) * bits if s.interleaved else j % per * bits))
                                                     & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
                                                         "float32", zv[u, r]))
@@ -409,19 +346,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                 for j in T.unroll(cols):
                                                     part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
                                             acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
-                                if ahead == 2:
-                                    if it + 1 < trips:
-                                        for u in T.unroll(unroll):
-                                            if word:
-                                                mw[0, u] = mw[1, u]
-                                            else:
-                                                ix[0, u] = ix[1, u]
-                                            for r in T.unroll(rw):
-                                                if not word:
-                                                    sh[0, u, r] = sh[1, u, r]
-                                                    zb[0, u, r] = zb[1, u, r]
-                                                for w in T.unroll(wpl):
-                                                    wq[0, u, r, w] = wq[1, u, r, w]
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]
