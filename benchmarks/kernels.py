@@ -268,8 +268,16 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="pdl trigger", packed=True,
                             cfg=replace(bsr_decode.tuned(m, 1, k), pdl=True, trigger=trigger))
-    # (tags "ahead" and "ahead long", loads in flight across phases, build at commit 2ab48ff, and "ahead regs"
-    # at cb1b9d3; report still prints their table from the JSON)
+    # (tags "ahead" and "ahead long", loads in flight across phases on the LLaMA shapes, build at commit 2ab48ff,
+    # and "ahead regs" at cb1b9d3; report still prints their table from the JSON)
+    # ... on SmolLM2-135M's matrices (fused QKV, O, fused gate/up, down), the compiled default model, where a
+    # GEMV is a few microseconds and its chain of round trips (staging, indptr, loads) is most of it
+    for n, k in ((960, 576), (576, 576), (3072, 576), (576, 1536)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                for a in (0, 1, 2):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="ahead small", packed=True,
+                        cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, ahead=a))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -363,7 +371,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
             if fam == "dense_int4":
                 f = _schedule_dense_int4(spec["n"], spec["k"], spec["m"], target)
             elif fam == "bsr_decode":
-                cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.tuned(spec["m"], spec["rows"], spec["k"])
+                cfg = bsr_decode.DecodeConfig(**spec["cfg"]) if spec["cfg"] else bsr_decode.for_shape(
+                    s, spec["m"])
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
                 if cfg.plan:  # what the GPU side needs to plan the rows of each case's weights
                     spec["warp_plan"] = bsr_decode.launch(s, spec["m"], cfg)
@@ -736,13 +745,14 @@ def _split_table(pick) -> list[str]:
 
 
 def _ahead_table(pick) -> list[str]:
-    """Tags "ahead", "ahead long" and "ahead regs" (kernels_ahead*_h100.json; the knobs were removed after them):
+    """Tags "ahead", "ahead long", "ahead regs" and "ahead small" (kernels_ahead*_h100.json; "ahead regs"'s register
+    cap was removed after it):
     speed of each variant over the same launch without it (config key suffix ``a1``/``a2`` for DecodeConfig.ahead,
     ``n8`` for registers capped at 8 thread blocks per SM, ``u1``/``u4`` for blocks per lane per trip at M = 1),
     geometric mean and range over the shapes, per M, launch and rows."""
     import math
 
-    rows = pick(tag="ahead") + pick(tag="ahead long") + pick(tag="ahead regs")
+    rows = pick(tag="ahead") + pick(tag="ahead long") + pick(tag="ahead regs") + pick(tag="ahead small")
     if not rows:
         return []
     base = {(r["tag"], r["n"], r["k"], r["m"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}

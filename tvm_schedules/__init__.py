@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
-from .bsr_decode import tuned as decode_tuned
+from .bsr_decode import for_shape as decode_for_shape
 from .bsr_decode import bsr_decode_cuda
 from . import bsr_prefill, bsr_prefill_tiled
 from .bsr_prefill_simt import bsr_prefill_simt
@@ -38,7 +38,7 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
-        cfg = decode_cfg or replace(decode_tuned(m, s.rows, s.k), pdl=pdl)
+        cfg = decode_cfg or replace(decode_for_shape(s, m), pdl=pdl)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     tiled = bsr_prefill_tiled.tuned(s, wgmma=wgmma)
     if prefill_cfg is None and bsr_prefill_tiled.plan_supported(s, tiled):

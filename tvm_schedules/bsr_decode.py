@@ -13,9 +13,11 @@ shared-memory bank (M = 8: 1.17-1.37x faster on the K = 4096 shapes).
 Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
 makes a trip's loads issue together. CUDA artifacts pack each block's column, zero point and scale into one
 32-bit word (BSRShape.packed): one load instead of three, 12 bytes a block instead of 13 (H100: 1.03-1.15x
-faster at M = 1). Rows with more blocks loop longer; unequal rows (per-layer sparsity)
-cost up to ~40%. ``plan=True`` gives rows to warps by a per-matrix longest-first plan appended to indptr
-(tvm_schedules.warp_plan; measured: median loss +30% -> +17%), not yet used by gqsa-compile.
+faster at M = 1). Where the grid is one wave (up to ~1000 rows at M = 1, as in small models) a warp's first
+trip of loads goes out before the activations are staged and before the PDL wait (``ahead``): the weights
+stream while the kernel before still runs. Rows with more blocks loop longer; unequal rows (per-layer
+sparsity) cost up to ~40%. ``plan=True`` gives rows to warps by a per-matrix longest-first plan appended to
+indptr (tvm_schedules.warp_plan; measured: median loss +30% -> +17%), not yet used by gqsa-compile.
 
 Arithmetic: with 4-bit codes in the interleaved order (tvm_schedules.layout) one LOP3 turns a code pair
 into the half2 (1024 + c0, 1024 + c1), (c - z) is exact in fp16, the 16 products of a group are summed in
@@ -25,7 +27,7 @@ blocks with many token rows split a block's R rows over several warps (``rows_pe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
@@ -60,6 +62,11 @@ class DecodeConfig:
     # trigger, a thread block counts once it exits; "block": after a barrier, once all its warps are done; "warp":
     # each thread once its own warp's rows are done, which lets a thread block count while its other warps still
     # walk long rows (H100, unequal rows at M = 1: 1.10x slower than "exit", balanced the same; docs/perf.md)
+    ahead: int = 0  # loads in flight across phases: 1 issues the first trip's loads before the activations are
+    # staged (and, with PDL, before the wait: weights never depend on the previous kernel); 2 also issues each
+    # next trip's loads before this trip's arithmetic (a second register set: 40 registers at M = 1, not 32).
+    # H100 (docs/perf.md): grids of one wave gain, with PDL most (SmolLM2's 576 x 576: 2.39 -> 1.60 us), larger
+    # ones lose (28672 x 4096: 0.74-0.81x), so for_shape() picks 2 for one-wave grids only
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -74,7 +81,8 @@ class DecodeConfig:
             f"b{self.row_budget}" if self.row_budget != 16 else "") + (
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
             "p" if self.plan else "") + ("g" if self.pdl else "") + (
-            f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"_no_{self.ablate}" if self.ablate else "")
+            f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"a{self.ahead}" if self.ahead else "") + (
+            f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -113,6 +121,15 @@ def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
     if m in TUNED_STAGED and TUNED_STAGED[m].stages(m, k):
         return TUNED_STAGED[m]
     return TUNED.get(m, DEFAULT)
+
+
+def for_shape(s: BSRShape, m: int) -> DecodeConfig:
+    """tuned(), and at M = 1 loads ahead (``ahead = 2``) where the grid is one wave of an H100 and the
+    activations are staged (H100, SmolLM2's matrices: 1.05-1.07x plain, 1.42-1.49x with PDL; docs/perf.md)."""
+    cfg = tuned(m, s.rows, s.k)
+    small = launch(s, m, cfg)["warps"] // cfg.warps <= SMALL_GRID
+    staged = half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)
+    return replace(cfg, ahead=2) if m == 1 and s.rows == 1 and small and staged else cfg
 
 
 def rows_per_warp(s: BSRShape, m: int, budget: int = 16) -> int:
@@ -181,6 +198,9 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     early = nctas <= SMALL_GRID
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
+    ahead = cfg.ahead
+    assert not (plan and ahead), "the prologue loads the grid-order first task, not the plan's"
+    assert not (ahead and cfg.pdl and not smem), "with PDL the prologue needs staged activations (coherent loads)"
     base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
@@ -209,22 +229,97 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         return rec[2] if plan else indptr[br + 1] - start
 
     @T.macro
+    def settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk):
+        """Row ``r`` of block ``u``'s fp32 scale (0 for the clamped repeats past the row's end) and zero point,
+        from register set 0."""
+        if word:  # R = 1: the block's word holds both
+            sh[0, u, r] = T.Cast("uint16", word_scale_bits(mw[0, u]))
+            zb[0, u, r] = T.Cast("uint8", word_zero(mw[0, u]))
+        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[0, u, r])) * T.Cast(
+            "float32", (it * unroll + u) * step + lane_blk < count)
+        zv[u, r] = T.Cast("uint32", zb[0, u, r])
+
+    @T.macro
+    def issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, slot, u, it, start, count, r0, lane_blk, sub, now):
+        """Load block ``u`` of trip ``it`` into register set ``slot`` (inline PTX: nvcc keeps the loads here
+        instead of sinking each to its use); ``now``: settle each row's scale and zero point right after."""
+        e = (it * unroll + u) * step + lane_blk
+        b = start + T.min(e, count - 1)
+        if word:
+            T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([b]))
+        elif meta:
+            T.ptx.ld.global_.nc.b16(ix[slot, u], indices.ptr_to([b]))
+        else:  # ablation: a column spread like real ones, no index load
+            ix[slot, u] = T.Cast("uint16", b % (k // group))
+        for r in T.unroll(rw):
+            if wpl == 1:
+                T.ptx.ld.global_.nc.b32(wq[slot, u, r, 0], qw.ptr_to([b, r0 + r, sub]))
+            elif wpl == 2:
+                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, r, 0], wq[slot, u, r, 1], qw.ptr_to([b, r0 + r, sub * 2]))
+            else:
+                for w in T.vectorized(wpl):
+                    wq[slot, u, r, w] = qw[b, r0 + r, sub * wpl + w]
+            if meta and not word:  # packed (word): the block's word holds scale and zero point
+                T.ptx.ld.global_.nc.b16(sh[slot, u, r], sc.ptr_to([b, r0 + r]))
+                T.ptx.ld.global_.nc.u8(zb[slot, u, r], zr.ptr_to([b, r0 + r]))
+            if not meta:  # ablation: scale 1, zero point 8
+                sh[slot, u, r] = T.uint16(0x3C00)
+                zb[slot, u, r] = T.uint8(8)
+            if now:
+                settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
+
+    @T.macro
     def body(x, indptr, indices, qw, sc, zr, y, m, nnz):
         x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)  # activation pairs as 32-bit words
         for bx in T.thread_binding(nctas, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
                     xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
-                    if cfg.pdl:  # nothing before this reads what the previous kernel writes
+                    # a trip's loads, issued before any arithmetic so they are all in flight at once; set 1 holds
+                    # the next trip's (ahead = 2)
+                    wq = T.alloc_buffer((2, unroll, rw, wpl), "uint32", scope="local")
+                    ix = T.alloc_buffer((2, unroll), "uint16", scope="local")
+                    mw = T.alloc_buffer((2, unroll), "uint32", scope="local")  # packed: the block's metadata word
+                    sh = T.alloc_buffer((2, unroll, rw), "uint16", scope="local")
+                    zb = T.alloc_buffer((2, unroll, rw), "uint8", scope="local")
+                    sv = T.alloc_buffer((unroll, rw), "float32", scope="local")
+                    zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
+                    xr = T.alloc_buffer((4,), "uint32", scope="local")  # one coherent 16-byte load
+                    if ahead > 0:  # the first task's first trip, before anything that waits (staging, the grid)
+                        wq[0, 0, 0, 0] = T.uint32(0)  # what the wait's branch reads where a warp loads nothing
+                        mw[0, 0] = T.uint32(0)
+                        ix[0, 0] = T.uint16(0)
+                        if bx * warps + ty < tasks:
+                            first = indptr[(bx * warps + ty) // splits]
+                            end = indptr[(bx * warps + ty) // splits + 1]
+                            if end > first:
+                                for u in T.unroll(unroll):
+                                    issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, 0, first, end - first,
+                                          (bx * warps + ty) % splits * rw, tx // lanes, tx % lanes, False)
+                    if cfg.pdl and ahead == 0:  # nothing before this reads what the previous kernel writes
                         T.ptx.griddepcontrol.wait()
+                    if cfg.pdl and ahead > 0:
+                        # ptxas hoists an unconditional wait to the kernel's first instruction, ahead of the
+                        # prologue's loads; a branch on their data keeps it after them (either way it waits)
+                        if (mw[0, 0] if word else T.Cast("uint32", ix[0, 0])) ^ wq[0, 0, 0, 0] != T.uint32(0x9E3779B9):
+                            T.ptx.griddepcontrol.wait()
+                        else:
+                            T.ptx.griddepcontrol.wait()
+                    if cfg.pdl:
                         if early:  # one wave of thread blocks: the next kernel's take no slot this one needs
                             T.ptx.griddepcontrol.launch_dependents()
                     if smem:
                         for c in range(stage):
                             if (c * warps * 32 + ty * 32 + tx) * 4 < xwords:
-                                for v in T.vectorized(4):
-                                    xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
-                                        (c * warps * 32 + ty * 32 + tx) * 4 + v]
+                                if cfg.pdl and ahead > 0:  # coherent loads: ptxas moves .nc ones above the wait
+                                    T.ptx.ld.global_.v4.b32(xr[0], xr[1], xr[2], xr[3],
+                                                            x32.ptr_to([(c * warps * 32 + ty * 32 + tx) * 4]))
+                                    for v in T.vectorized(4):
+                                        xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = xr[v]
+                                else:
+                                    for v in T.vectorized(4):
+                                        xs[staged(c * warps * 32 + ty * 32 + tx) * 4 + v] = x32[
+                                            (c * warps * 32 + ty * 32 + tx) * 4 + v]
                         T.tvm_storage_sync("shared")
                     acc = T.alloc_buffer((m * rw,), "float32", scope="local")
                     part = T.alloc_buffer((1,), "float32", scope="local")
@@ -234,15 +329,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     h = T.alloc_buffer((1,), "uint32", scope="local")
                     x2 = T.alloc_buffer((cols // 2,), "uint32", scope="local")
                     dq = T.alloc_buffer((cols // 2,), "uint32", scope="local")
-                    # one trip's loads, issued before any arithmetic so they are all in flight at once
-                    wq = T.alloc_buffer((unroll, rw, wpl), "uint32", scope="local")
-                    sv = T.alloc_buffer((unroll, rw), "float32", scope="local")
-                    zv = T.alloc_buffer((unroll, rw), "uint32", scope="local")
                     col = T.alloc_buffer((unroll,), "int32", scope="local")
-                    ix = T.alloc_buffer((unroll,), "uint16", scope="local")
-                    mw = T.alloc_buffer((unroll,), "uint32", scope="local")  # packed: the block's metadata word
-                    sh = T.alloc_buffer((unroll, rw), "uint16", scope="local")
-                    zb = T.alloc_buffer((unroll, rw), "uint8", scope="local")
                     chk = T.alloc_buffer((1,), "uint32", scope="local")
                     sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
@@ -264,61 +351,46 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                         if task < tasks:
                             start = start_of(indptr, rec, br)
                             count = count_of(indptr, rec, br, start)
-                            for it in range((count + step * unroll - 1) // (step * unroll)):
+                            trips = (count + step * unroll - 1) // (step * unroll)
+                            for it in range(trips):
                                 for u in T.unroll(unroll):
-                                    e = (it * unroll + u) * step + lane_blk
-                                    b = start + T.min(e, count - 1)
-                                    # inline-PTX loads: nvcc keeps them here instead of sinking each to its use
-                                    if word:
-                                        T.ptx.ld.global_.nc.b32(mw[u], indices.ptr_to([b]))
-                                    elif meta:
-                                        T.ptx.ld.global_.nc.b16(ix[u], indices.ptr_to([b]))
-                                    else:  # ablation: a column spread like real ones, no index load
-                                        ix[u] = T.Cast("uint16", b % (k // group))
-                                    for r in T.unroll(rw):
-                                        if wpl == 1:
-                                            T.ptx.ld.global_.nc.b32(wq[u, r, 0], qw.ptr_to([b, r0 + r, sub]))
-                                        elif wpl == 2:
-                                            T.ptx.ld.global_.nc.v2.b32(wq[u, r, 0], wq[u, r, 1],
-                                                                       qw.ptr_to([b, r0 + r, sub * 2]))
-                                        else:
-                                            for w in T.vectorized(wpl):
-                                                wq[u, r, w] = qw[b, r0 + r, sub * wpl + w]
-                                        if word:  # R = 1: the block's word holds both
-                                            sh[u, r] = T.Cast("uint16", word_scale_bits(mw[u]))
-                                            zb[u, r] = T.Cast("uint8", word_zero(mw[u]))
-                                        elif meta:
-                                            T.ptx.ld.global_.nc.b16(sh[u, r], sc.ptr_to([b, r0 + r]))
-                                            T.ptx.ld.global_.nc.u8(zb[u, r], zr.ptr_to([b, r0 + r]))
-                                        else:  # ablation: scale 1, zero point 8
-                                            sh[u, r] = T.uint16(0x3C00)
-                                            zb[u, r] = T.uint8(8)
-                                        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[u, r])) * T.Cast(
-                                            "float32", e < count)  # 0 for the clamped repeats past the row's end
-                                        zv[u, r] = T.Cast("uint32", zb[u, r])
-                                    col[u] = (T.Cast("int32", word_column(mw[u]) if word else ix[u]) * (group // 8)
+                                    if ahead == 0:
+                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, True)
+                                    else:
+                                        if ahead == 1:  # the prologue issued the first task's first trip
+                                            if rep > 0 or it > 0:
+                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, False)
+                                        elif rep > 0 and it == 0:  # later trips come from set 1
+                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, False)
+                                        for r in T.unroll(rw):
+                                            settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
+                                    col[u] = (T.Cast("int32", word_column(mw[0, u]) if word else ix[0, u]) * (group // 8)
                                               + sub * (cols // 8))
                                 if fence:
                                     # A store that needs every loaded word: ptxas otherwise sinks each block's
                                     # loads to their first use, leaving one block per lane in flight.
                                     chk[0] = T.uint32(0)
                                     for u in T.unroll(unroll):
-                                        chk[0] = chk[0] ^ (mw[u] if word else T.Cast("uint32", ix[u]))
+                                        chk[0] = chk[0] ^ (mw[0, u] if word else T.Cast("uint32", ix[0, u]))
                                         for r in T.unroll(rw):
-                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[u, r]) ^ zv[u, r]
+                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[0, u, r]) ^ zv[u, r]
                                             for w in T.unroll(wpl):
-                                                chk[0] = chk[0] ^ wq[u, r, w]
+                                                chk[0] = chk[0] ^ wq[0, u, r, w]
                                     T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
+                                if ahead == 2:  # the next trip's loads in flight during this trip's arithmetic
+                                    if it + 1 < trips:
+                                        for u in T.unroll(unroll):
+                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 1, u, it + 1, start, count, r0, lane_blk, sub, False)
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
                                             for j in T.unroll(cols // 2):
-                                                dq[j] = ((wq[u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                                dq[j] = ((wq[0, u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
                                                          ) | T.uint32(0x64006400)
                                                 T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
                                         else:
                                             for j in T.unroll(cols):
-                                                qf[j] = T.reinterpret("float32", ((wq[u, r, j // per] >> T.uint32(
+                                                qf[j] = T.reinterpret("float32", ((wq[0, u, r, j // per] >> T.uint32(
                                                     nibble(j) * bits if s.interleaved else j % per * bits))
                                                     & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
                                                         "float32", zv[u, r]))
@@ -346,6 +418,19 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                 for j in T.unroll(cols):
                                                     part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
                                             acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
+                                if ahead == 2:
+                                    if it + 1 < trips:
+                                        for u in T.unroll(unroll):
+                                            if word:
+                                                mw[0, u] = mw[1, u]
+                                            else:
+                                                ix[0, u] = ix[1, u]
+                                            for r in T.unroll(rw):
+                                                if not word:
+                                                    sh[0, u, r] = sh[1, u, r]
+                                                    zb[0, u, r] = zb[1, u, r]
+                                                for w in T.unroll(wpl):
+                                                    wq[0, u, r, w] = wq[1, u, r, w]
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]

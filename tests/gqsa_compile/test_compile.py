@@ -3,6 +3,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -110,7 +111,8 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     np.testing.assert_array_equal(stored["layers.0.self_attn.qkv_proj.qweight"], qkv)
     assert "layers.0.self_attn.q_proj.qweight" not in stored
     kernels = manifest["kernels"]
-    assert any(k.startswith("bsr_decode_m1_") and v == tuned(1).key for k, v in kernels.items())
+    # a tiny model's matrices are one-wave grids: their GEMVs load ahead of the staging (bsr_decode.for_shape)
+    assert any(k.startswith("bsr_decode_m1_") and v == replace(tuned(1), ahead=2).key for k, v in kernels.items())
     assert any(k.startswith("bsr_prefill_") and v.startswith("m<=32:t64x32") and v.endswith(
         bsr_prefill_tiled.DEFAULT.key) for k, v in kernels.items())
 

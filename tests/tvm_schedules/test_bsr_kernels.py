@@ -288,6 +288,20 @@ def test_decode_tuning_follows_activation_staging():
     assert d.tuned(8, 1, 4096) == d.TUNED_STAGED[8] and d.tuned(8, 1, 11008) == d.TUNED[8]
 
 
+def test_one_wave_decode_grids_load_ahead():
+    """M = 1: a grid of one wave (up to 132 thread blocks of 8 warps) loads ahead; larger ones, unstaged
+    activations (56 KB; an 8-bit matrix gathers them from L1), other M or tall blocks do not."""
+    from tvm_schedules import bsr_decode as d
+
+    def ahead(n, k, m=1, bits=4, rows=1):
+        return d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m).ahead
+
+    assert ahead(576, 576) == 2 and ahead(1056, 4096) == 2
+    assert d.for_shape(BSRShape(4096, 4096, 4, 16, 1, interleaved=True), 1) == d.TUNED[1]
+    assert ahead(1057, 4096) == ahead(576, 28672) == ahead(576, 576, bits=8) == ahead(576, 576, m=2) == 0
+    assert ahead(576, 576, rows=4) == 0
+
+
 def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():
     """The group-major layout moves each 16-byte activation chunk to its own place, and the four blocks of a
     quarter-warp (two lanes each), with tokens rotated by slot, read four distinct 32-byte bank slots for any
