@@ -355,17 +355,20 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             for it in range(trips):
                                 for u in T.unroll(unroll):
                                     if ahead == 0:
-                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, True)
+                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                                              0, u, it, start, count, r0, lane_blk, sub, True)
                                     else:
                                         if ahead == 1:  # the prologue issued the first task's first trip
                                             if rep > 0 or it > 0:
-                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, False)
+                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                                                      0, u, it, start, count, r0, lane_blk, sub, False)
                                         elif rep > 0 and it == 0:  # later trips come from set 1
-                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, it, start, count, r0, lane_blk, sub, False)
+                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                                                  0, u, it, start, count, r0, lane_blk, sub, False)
                                         for r in T.unroll(rw):
                                             settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
-                                    col[u] = (T.Cast("int32", word_column(mw[0, u]) if word else ix[0, u]) * (group // 8)
-                                              + sub * (cols // 8))
+                                    col[u] = (T.Cast("int32", word_column(mw[0, u]) if word else ix[0, u])
+                                              * (group // 8) + sub * (cols // 8))
                                 if fence:
                                     # A store that needs every loaded word: ptxas otherwise sinks each block's
                                     # loads to their first use, leaving one block per lane in flight.
@@ -380,7 +383,8 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                 if ahead == 2:  # the next trip's loads in flight during this trip's arithmetic
                                     if it + 1 < trips:
                                         for u in T.unroll(unroll):
-                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 1, u, it + 1, start, count, r0, lane_blk, sub, False)
+                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                                                  1, u, it + 1, start, count, r0, lane_blk, sub, False)
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
