@@ -45,6 +45,7 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
     from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules.common import BSRShape
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -278,6 +279,25 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for a in (0, 1, 2):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="ahead small", packed=True,
                         cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, ahead=a))
+    # one wave by wider thread blocks (16 or 32 warps, at most 132 of them, looping over rows), so that the grid
+    # triggers the next launch early and loads ahead, on matrices of 3072-6144 rows
+    for n, k in ((3072, 576), (4096, 4096), (6144, 4096), (4096, 11008), (4096, 14336)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                for v in (dict(), dict(warps=16, ctas=132), dict(warps=16, ctas=132, ahead=2),
+                          dict(warps=32, ctas=132), dict(warps=32, ctas=132, ahead=2)):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave", packed=True,
+                        cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, **v))
+    # the rule gqsa-compile follows (bsr_decode.for_shape: a warp per row in one wave, loads ahead) beside the
+    # tuning before it, on matrices of 1536-5120 rows
+    for n, k in ((1536, 576), (2048, 4096), (2048, 8192), (3072, 4096), (4096, 4096), (4096, 11008),
+                 (4096, 14336), (5120, 13824)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+                for cfg in (bsr_decode.tuned(1, 1, k), bsr_decode.for_shape(shape, 1)):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave rule", packed=True,
+                        cfg=replace(cfg, pdl=pdl))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

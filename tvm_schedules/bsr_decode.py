@@ -13,9 +13,9 @@ shared-memory bank (M = 8: 1.17-1.37x faster on the K = 4096 shapes).
 Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
 makes a trip's loads issue together. CUDA artifacts pack each block's column, zero point and scale into one
 32-bit word (BSRShape.packed): one load instead of three, 12 bytes a block instead of 13 (H100: 1.03-1.15x
-faster at M = 1). Where the grid is one wave (up to ~1000 rows at M = 1, as in small models) a warp's first
-trip of loads goes out before the activations are staged and before the PDL wait (``ahead``): the weights
-stream while the kernel before still runs. Rows with more blocks loop longer; unequal rows (per-layer
+faster at M = 1). Up to 4224 rows at M = 1, every row gets a warp in one wave of thread blocks (for_shape),
+and a warp's first trip of loads goes out before the activations are staged and before the PDL wait
+(``ahead``): the weights stream while the kernel before still runs. Rows with more blocks loop longer; unequal rows (per-layer
 sparsity) cost up to ~40%. ``plan=True`` gives rows to warps by a per-matrix longest-first plan appended to
 indptr (tvm_schedules.warp_plan; measured: median loss +30% -> +17%), not yet used by gqsa-compile.
 
@@ -124,12 +124,19 @@ def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
 
 
 def for_shape(s: BSRShape, m: int) -> DecodeConfig:
-    """tuned(), and at M = 1 loads ahead (``ahead = 2``) where the grid is one wave of an H100 and the
-    activations are staged (H100, SmolLM2's matrices: 1.05-1.07x plain, 1.42-1.49x with PDL; docs/perf.md)."""
+    """tuned(), and at M = 1, where the activations are staged and a warp per row fits in one wave of an H100
+    (132 thread blocks of 8, 16 or 32 warps: up to 4224 rows), that grid, loading ahead (``ahead = 2``): it
+    triggers the next launch right after its wait, and its first weights stream before the staging and the
+    wait (H100: SmolLM2's matrices 1.05-1.07x plain, 1.42-1.49x with PDL; 4096-row LLaMA matrices with 32
+    warps per thread block up to 1.18x, unequal rows up to 1.28x; docs/perf.md)."""
     cfg = tuned(m, s.rows, s.k)
-    small = launch(s, m, cfg)["warps"] // cfg.warps <= SMALL_GRID
-    staged = half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)
-    return replace(cfg, ahead=2) if m == 1 and s.rows == 1 and small and staged else cfg
+    if m != 1 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
+        return cfg
+    for warps in (cfg.warps, 2 * cfg.warps, 4 * cfg.warps):
+        if s.block_rows <= SMALL_GRID * warps:
+            return replace(cfg, ahead=2) if warps == cfg.warps else replace(cfg, warps=warps, ctas=SMALL_GRID,
+                                                                              ahead=2)
+    return cfg
 
 
 def rows_per_warp(s: BSRShape, m: int, budget: int = 16) -> int:

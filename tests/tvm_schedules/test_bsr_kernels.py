@@ -289,17 +289,22 @@ def test_decode_tuning_follows_activation_staging():
 
 
 def test_one_wave_decode_grids_load_ahead():
-    """M = 1: a grid of one wave (up to 132 thread blocks of 8 warps) loads ahead; larger ones, unstaged
-    activations (56 KB; an 8-bit matrix gathers them from L1), other M or tall blocks do not."""
+    """M = 1: where a warp per row fits in one wave of an H100 (132 thread blocks of 8, 16 or 32 warps), that grid
+    loads ahead; more rows, unstaged activations (56 KB; an 8-bit matrix gathers them from L1), other M or tall
+    blocks keep the tuned launch."""
     from tvm_schedules import bsr_decode as d
 
-    def ahead(n, k, m=1, bits=4, rows=1):
-        return d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m).ahead
+    def pick(n, k, m=1, bits=4, rows=1):
+        c = d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m)
+        return c.warps, c.ahead
 
-    assert ahead(576, 576) == 2 and ahead(1056, 4096) == 2
-    assert d.for_shape(BSRShape(4096, 4096, 4, 16, 1, interleaved=True), 1) == d.TUNED[1]
-    assert ahead(1057, 4096) == ahead(576, 28672) == ahead(576, 576, bits=8) == ahead(576, 576, m=2) == 0
-    assert ahead(576, 576, rows=4) == 0
+    assert pick(576, 576) == pick(1056, 4096) == (8, 2)
+    assert pick(1057, 4096) == pick(2112, 576) == (16, 2) and pick(2113, 4096) == pick(4224, 14336) == (32, 2)
+    assert d.for_shape(BSRShape(4225, 4096, 4, 16, 1, interleaved=True), 1) == d.TUNED[1]
+    assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=2)[1] == pick(576, 576, rows=4)[1] == 0
+    grid = d.launch(BSRShape(4096, 4096, 4, 16, 1, interleaved=True), 1, d.for_shape(
+        BSRShape(4096, 4096, 4, 16, 1, interleaved=True), 1))
+    assert grid["warps"] == 4096  # 128 thread blocks of 32 warps, a row each
 
 
 def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():
