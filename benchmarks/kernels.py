@@ -806,6 +806,28 @@ def _ahead_table(pick) -> list[str]:
     return out
 
 
+def _one_wave_table(pick) -> list[str]:
+    """Tag "one wave rule": per shape, the decode launch bsr_decode.for_shape picks (config ending ``a2``) against the
+    tuning before it, plain and PDL, balanced and unequal rows (time in us, old -> new)."""
+    rows = pick(tag="one wave rule")
+    if not rows:
+        return []
+    t = {(r["n"], r["k"], r["cfg"].endswith("a2"), bool(re.search(r"g(a2)?$", r["cfg"])), r["alloc"]):
+         (r["time_us"], r["cfg"]) for r in rows}
+    out = ["", "Decode at M = 1 as `bsr_decode.for_shape` launches it (a warp per row in one wave, loading ahead) "
+           "against the tuning before it, time (us), old -> new:", "",
+           "| shape N x K | new launch | plain, balanced | plain, unequal | PDL, balanced | PDL, unequal |",
+           "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for n, k in sorted({(n, k) for n, k, *_ in t}, key=lambda s: (s[0], s[1])):
+        if (n, k, True, False, "row") not in t:
+            out.append(f"| {n} x {k} | unchanged | | | | |")
+            continue
+        cells = [f"{t[(n, k, False, p, a)][0]:.2f} -> {t[(n, k, True, p, a)][0]:.2f}"
+                 for p in (False, True) for a in ("row", "layer")]
+        out.append(f"| {n} x {k} | {t[(n, k, True, False, 'row')][1]} | " + " | ".join(cells) + " |")
+    return out
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -935,6 +957,7 @@ def summary(doc: dict) -> str:
     out += _split_table(pick)
     out += _packed_table(pick)
     out += _ahead_table(pick)
+    out += _one_wave_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main
