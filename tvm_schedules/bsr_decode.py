@@ -235,6 +235,10 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     def count_of(indptr, rec, br, start):
         return rec[2] if plan else indptr[br + 1] - start
 
+    def position(it, u, lane_blk):
+        """The lane's block ``u`` of trip ``it``: its index within the row."""
+        return (it * unroll + u) * step + lane_blk
+
     @T.macro
     def settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk):
         """Row ``r`` of block ``u``'s fp32 scale (0 for the clamped repeats past the row's end) and zero point,
@@ -243,15 +247,14 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
             sh[0, u, r] = T.Cast("uint16", word_scale_bits(mw[0, u]))
             zb[0, u, r] = T.Cast("uint8", word_zero(mw[0, u]))
         sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[0, u, r])) * T.Cast(
-            "float32", (it * unroll + u) * step + lane_blk < count)
+            "float32", position(it, u, lane_blk) < count)
         zv[u, r] = T.Cast("uint32", zb[0, u, r])
 
     @T.macro
     def issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, slot, u, it, start, count, r0, lane_blk, sub, now):
         """Load block ``u`` of trip ``it`` into register set ``slot`` (inline PTX: nvcc keeps the loads here
         instead of sinking each to its use); ``now``: settle each row's scale and zero point right after."""
-        e = (it * unroll + u) * step + lane_blk
-        b = start + T.min(e, count - 1)
+        b = start + T.min(position(it, u, lane_blk), count - 1)
         if word:
             T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([b]))
         elif meta:

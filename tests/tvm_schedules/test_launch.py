@@ -16,8 +16,6 @@ def _global_loads_before_wait(so_path) -> dict:
     wait, and the first one after it. ptxas hoists an unconditional wait to the top, but it is free to move
     ``ld.global.nc`` loads (what nvcc emits for ``__restrict__`` inputs) above a wait it cannot hoist, and they
     would read the previous kernel's output before it is written (docs/perf.md, loads in flight across phases)."""
-    import re
-
     from gqsa_compile.cuda_toolchain import sass_by_arch
 
     out = {}
