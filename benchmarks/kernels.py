@@ -298,6 +298,27 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for cfg in (bsr_decode.tuned(1, 1, k), bsr_decode.for_shape(shape, 1)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave rule", packed=True,
                         cfg=replace(cfg, pdl=pdl))
+    # larger grids whose thread blocks all fit at once when sized to the registers (6 thread blocks of 8 warps per
+    # SM at 40 registers, 5 at 48): loads ahead, the early trigger, and a warp's next row issued in its last trip
+    for n, k in ((6144, 4096), (12288, 4096), (22016, 4096), (28672, 4096)):
+        def resident(per_sm, warps=8):  # thread blocks that hold every row in equal rounds, all resident at once
+            rounds = -(-n // (warps * launch.SMALL_GRID * per_sm))
+            return -(-n // (warps * rounds))
+        variants = [dict(ahead=2, ctas=resident(6)), dict(ahead=2, ctas=resident(5), chain=True)]
+        if n <= 24 * 2 * launch.SMALL_GRID:  # a warp per row in 2 thread blocks of 24 warps per SM
+            variants.append(dict(ahead=2, warps=24, ctas=2 * launch.SMALL_GRID))
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                base = bsr_decode.tuned(1, 1, k)
+                for v in [dict()] + variants + [dict(v, trigger="early") for v in variants] * pdl:
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident", packed=True,
+                        cfg=replace(base, pdl=pdl, **v))
+                # second round: the early trigger alone, equal rounds at 32 registers, the first trip ahead only
+                more = [dict(ahead=1, ctas=resident(6)), dict(ahead=2, ctas=resident(6))] + [
+                    dict(ctas=resident(8))] * (resident(8) < min(-(-n // base.warps), base.ctas))
+                for v in [dict()] + more + [dict(v, trigger="early") for v in [dict()] + more] * pdl:
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident 2", packed=True,
+                        cfg=replace(base, pdl=pdl, **v))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

@@ -61,12 +61,15 @@ class DecodeConfig:
     trigger: str = "exit"  # PDL over more than one wave: where the next kernel may launch. "exit": no explicit
     # trigger, a thread block counts once it exits; "block": after a barrier, once all its warps are done; "warp":
     # each thread once its own warp's rows are done, which lets a thread block count while its other warps still
-    # walk long rows (H100, unequal rows at M = 1: 1.10x slower than "exit", balanced the same; docs/perf.md)
+    # walk long rows (H100, unequal rows at M = 1: 1.10x slower than "exit", balanced the same; docs/perf.md);
+    # "early": right after the wait, as grids of at most 132 thread blocks do (for grids resident all at once)
     ahead: int = 0  # loads in flight across phases: 1 issues the first trip's loads before the activations are
     # staged (and, with PDL, before the wait: weights never depend on the previous kernel); 2 also issues each
     # next trip's loads before this trip's arithmetic (a second register set: 40 registers at M = 1, not 32).
     # H100 (docs/perf.md): grids of one wave gain, with PDL most (SmolLM2's 576 x 576: 2.39 -> 1.60 us), larger
     # ones lose (28672 x 4096: 0.74-0.81x), so for_shape() picks 2 for one-wave grids only
+    chain: bool = False  # ahead = 2 where a warp walks several rows: the last trip of a row also issues the next
+    # row's first trip (its indptr read when the row starts), so the loads stay in flight across rows
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -82,6 +85,7 @@ class DecodeConfig:
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
             "p" if self.plan else "") + ("g" if self.pdl else "") + (
             f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"a{self.ahead}" if self.ahead else "") + (
+            "c" if self.chain else "") + (
             f"_no_{self.ablate}" if self.ablate else "")
 
 
@@ -202,12 +206,14 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     # PDL: where the grid is one wave, let the next kernel launch right after the wait (measured the same as
     # after the loop at 132 thread blocks, 1-2% faster in the compiled SmolLM2; at 1056 thread blocks it cost
     # M = 1 1.2x: docs/perf.md)
-    early = nctas <= SMALL_GRID
+    early = nctas <= SMALL_GRID or cfg.trigger == "early"
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
     ahead = cfg.ahead
     assert not (plan and ahead), "the prologue loads the grid-order first task, not the plan's"
     assert not (ahead and cfg.pdl and not smem), "with PDL the prologue needs staged activations (coherent loads)"
+    chain = cfg.chain and reps > 1  # a warp walks more than one row
+    assert not cfg.chain or ahead == 2, "a row's last trip issues the next row's first into register set 1"
     base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
@@ -344,6 +350,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
                     rec = T.alloc_buffer((4,), "int32", scope="local")  # plan: task, first block, block count
+                    nxt = T.alloc_buffer((2,), "int32", scope="local")  # chain: the next row's first block, count
                     if plan:  # plan warp ty * blocks + bx: a plan's consecutive warps sit on different SMs
                         span[0] = indptr[base + ty * nctas + bx]
                         span[1] = indptr[base + ty * nctas + bx + 1]
@@ -362,6 +369,11 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             start = start_of(indptr, rec, br)
                             count = count_of(indptr, rec, br, start)
                             trips = (count + step * unroll - 1) // (step * unroll)
+                            if chain:  # the next row's extent, read now and used at this row's last trip
+                                nxt[1] = 0
+                                if task + nctas * warps < tasks:
+                                    nxt[0] = indptr[(task + nctas * warps) // splits]
+                                    nxt[1] = indptr[(task + nctas * warps) // splits + 1] - nxt[0]
                             for it in range(trips):
                                 for u in T.unroll(unroll):
                                     if ahead == 0:
@@ -372,7 +384,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                             if rep > 0 or it > 0:
                                                 issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
                                                       0, u, it, start, count, r0, lane_blk, sub, False)
-                                        elif rep > 0 and it == 0:  # later trips come from set 1
+                                        elif rep > 0 and it == 0 and not chain:  # later trips come from set 1
                                             issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
                                                   0, u, it, start, count, r0, lane_blk, sub, False)
                                         for r in T.unroll(rw):
@@ -395,6 +407,12 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         for u in T.unroll(unroll):
                                             issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
                                                   1, u, it + 1, start, count, r0, lane_blk, sub, False)
+                                    elif chain:  # or the next row's first
+                                        if nxt[1] > 0:
+                                            for u in T.unroll(unroll):
+                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 1, u, 0,
+                                                      nxt[0], nxt[1], (task + nctas * warps) % splits * rw,
+                                                      lane_blk, sub, False)
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
@@ -433,7 +451,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                     part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
                                             acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
                                 if ahead == 2:
-                                    if it + 1 < trips:
+                                    if it + 1 < trips or (chain and nxt[1] > 0):
                                         for u in T.unroll(unroll):
                                             if word:
                                                 mw[0, u] = mw[1, u]
@@ -445,6 +463,11 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                     zb[0, u, r] = zb[1, u, r]
                                                 for w in T.unroll(wpl):
                                                     wq[0, u, r, w] = wq[1, u, r, w]
+                            if chain:  # an empty row issued nothing ahead: the next row's first trip, into set 0
+                                if trips == 0 and nxt[1] > 0:
+                                    for u in T.unroll(unroll):
+                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, 0, nxt[0], nxt[1],
+                                              (task + nctas * warps) % splits * rw, lane_blk, sub, False)
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]
