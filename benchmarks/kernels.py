@@ -288,37 +288,36 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                           dict(warps=32, ctas=132), dict(warps=32, ctas=132, ahead=2)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave", packed=True,
                         cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, **v))
-    # the rule gqsa-compile follows (bsr_decode.for_shape: a warp per row in one wave, loads ahead) beside the
-    # tuning before it, on matrices of 1536-5120 rows
-    for n, k in ((1536, 576), (2048, 4096), (2048, 8192), (3072, 4096), (4096, 4096), (4096, 11008),
-                 (4096, 14336), (5120, 13824)):
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-                for cfg in (bsr_decode.tuned(1, 1, k), bsr_decode.for_shape(shape, 1)):
-                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave rule", packed=True,
-                        cfg=replace(cfg, pdl=pdl))
+    def rule(tag, shapes_):  # the launch gqsa-compile picks (bsr_decode.for_shape) beside the tuning before it
+        for n, k in shapes_:
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+                    for cfg in (bsr_decode.tuned(1, 1, k), bsr_decode.for_shape(shape, 1)):
+                        add("bsr_decode", n, k, 1, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
+
+    # up to 4224 rows: a warp per row in one wave, loads ahead
+    rule("one wave rule", ((1536, 576), (2048, 4096), (2048, 8192), (3072, 4096), (4096, 4096), (4096, 11008),
+                           (4096, 14336), (5120, 13824)))
     # larger grids whose thread blocks all fit at once when sized to the registers (6 thread blocks of 8 warps per
-    # SM at 40 registers, 5 at 48): loads ahead, the early trigger, and a warp's next row issued in its last trip
+    # SM at 40 registers, 8 at 32): loads ahead, the early trigger, equal rounds of rows (tag "resident", with a
+    # warp's next row issued in its last trip, DecodeConfig.chain, is at commit 46c52b7; report prints both tags)
     for n, k in ((6144, 4096), (12288, 4096), (22016, 4096), (28672, 4096)):
         def resident(per_sm, warps=8):  # thread blocks that hold every row in equal rounds, all resident at once
             rounds = -(-n // (warps * launch.SMALL_GRID * per_sm))
             return -(-n // (warps * rounds))
-        variants = [dict(ahead=2, ctas=resident(6)), dict(ahead=2, ctas=resident(5), chain=True)]
-        if n <= 24 * 2 * launch.SMALL_GRID:  # a warp per row in 2 thread blocks of 24 warps per SM
-            variants.append(dict(ahead=2, warps=24, ctas=2 * launch.SMALL_GRID))
         for pdl in (False, True) if launch.supported(archs) else (False,):
             for alloc in ("row", "layer"):
                 base = bsr_decode.tuned(1, 1, k)
-                for v in [dict()] + variants + [dict(v, trigger="early") for v in variants] * pdl:
-                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident", packed=True,
-                        cfg=replace(base, pdl=pdl, **v))
-                # second round: the early trigger alone, equal rounds at 32 registers, the first trip ahead only
+                # the early trigger alone, equal rounds at 32 registers, the first trip (or two) ahead
                 more = [dict(ahead=1, ctas=resident(6)), dict(ahead=2, ctas=resident(6))] + [
                     dict(ctas=resident(8))] * (resident(8) < min(-(-n // base.warps), base.ctas))
                 for v in [dict()] + more + [dict(v, trigger="early") for v in [dict()] + more] * pdl:
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident 2", packed=True,
                         cfg=replace(base, pdl=pdl, **v))
+    # past 4224 rows: thread blocks of 8 warps, all resident, loading ahead, early trigger
+    rule("resident rule", ((5120, 5120), (5120, 13824), (6144, 4096), (8192, 4096), (8192, 8192), (10240, 4096),
+                           (11008, 4096), (12288, 4096)))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -827,25 +826,35 @@ def _ahead_table(pick) -> list[str]:
     return out
 
 
-def _one_wave_table(pick) -> list[str]:
-    """Tag "one wave rule": per shape, the decode launch bsr_decode.for_shape picks (config ending ``a2``) against the
-    tuning before it, plain and PDL, balanced and unequal rows (time in us, old -> new)."""
-    rows = pick(tag="one wave rule")
+def _rule_table(pick, tag: str, title: str) -> list[str]:
+    """Tags "one wave rule" and "resident rule": per shape, the decode launch bsr_decode.for_shape picks (config
+    ending ``a1``/``a2``, loading ahead) against the tuning before it, plain and PDL, balanced and unequal rows
+    (time in us, old -> new), and the geometric mean of the speed-up per column."""
+    import math
+
+    rows = pick(tag=tag)
     if not rows:
         return []
-    t = {(r["n"], r["k"], r["cfg"].endswith("a2"), bool(re.search(r"g(a2)?$", r["cfg"])), r["alloc"]):
-         (r["time_us"], r["cfg"]) for r in rows}
-    out = ["", "Decode at M = 1 as `bsr_decode.for_shape` launches it (a warp per row in one wave, loading ahead) "
-           "against the tuning before it, time (us), old -> new:", "",
+    t = {(r["n"], r["k"], bool(re.search(r"a\d$", r["cfg"])), bool(re.search(r"g(te)?(a\d)?$", r["cfg"])),
+          r["alloc"]): (r["time_us"], r["cfg"]) for r in rows}
+    cols = [(p, a) for p in (False, True) for a in ("row", "layer")]
+    out = ["", title + ", time (us), old -> new:", "",
            "| shape N x K | new launch | plain, balanced | plain, unequal | PDL, balanced | PDL, unequal |",
            "| --- | --- | ---: | ---: | ---: | ---: |"]
-    for n, k in sorted({(n, k) for n, k, *_ in t}, key=lambda s: (s[0], s[1])):
+    gains: dict = {c: [] for c in cols}
+    for n, k in sorted({(n, k) for n, k, *_ in t}):
         if (n, k, True, False, "row") not in t:
             out.append(f"| {n} x {k} | unchanged | | | | |")
             continue
-        cells = [f"{t[(n, k, False, p, a)][0]:.2f} -> {t[(n, k, True, p, a)][0]:.2f}"
-                 for p in (False, True) for a in ("row", "layer")]
+        for c in cols:
+            if (n, k, True, *c) in t:
+                gains[c].append(t[(n, k, False, *c)][0] / t[(n, k, True, *c)][0])
+        cells = [f"{t[(n, k, False, *c)][0]:.2f} -> {t[(n, k, True, *c)][0]:.2f}" if (n, k, True, *c) in t else ""
+                 for c in cols]
         out.append(f"| {n} x {k} | {t[(n, k, True, False, 'row')][1]} | " + " | ".join(cells) + " |")
+    out.append("| speed-up, geometric mean (range) | | " + " | ".join(
+        f"{math.exp(sum(map(math.log, g)) / len(g)):.3f}x ({min(g):.2f}-{max(g):.2f})" if g else ""
+        for g in gains.values()) + " |")
     return out
 
 
@@ -978,7 +987,11 @@ def summary(doc: dict) -> str:
     out += _split_table(pick)
     out += _packed_table(pick)
     out += _ahead_table(pick)
-    out += _one_wave_table(pick)
+    out += _rule_table(pick, "one wave rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it up to 4224 rows (a "
+                       "warp per row in one wave, loading ahead) against the tuning before it")
+    out += _rule_table(pick, "resident rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it from 4225 to 12672 "
+                       "rows (thread blocks of 8 warps, all resident, loading ahead, the next launch triggered early) "
+                       "against the tuning before it")
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -132,9 +133,9 @@ def fatbin_archs(so_path: str | Path) -> set[int]:
     return archs
 
 
-def sass_by_arch(so_path: str | Path) -> dict[int, str]:
-    """The SASS of every cubin inside a library, keyed by SM number: the fatbins TVM embeds as data are cut
-    out (their headers give their sizes) and disassembled with cuobjdump -sass."""
+def _cuobjdump(so_path: str | Path, option: str) -> str:
+    """``cuobjdump option`` over every fatbin inside a library: the fatbins TVM embeds as data are cut out (their
+    headers give their sizes)."""
     import struct
 
     root = cuda_root()
@@ -146,17 +147,33 @@ def sass_by_arch(so_path: str | Path) -> dict[int, str]:
             _, _, header, size = struct.unpack_from("<IHHQ", data, start)
             blob = Path(d) / f"{start}.fatbin"
             blob.write_bytes(data[start:start + header + size])
-            r = subprocess.run([str(root / "bin" / "cuobjdump"), "-sass", str(blob)], capture_output=True,
+            r = subprocess.run([str(root / "bin" / "cuobjdump"), option, str(blob)], capture_output=True,
                                text=True, env=env)
             if r.returncode:
                 raise ToolchainError(f"cuobjdump failed: {r.stderr.strip()[-2000:]}")
             text += r.stdout
             start = data.find(FATBIN_MAGIC, start + header + size)
+    return text
+
+
+def _by_arch(text: str) -> dict[int, str]:
     out: dict[int, str] = {}
     for part in text.split("arch = sm_")[1:]:
         num = int(part[:part.index("\n")].rstrip("a"))
         out[num] = out.get(num, "") + part
     return out
+
+
+def sass_by_arch(so_path: str | Path) -> dict[int, str]:
+    """The SASS of every cubin inside a library, keyed by SM number (cuobjdump -sass)."""
+    return _by_arch(_cuobjdump(so_path, "-sass"))
+
+
+def resources_by_arch(so_path: str | Path) -> dict[int, dict[str, dict[str, int]]]:
+    """Per SM number, per kernel, what ptxas allotted it (cuobjdump -res-usage): REG, STACK, SHARED, LOCAL, ..."""
+    return {arch: {m[1]: {k: int(v) for k, v in re.findall(r"(\w+(?:\[\d+\])?):(\d+)", m[2])}
+                   for m in re.finditer(r"Function (\w+):\n(.*)", text)}
+            for arch, text in _by_arch(_cuobjdump(so_path, "-res-usage")).items()}
 
 
 def functions_with(sass: str, opcode: str) -> set[str]:

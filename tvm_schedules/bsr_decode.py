@@ -68,8 +68,6 @@ class DecodeConfig:
     # next trip's loads before this trip's arithmetic (a second register set: 40 registers at M = 1, not 32).
     # H100 (docs/perf.md): grids of one wave gain, with PDL most (SmolLM2's 576 x 576: 2.39 -> 1.60 us), larger
     # ones lose (28672 x 4096: 0.74-0.81x), so for_shape() picks 2 for one-wave grids only
-    chain: bool = False  # ahead = 2 where a warp walks several rows: the last trip of a row also issues the next
-    # row's first trip (its indptr read when the row starts), so the loads stay in flight across rows
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -85,7 +83,6 @@ class DecodeConfig:
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
             "p" if self.plan else "") + ("g" if self.pdl else "") + (
             f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"a{self.ahead}" if self.ahead else "") + (
-            "c" if self.chain else "") + (
             f"_no_{self.ablate}" if self.ablate else "")
 
 
@@ -127,12 +124,20 @@ def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
     return TUNED.get(m, DEFAULT)
 
 
+RESIDENT = 6  # thread blocks of 8 warps an SM holds at the 40 registers of ``ahead`` (65536 / (256 x 40))
+
+
 def for_shape(s: BSRShape, m: int) -> DecodeConfig:
-    """tuned(), and at M = 1, where the activations are staged and a warp per row fits in one wave of an H100
-    (132 thread blocks of 8, 16 or 32 warps: up to 4224 rows), that grid, loading ahead (``ahead = 2``): it
-    triggers the next launch right after its wait, and its first weights stream before the staging and the
-    wait (H100: SmolLM2's matrices 1.05-1.07x plain, 1.42-1.49x with PDL; 4096-row LLaMA matrices with 32
-    warps per thread block up to 1.18x, unequal rows up to 1.28x; docs/perf.md)."""
+    """tuned(), and at M = 1, where the activations are staged, a grid whose thread blocks an H100 holds all at
+    once, loading ahead and triggering the next launch right after its wait (its weights stream before the
+    staging and the wait, and the next kernel's thread blocks take no slot this one still needs):
+    - up to 4224 rows, a warp per row in 132 thread blocks of 8, 16 or 32 warps (``ahead = 2``; SmolLM2's
+      matrices 1.05-1.07x plain, 1.42-1.49x with PDL; 4096-row LLaMA matrices up to 1.18x, unequal rows 1.28x);
+    - up to 6336, a warp per row in thread blocks of 8 warps, at most 6 per SM (``ahead = 2``);
+    - past the 8448 rows that tuned()'s 1056 thread blocks of 8 warps at 32 registers give a warp each, and up to
+      12672, two rows per warp (``ahead = 1``: the second trip set ahead lost here; on 8192 rows two rows per warp
+      lost to a warp per row);
+    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them."""
     cfg = tuned(m, s.rows, s.k)
     if m != 1 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
         return cfg
@@ -140,6 +145,11 @@ def for_shape(s: BSRShape, m: int) -> DecodeConfig:
         if s.block_rows <= SMALL_GRID * warps:
             return replace(cfg, ahead=2) if warps == cfg.warps else replace(cfg, warps=warps, ctas=SMALL_GRID,
                                                                               ahead=2)
+    wave = SMALL_GRID * RESIDENT * cfg.warps  # warps resident at once
+    if s.block_rows <= wave:
+        return replace(cfg, ctas=-(-s.block_rows // cfg.warps), ahead=2, trigger="early")
+    if cfg.ctas * cfg.warps < s.block_rows <= 2 * wave:
+        return replace(cfg, ctas=-(-s.block_rows // (2 * cfg.warps)), ahead=1, trigger="early")
     return cfg
 
 
@@ -212,8 +222,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     ahead = cfg.ahead
     assert not (plan and ahead), "the prologue loads the grid-order first task, not the plan's"
     assert not (ahead and cfg.pdl and not smem), "with PDL the prologue needs staged activations (coherent loads)"
-    chain = cfg.chain and reps > 1  # a warp walks more than one row
-    assert not cfg.chain or ahead == 2, "a row's last trip issues the next row's first into register set 1"
     base, tbase = nbr + 1, records_at(nbr, nctas * warps)  # where the plan's warp offsets and records start
     rot = smem and cfg.rotate and m >= 2  # group-major staging, tokens rotated per lane
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
@@ -350,7 +358,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                     sink = T.alloc_buffer((warps * 32,), "uint32", scope="shared")
                     span = T.alloc_buffer((2,), "int32", scope="local")  # plan: the warp's first task, last + 1
                     rec = T.alloc_buffer((4,), "int32", scope="local")  # plan: task, first block, block count
-                    nxt = T.alloc_buffer((2,), "int32", scope="local")  # chain: the next row's first block, count
                     if plan:  # plan warp ty * blocks + bx: a plan's consecutive warps sit on different SMs
                         span[0] = indptr[base + ty * nctas + bx]
                         span[1] = indptr[base + ty * nctas + bx + 1]
@@ -369,11 +376,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             start = start_of(indptr, rec, br)
                             count = count_of(indptr, rec, br, start)
                             trips = (count + step * unroll - 1) // (step * unroll)
-                            if chain:  # the next row's extent, read now and used at this row's last trip
-                                nxt[1] = 0
-                                if task + nctas * warps < tasks:
-                                    nxt[0] = indptr[(task + nctas * warps) // splits]
-                                    nxt[1] = indptr[(task + nctas * warps) // splits + 1] - nxt[0]
                             for it in range(trips):
                                 for u in T.unroll(unroll):
                                     if ahead == 0:
@@ -384,7 +386,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                             if rep > 0 or it > 0:
                                                 issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
                                                       0, u, it, start, count, r0, lane_blk, sub, False)
-                                        elif rep > 0 and it == 0 and not chain:  # later trips come from set 1
+                                        elif rep > 0 and it == 0:  # later trips come from set 1
                                             issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
                                                   0, u, it, start, count, r0, lane_blk, sub, False)
                                         for r in T.unroll(rw):
@@ -407,12 +409,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                         for u in T.unroll(unroll):
                                             issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
                                                   1, u, it + 1, start, count, r0, lane_blk, sub, False)
-                                    elif chain:  # or the next row's first
-                                        if nxt[1] > 0:
-                                            for u in T.unroll(unroll):
-                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 1, u, 0,
-                                                      nxt[0], nxt[1], (task + nctas * warps) % splits * rw,
-                                                      lane_blk, sub, False)
                                 for u in T.unroll(unroll if cfg.ablate != "math" else 0):
                                     for r in T.unroll(rw):
                                         if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
@@ -451,7 +447,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                     part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
                                             acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
                                 if ahead == 2:
-                                    if it + 1 < trips or (chain and nxt[1] > 0):
+                                    if it + 1 < trips:
                                         for u in T.unroll(unroll):
                                             if word:
                                                 mw[0, u] = mw[1, u]
@@ -463,11 +459,6 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                                                     zb[0, u, r] = zb[1, u, r]
                                                 for w in T.unroll(wpl):
                                                     wq[0, u, r, w] = wq[1, u, r, w]
-                            if chain:  # an empty row issued nothing ahead: the next row's first trip, into set 0
-                                if trips == 0 and nxt[1] > 0:
-                                    for u in T.unroll(unroll):
-                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, 0, nxt[0], nxt[1],
-                                              (task + nctas * warps) % splits * rw, lane_blk, sub, False)
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]

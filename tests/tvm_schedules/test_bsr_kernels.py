@@ -288,23 +288,32 @@ def test_decode_tuning_follows_activation_staging():
     assert d.tuned(8, 1, 4096) == d.TUNED_STAGED[8] and d.tuned(8, 1, 11008) == d.TUNED[8]
 
 
-def test_one_wave_decode_grids_load_ahead():
+def test_resident_decode_grids_load_ahead():
     """M = 1: where a warp per row fits in one wave of an H100 (132 thread blocks of 8, 16 or 32 warps), that grid
-    loads ahead; more rows, unstaged activations (56 KB; an 8-bit matrix gathers them from L1), other M or tall
-    blocks keep the tuned launch."""
+    loads ahead; up to 6336 rows, a warp per row in thread blocks of 8 warps, 6 per SM, loads ahead and triggers
+    early; from 8449 (where the tuned launch has no warp for each row) to 12672, two rows per warp, the first trip
+    ahead; other rows, unstaged activations (56 KB; an 8-bit matrix gathers them from L1), other M or tall blocks
+    keep the tuned launch."""
     from tvm_schedules import bsr_decode as d
 
+    def cfg(n, k, m=1, bits=4, rows=1):
+        return d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m)
+
     def pick(n, k, m=1, bits=4, rows=1):
-        c = d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m)
+        c = cfg(n, k, m, bits, rows)
         return c.warps, c.ahead
+
+    def grid(n, k):
+        return d.launch(BSRShape(n, k, 4, 16, 1, interleaved=True), 1, cfg(n, k))["warps"]
 
     assert pick(576, 576) == pick(1056, 4096) == (8, 2)
     assert pick(1057, 4096) == pick(2112, 576) == (16, 2) and pick(2113, 4096) == pick(4224, 14336) == (32, 2)
-    assert d.for_shape(BSRShape(4225, 4096, 4, 16, 1, interleaved=True), 1) == d.TUNED[1]
+    assert grid(4096, 4096) == 4096  # 128 thread blocks of 32 warps, a row each
+    assert pick(4225, 4096) == pick(6336, 13824) == (8, 2) and grid(6144, 4096) == 6144  # 768 thread blocks
+    assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
+    assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
+    assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == d.TUNED[1]
     assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=2)[1] == pick(576, 576, rows=4)[1] == 0
-    grid = d.launch(BSRShape(4096, 4096, 4, 16, 1, interleaved=True), 1, d.for_shape(
-        BSRShape(4096, 4096, 4, 16, 1, interleaved=True), 1))
-    assert grid["warps"] == 4096  # 128 thread blocks of 32 warps, a row each
 
 
 def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():

@@ -78,7 +78,7 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     cuda_toolchain.setup(["sm_90"])
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     s = BSRShape(256, 512, 4, 16, 1, "float16", True)
-    big = BSRShape(12288, 512, 4, 16, 1, "float16", True)  # 1056 thread blocks at M = 1
+    big = BSRShape(16384, 512, 4, 16, 1, "float16", True)  # 1056 thread blocks at M = 1 (three rounds of rows)
     funcs = {"gemv": tvm_schedules.bsr_matmul(s, 1, target, pdl=True),
              "biggemv": tvm_schedules.bsr_matmul(big, 1, target, pdl=True),
              "big": tvm_schedules.bsr_matmul(big, 1, target),
@@ -111,6 +111,37 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     # before the wait, and stages the activations after it with coherent 16-byte loads
     before, after = loads["gemv_kernel"]
     assert before and all(op.endswith("CONSTANT") and ".128" not in op for op in before) and after == "LDG.E.128"
+
+
+def test_resident_decode_grids_fit_six_thread_blocks_per_sm(tmp_path):
+    """The grids that trigger the next launch early assume all their thread blocks are resident at once: 6 of 8
+    warps per SM, so at most 40 registers a thread (65536 / (6 x 256) = 42, allocated in steps of 8) and no spills.
+    With PDL only weight loads come before the wait, the activations' after it."""
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_decode as d, launch
+    from tvm_schedules.common import BSRShape
+
+    cuda_toolchain.setup(["sm_90"])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    funcs = {}
+    for n, pdl in ((6144, False), (6144, True), (12288, False), (12288, True)):
+        s = BSRShape(n, 4096, 4, 16, 1, interleaved=True, packed=True)
+        c = replace(d.for_shape(s, 1), pdl=pdl)
+        assert c.warps == 8 and d.launch(s, 1, c)["warps"] <= launch.SMALL_GRID * d.RESIDENT * 8
+        funcs[f"decode_{n}_{c.key}"] = d.bsr_decode_cuda(s, 1, c).with_attrs(
+            {"global_symbol": f"decode_{n}_{c.key}", "tirx.is_scheduled": True})
+    with target:
+        lib = tvm.compile(tvm.IRModule(funcs), target=target, tir_pipeline=launch.PIPELINE)
+    lib.export_library(str(tmp_path / "k.so"))
+    usage = cuda_toolchain.resources_by_arch(tmp_path / "k.so")[90]
+    assert set(usage) == {f"{name}_kernel" for name in funcs}
+    for name, res in usage.items():
+        assert res["REG"] <= 40 and res["STACK"] == res["LOCAL"] == 0, (name, res)
+    loads = _global_loads_before_wait(tmp_path / "k.so")
+    assert len(loads) == 2 and all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
+                                   and after == "LDG.E.128" for before, after in loads.values())
 
 
 @pytest.mark.parametrize("everywhere", [False, True])
