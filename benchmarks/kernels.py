@@ -826,6 +826,44 @@ def _ahead_table(pick) -> list[str]:
     return out
 
 
+def _resident_table(pick) -> list[str]:
+    """Tags "resident" and "resident 2": each launch over the tuned one (1056 thread blocks of 8 warps) of the same tag,
+    shape and rows, M = 1. A variant: thread blocks sized so that each SM holds at most P of them and all rows take
+    equal rounds (``s``), ``a1``/``a2`` (DecodeConfig.ahead), ``c`` (chain, commit 46c52b7), ``te`` (the next launch
+    triggered right after the wait)."""
+    rows = pick(tag="resident") + pick(tag="resident 2")
+    if not rows:
+        return []
+
+    def label(n, cfg):
+        warps, ctas = map(int, re.match(r"w(\d+)u2l1hs(\d+)", cfg).groups())
+        for per_sm in (6, 5) if re.search(r"a\d", cfg) else (8,):  # 40 or 48 registers with ahead, else 32
+            rounds = -(-n // (warps * 132 * per_sm))
+            if ctas == -(-n // (warps * rounds)) and ctas != 1056:
+                ctas = f"{warps} warps, P = {per_sm}"
+                break
+        else:
+            ctas = f"{warps} warps x {ctas}" if ctas != 1056 else "tuned"
+        return ctas + (", " + cfg.split("f", 1)[1].lstrip("g") if cfg.split("f", 1)[1].lstrip("g") else "")
+
+    t = {(r["tag"], r["n"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}
+    shapes = sorted({r["n"] for r in rows})
+    groups: dict = {}
+    for (tag, n, alloc, cfg), time in t.items():
+        pdl = "g" in cfg.split("f", 1)[1]
+        base = t.get((tag, n, alloc, "w8u2l1hs1056f" + "g" * pdl))
+        if base and cfg != "w8u2l1hs1056f" + "g" * pdl:
+            groups.setdefault((tag, pdl, label(n, cfg)), {})[(n, alloc)] = base / time
+    out = ["", "Decode grids whose thread blocks are all resident (M = 1, K = 4096), speed over the tuned launch "
+           "(1056 thread blocks of 8 warps) of the same run, balanced / unequal rows:", "",
+           "| tag | launch | variant | " + " | ".join(f"{n} rows" for n in shapes) + " |",
+           "| --- | --- | --- |" + " ---: |" * len(shapes)]
+    for (tag, pdl, var), x in sorted(groups.items()):
+        out.append(f"| {tag} | {'PDL' if pdl else 'plain'} | {var} | " + " | ".join(
+            f"{x[(n, 'row')]:.2f} / {x[(n, 'layer')]:.2f}" if (n, "row") in x else "" for n in shapes) + " |")
+    return out
+
+
 def _rule_table(pick, tag: str, title: str) -> list[str]:
     """Tags "one wave rule" and "resident rule": per shape, the decode launch bsr_decode.for_shape picks (config
     ending ``a1``/``a2``, loading ahead) against the tuning before it, plain and PDL, balanced and unequal rows
@@ -987,6 +1025,7 @@ def summary(doc: dict) -> str:
     out += _split_table(pick)
     out += _packed_table(pick)
     out += _ahead_table(pick)
+    out += _resident_table(pick)
     out += _rule_table(pick, "one wave rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it up to 4224 rows (a "
                        "warp per row in one wave, loading ahead) against the tuning before it")
     out += _rule_table(pick, "resident rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it from 4225 to 12672 "

@@ -13,9 +13,9 @@ shared-memory bank (M = 8: 1.17-1.37x faster on the K = 4096 shapes).
 Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
 makes a trip's loads issue together. CUDA artifacts pack each block's column, zero point and scale into one
 32-bit word (BSRShape.packed): one load instead of three, 12 bytes a block instead of 13 (H100: 1.03-1.15x
-faster at M = 1). Up to 4224 rows at M = 1, every row gets a warp in one wave of thread blocks (for_shape),
-and a warp's first trip of loads goes out before the activations are staged and before the PDL wait
-(``ahead``): the weights stream while the kernel before still runs. Rows with more blocks loop longer; unequal rows (per-layer
+faster at M = 1). Up to 12672 rows at M = 1 (but for 6337-8448), the grid's thread blocks are all resident at
+once on an H100 (for_shape), and a warp's first trip of loads goes out before the activations are staged and
+before the PDL wait (``ahead``): the weights stream while the kernel before still runs. Rows with more blocks loop longer; unequal rows (per-layer
 sparsity) cost up to ~40%. ``plan=True`` gives rows to warps by a per-matrix longest-first plan appended to
 indptr (tvm_schedules.warp_plan; measured: median loss +30% -> +17%), not yet used by gqsa-compile.
 
@@ -215,7 +215,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     nctas = launch(s, m, cfg)["warps"] // warps
     # PDL: where the grid is one wave, let the next kernel launch right after the wait (measured the same as
     # after the loop at 132 thread blocks, 1-2% faster in the compiled SmolLM2; at 1056 thread blocks it cost
-    # M = 1 1.2x: docs/perf.md)
+    # M = 1 1.2x: docs/perf.md); also where for_shape sized the grid to be resident ("early")
     early = nctas <= SMALL_GRID or cfg.trigger == "early"
     reps = -(-tasks // (nctas * warps))
     plan = cfg.plan
