@@ -288,13 +288,13 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                           dict(warps=32, ctas=132), dict(warps=32, ctas=132, ahead=2)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave", packed=True,
                         cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, **v))
-    def rule(tag, shapes_):  # the launch gqsa-compile picks (bsr_decode.for_shape) beside the tuning before it
+    def rule(tag, shapes_, m=1):  # the launch gqsa-compile picks (bsr_decode.for_shape) beside the tuning before it
         for n, k in shapes_:
             for pdl in (False, True) if launch.supported(archs) else (False,):
                 for alloc in ("row", "layer"):
                     shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-                    for cfg in (bsr_decode.tuned(1, 1, k), bsr_decode.for_shape(shape, 1)):
-                        add("bsr_decode", n, k, 1, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
+                    for cfg in (bsr_decode.tuned(m, 1, k), bsr_decode.for_shape(shape, m)):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
 
     # up to 4224 rows: a warp per row in one wave, loads ahead
     rule("one wave rule", ((1536, 576), (2048, 4096), (2048, 8192), (3072, 4096), (4096, 4096), (4096, 11008),
@@ -315,9 +315,47 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for v in [dict()] + more + [dict(v, trigger="early") for v in [dict()] + more] * pdl:
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident 2", packed=True,
                         cfg=replace(base, pdl=pdl, **v))
+    # M = 1 on matrices of 2048-4096 rows: the one-wave grid's 132 thread blocks of 16 or 32 warps beside thread
+    # blocks of 8 or 16 warps, all resident (at most 6 or 3 per SM at 40 registers), one row per warp
+    # (tag "small blocks 2": more matrices of 1536 and 3072 rows, whose 132-block grids leave SMs idle)
+    for tag, some in (("small blocks", ((2048, 4096), (3072, 4096), (4096, 4096), (4096, 11008), (4096, 14336))),
+                      ("small blocks 2", ((1536, 576), (1536, 4096), (3072, 576), (3072, 3072), (3072, 4096),
+                                          (3072, 8192)))):
+        for n, k in some:
+            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    for cfg in [bsr_decode.for_shape(shape, 1)] + [
+                            replace(bsr_decode.for_shape(shape, 1), warps=w, ctas=-(-n // w), trigger="early" if pdl
+                                    else "exit") for w in (8, 16) if w < bsr_decode.for_shape(shape, 1).warps]:
+                        add("bsr_decode", n, k, 1, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
+    # M = 2, 4, 8 loading ahead: at M = 2 grids sized to be resident (3 thread blocks of 16 warps per SM at the 40
+    # registers of ahead = 1, 2 at ahead = 2's 56) with the early trigger; at M = 4 and 8 the tuned 132 thread
+    # blocks (one wave already)
+    for n, k in shapes:
+        for m in (2, 4, 8):
+            base = bsr_decode.tuned(m, 1, k)
+            if not base.stages(m, k):
+                continue
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                early = "early" if pdl else "exit"
+                if m == 2:
+                    def resident(per_sm):
+                        rounds = -(-n // (base.warps * launch.SMALL_GRID * per_sm))
+                        return -(-n // (base.warps * rounds))
+                    variants = [dict(), dict(ahead=1, ctas=resident(3), trigger=early),
+                                dict(ahead=2, ctas=resident(2), trigger=early)]
+                else:
+                    variants = [dict(), dict(ahead=1), dict(ahead=2)]
+                for alloc in ("row", "layer"):
+                    for v in variants:
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="ahead batch", packed=True,
+                            cfg=replace(base, pdl=pdl, **v))
     # past 4224 rows: thread blocks of 8 warps, all resident, loading ahead, early trigger
     rule("resident rule", ((5120, 5120), (5120, 13824), (6144, 4096), (8192, 4096), (8192, 8192), (10240, 4096),
                            (11008, 4096), (12288, 4096)))
+    # M = 2: up to 6336 rows a warp per row, all resident, loading ahead, early trigger
+    rule("resident rule m2", shapes + [(2048, 4096), (5120, 5120)], m=2)
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -864,6 +902,33 @@ def _resident_table(pick) -> list[str]:
     return out
 
 
+def _small_blocks_table(pick) -> list[str]:
+    """Tags "small blocks" and "small blocks 2": M = 1, a warp per row in thread blocks of 8 or 16 warps (as many as
+    the rows need, all resident) over the one-wave grid (132 thread blocks at most) as the rule before them chose
+    it, plain and PDL, balanced and unequal rows."""
+    rows = pick(tag="small blocks") + pick(tag="small blocks 2")
+    if not rows:
+        return []
+    t = {(r["n"], r["k"], r["alloc"], r["cfg"]): r for r in rows}
+    out = ["", "Decode at M = 1, a warp per row: thread blocks of 8 or 16 warps, all resident, against the one-wave "
+           "grid (at most 132 thread blocks), speed (one-wave time over this one's):", "",
+           "| shape N x K | one-wave grid | variant | plain, balanced | plain, unequal | PDL, balanced | PDL, unequal |",
+           "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for n, k in sorted({(n, k) for n, k, _, _ in t}):
+        here = {c: r for (n2, k2, a, c), r in t.items() if (n2, k2, a) == (n, k, "row")}
+        base = next(c for c, r in here.items() if re.search(r"s132f", c) and "g" not in c.split("f", 1)[1])
+        for c in sorted(here):
+            if c == base or "g" in c.split("f", 1)[1]:
+                continue
+            warps = re.match(r"w(\d+)", c)[1]
+            cells = []
+            for b, v in ((base, c), (base.replace("fa2", "fga2"), c.replace("fa2", "fgtea2"))):  # plain, PDL
+                cells += [f"{t[(n, k, a, b)]['time_us'] / t[(n, k, a, v)]['time_us']:.2f}" if (n, k, a, v) in t
+                          and (n, k, a, b) in t else "" for a in ("row", "layer")]
+            out.append(f"| {n} x {k} | {base} | {warps} warps x {-(-n // int(warps))} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _rule_table(pick, tag: str, title: str) -> list[str]:
     """Tags "one wave rule" and "resident rule": per shape, the decode launch bsr_decode.for_shape picks (config
     ending ``a1``/``a2``, loading ahead) against the tuning before it, plain and PDL, balanced and unequal rows
@@ -1031,6 +1096,10 @@ def summary(doc: dict) -> str:
     out += _rule_table(pick, "resident rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it from 4225 to 12672 "
                        "rows (thread blocks of 8 warps, all resident, loading ahead, the next launch triggered early) "
                        "against the tuning before it")
+    out += _rule_table(pick, "resident rule m2", "Decode at M = 2 as `bsr_decode.for_shape` launches it (up to 6336 rows, "
+                       "thread blocks of 16 warps, all resident, loading ahead, the next launch triggered early) against "
+                       "the tuning before it")
+    out += _small_blocks_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main

@@ -124,32 +124,57 @@ def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
     return TUNED.get(m, DEFAULT)
 
 
-RESIDENT = 6  # thread blocks of 8 warps an SM holds at the 40 registers of ``ahead`` (65536 / (256 x 40))
+# Registers a thread of the staged half2 GEMV takes when loading ahead, by (M, ahead), as ptxas allots them for
+# sm_90 (tests/tvm_schedules/test_launch.py checks the built kernels against them): what decides how many thread
+# blocks an SM holds at once, so which grids for_shape() can make resident.
+AHEAD_REGISTERS = {(1, 1): 40, (1, 2): 40, (2, 1): 40, (2, 2): 56}
+SM_REGISTERS, SM_WARPS = 65536, 64  # sm_80 .. sm_90
+# M = 1: where thread blocks of 32 warps, a row each, would keep fewer SMs than this busy, thread blocks of 8 warps
+# win (H100, 3072 rows: 1.07-1.28x; 4096 rows, whose 128 thread blocks of 32 warps fill the SMs: 0.68-1.05x)
+IDLE_SMS = 0.8
+
+
+def per_sm(warps: int, registers: int) -> int:
+    """Thread blocks of ``warps`` warps an SM holds at ``registers`` registers a thread (allotted in steps of 8)."""
+    return min(SM_REGISTERS // (warps * 32 * (-(-registers // 8) * 8)), SM_WARPS // warps)
 
 
 def for_shape(s: BSRShape, m: int) -> DecodeConfig:
-    """tuned(), and at M = 1, where the activations are staged, a grid whose thread blocks an H100 holds all at
-    once, loading ahead and triggering the next launch right after its wait (its weights stream before the
+    """tuned(), and at M = 1 and 2, where the activations are staged, a grid whose thread blocks an H100 holds all
+    at once, loading ahead and triggering the next launch right after its wait (its weights stream before the
     staging and the wait, and the next kernel's thread blocks take no slot this one still needs):
-    - up to 4224 rows, a warp per row in 132 thread blocks of 8, 16 or 32 warps (``ahead = 2``; SmolLM2's
+    - M = 1 up to 4224 rows, a warp per row in 132 thread blocks of 8, 16 or 32 warps (``ahead = 2``; SmolLM2's
       matrices 1.05-1.07x plain, 1.42-1.49x with PDL; 4096-row LLaMA matrices up to 1.18x, unequal rows 1.28x);
-    - up to 6336, a warp per row in thread blocks of 8 warps, at most 6 per SM (``ahead = 2``);
-    - past the 8448 rows that tuned()'s 1056 thread blocks of 8 warps at 32 registers give a warp each, and up to
-      12672, two rows per warp (``ahead = 1``: the second trip set ahead lost here; on 8192 rows two rows per warp
-      lost to a warp per row);
-    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them."""
+    - M = 1 up to 6336, a warp per row in thread blocks of 8 warps, at most 6 per SM (``ahead = 2``), also where
+      thread blocks of 32 warps would leave SMs idle (2113-3379 rows);
+    - M = 1 past the 8448 rows that tuned()'s 1056 thread blocks of 8 warps at 32 registers give a warp each, and
+      up to 12672, two rows per warp (``ahead = 1``: the second trip set ahead lost here; on 8192 rows two rows per
+      warp lost to a warp per row);
+    - M = 2 up to 4224 rows, a warp per row in thread blocks of 16 warps, 2 per SM (``ahead = 2``), and up to 6336,
+      3 per SM (``ahead = 1``);
+    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M >= 4."""
     cfg = tuned(m, s.rows, s.k)
-    if m != 1 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
+    if m > 2 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
         return cfg
+
+    def rows_at(ahead, rounds=1):  # rows that many rounds of a warp per row cover, every thread block resident
+        return SMALL_GRID * per_sm(cfg.warps, AHEAD_REGISTERS[m, ahead]) * cfg.warps * rounds
+
+    def resident(ahead, rounds=1):
+        return replace(cfg, ctas=-(-s.block_rows // (cfg.warps * rounds)), ahead=ahead, trigger="early")
+
+    if m == 2:
+        return resident(2) if s.block_rows <= rows_at(2) else resident(1) if s.block_rows <= rows_at(1) else cfg
     for warps in (cfg.warps, 2 * cfg.warps, 4 * cfg.warps):
         if s.block_rows <= SMALL_GRID * warps:
+            if warps == 4 * cfg.warps and s.block_rows <= IDLE_SMS * SMALL_GRID * warps:
+                return resident(2)  # thread blocks of 32 warps would leave a fifth of the SMs idle
             return replace(cfg, ahead=2) if warps == cfg.warps else replace(cfg, warps=warps, ctas=SMALL_GRID,
                                                                               ahead=2)
-    wave = SMALL_GRID * RESIDENT * cfg.warps  # warps resident at once
-    if s.block_rows <= wave:
-        return replace(cfg, ctas=-(-s.block_rows // cfg.warps), ahead=2, trigger="early")
-    if cfg.ctas * cfg.warps < s.block_rows <= 2 * wave:
-        return replace(cfg, ctas=-(-s.block_rows // (2 * cfg.warps)), ahead=1, trigger="early")
+    if s.block_rows <= rows_at(2):
+        return resident(2)
+    if cfg.ctas * cfg.warps < s.block_rows <= rows_at(1, 2):
+        return resident(1, 2)
     return cfg
 
 

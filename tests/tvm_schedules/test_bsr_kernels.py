@@ -289,11 +289,11 @@ def test_decode_tuning_follows_activation_staging():
 
 
 def test_resident_decode_grids_load_ahead():
-    """M = 1: where a warp per row fits in one wave of an H100 (132 thread blocks of 8, 16 or 32 warps), that grid
-    loads ahead; up to 6336 rows, a warp per row in thread blocks of 8 warps, 6 per SM, loads ahead and triggers
+    """M = 1: where a warp per row fits in one wave of an H100 (132 thread blocks of 8, 16 or 32 warps, but 8-warp
+    thread blocks where 32-warp ones would leave a fifth of the SMs idle), that grid loads ahead; up to 6336 rows, a warp per row in thread blocks of 8 warps, 6 per SM, loads ahead and triggers
     early; from 8449 (where the tuned launch has no warp for each row) to 12672, two rows per warp, the first trip
-    ahead; other rows, unstaged activations (56 KB; an 8-bit matrix gathers them from L1), other M or tall blocks
-    keep the tuned launch."""
+    ahead; M = 2 alike up to 6336 rows; other rows, unstaged activations (56 KB; an 8-bit matrix gathers them from
+    L1), M >= 4 or tall blocks keep the tuned launch."""
     from tvm_schedules import bsr_decode as d
 
     def cfg(n, k, m=1, bits=4, rows=1):
@@ -307,13 +307,19 @@ def test_resident_decode_grids_load_ahead():
         return d.launch(BSRShape(n, k, 4, 16, 1, interleaved=True), 1, cfg(n, k))["warps"]
 
     assert pick(576, 576) == pick(1056, 4096) == (8, 2)
-    assert pick(1057, 4096) == pick(2112, 576) == (16, 2) and pick(2113, 4096) == pick(4224, 14336) == (32, 2)
+    assert pick(1057, 4096) == pick(2112, 576) == (16, 2) and pick(3380, 4096) == pick(4224, 14336) == (32, 2)
     assert grid(4096, 4096) == 4096  # 128 thread blocks of 32 warps, a row each
+    # fewer than 0.8 x 132 thread blocks of 32 warps: thread blocks of 8 warps, all resident (3072 rows: 384)
+    assert pick(2113, 4096) == pick(3379, 4096) == (8, 2) and cfg(3072, 576).ctas == 384 and grid(3072, 576) == 3072
     assert pick(4225, 4096) == pick(6336, 13824) == (8, 2) and grid(6144, 4096) == 6144  # 768 thread blocks
     assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
     assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
     assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == d.TUNED[1]
-    assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=2)[1] == pick(576, 576, rows=4)[1] == 0
+    assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=4)[1] == pick(576, 576, rows=4)[1] == 0
+    # M = 2: thread blocks of 16 warps, 2 per SM loading two trips ahead, or 3 loading one
+    assert pick(4224, 14336, m=2) == (16, 2) and pick(4225, 4096, m=2) == pick(6336, 4096, m=2) == (16, 1)
+    assert cfg(4096, 4096, m=2).ctas == 256 and cfg(6336, 4096, m=2).trigger == "early"
+    assert cfg(6337, 4096, m=2) == d.tuned(2, 1, 4096) and cfg(4096, 28672, m=2) == d.tuned(2, 1, 28672)  # unstaged
 
 
 def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():

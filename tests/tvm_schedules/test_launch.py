@@ -113,10 +113,11 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
     assert before and all(op.endswith("CONSTANT") and ".128" not in op for op in before) and after == "LDG.E.128"
 
 
-def test_resident_decode_grids_fit_six_thread_blocks_per_sm(tmp_path):
-    """The grids that trigger the next launch early assume all their thread blocks are resident at once: 6 of 8
-    warps per SM, so at most 40 registers a thread (65536 / (6 x 256) = 42, allocated in steps of 8) and no spills.
-    With PDL only weight loads come before the wait, the activations' after it."""
+def test_resident_decode_grids_fit_their_registers(tmp_path):
+    """The grids that trigger the next launch early assume all their thread blocks are resident at once, from the
+    registers bsr_decode.AHEAD_REGISTERS says their kernels take (M = 1: 6 thread blocks of 8 warps per SM at 40;
+    M = 2: 2 of 16 warps at 56, 3 at 40): the built kernels take no more, and spill nothing. With PDL only weight
+    loads come before the wait, the activations' after it."""
     import tvm
 
     from gqsa_compile import cuda_toolchain
@@ -125,22 +126,25 @@ def test_resident_decode_grids_fit_six_thread_blocks_per_sm(tmp_path):
 
     cuda_toolchain.setup(["sm_90"])
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
-    funcs = {}
-    for n, pdl in ((6144, False), (6144, True), (12288, False), (12288, True)):
-        s = BSRShape(n, 4096, 4, 16, 1, interleaved=True, packed=True)
-        c = replace(d.for_shape(s, 1), pdl=pdl)
-        assert c.warps == 8 and d.launch(s, 1, c)["warps"] <= launch.SMALL_GRID * d.RESIDENT * 8
-        funcs[f"decode_{n}_{c.key}"] = d.bsr_decode_cuda(s, 1, c).with_attrs(
-            {"global_symbol": f"decode_{n}_{c.key}", "tirx.is_scheduled": True})
+    funcs, limit = {}, {}
+    for m, n, k, pdl in ((1, 6144, 4096, False), (1, 6144, 4096, True), (1, 12288, 4096, True), (2, 4096, 4096, True),
+                         (2, 4096, 14336, False), (2, 6144, 4096, True)):
+        s = BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True)
+        c = replace(d.for_shape(s, m), pdl=pdl)
+        regs = d.AHEAD_REGISTERS[m, c.ahead]
+        assert c.trigger == "early" and d.launch(s, m, c)["warps"] <= launch.SMALL_GRID * d.per_sm(c.warps, regs) * c.warps
+        name = f"decode_m{m}_{n}x{k}_{c.key}"
+        funcs[name], limit[f"{name}_kernel"] = d.bsr_decode_cuda(s, m, c).with_attrs(
+            {"global_symbol": name, "tirx.is_scheduled": True}), regs
     with target:
         lib = tvm.compile(tvm.IRModule(funcs), target=target, tir_pipeline=launch.PIPELINE)
     lib.export_library(str(tmp_path / "k.so"))
     usage = cuda_toolchain.resources_by_arch(tmp_path / "k.so")[90]
-    assert set(usage) == {f"{name}_kernel" for name in funcs}
+    assert set(usage) == set(limit)
     for name, res in usage.items():
-        assert res["REG"] <= 40 and res["STACK"] == res["LOCAL"] == 0, (name, res)
+        assert res["REG"] <= limit[name] and res["STACK"] == res["LOCAL"] == 0, (name, res)
     loads = _global_loads_before_wait(tmp_path / "k.so")
-    assert len(loads) == 2 and all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
+    assert len(loads) == 4 and all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
                                    and after == "LDG.E.128" for before, after in loads.values())
 
 
