@@ -902,6 +902,33 @@ def _resident_table(pick) -> list[str]:
     return out
 
 
+def _ahead_batch_table(pick) -> list[str]:
+    """Tag "ahead batch": M = 2, 4 and 8 loading ahead (``a1``/``a2``; at M = 2 in grids sized to be resident, with
+    PDL triggering early) over the tuned launch of the same run, per shape, balanced / unequal rows."""
+    rows = pick(tag="ahead batch")
+    if not rows:
+        return []
+    t = {(r["n"], r["k"], r["m"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}
+    shapes = sorted({(r["n"], r["k"]) for r in rows}, key=lambda s: (s[1], s[0]))
+    out = ["", "Decode at M = 2-8 loading ahead, speed over the tuned launch of the same run, balanced / unequal rows "
+           "(M = 2: thread blocks sized to be resident, with PDL the next launch triggered early):", "",
+           "| M | launch | ahead | " + " | ".join(f"{n} x {k}" for n, k in shapes) + " |",
+           "| ---: | --- | ---: |" + " ---: |" * len(shapes)]
+    for m in sorted({r["m"] for r in rows}):
+        for pdl in (False, True):
+            for ahead in (1, 2):
+                cells = []
+                for n, k in shapes:
+                    here = {c: a for (n2, k2, m2, a, c) in t if (n2, k2, m2) == (n, k, m)
+                            and ("g" in c.split("f", 1)[1]) == pdl}
+                    base = next((c for c in here if not re.search(r"a\d$", c)), None)
+                    new = next((c for c in here if c.endswith(f"a{ahead}")), None)
+                    cells.append(" / ".join(f"{t[(n, k, m, a, base)] / t[(n, k, m, a, new)]:.2f}"
+                                            for a in ("row", "layer")) if base and new else "")
+                out.append(f"| {m} | {'PDL' if pdl else 'plain'} | {ahead} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _small_blocks_table(pick) -> list[str]:
     """Tags "small blocks" and "small blocks 2": M = 1, a warp per row in thread blocks of 8 or 16 warps (as many as
     the rows need, all resident) over the one-wave grid (132 thread blocks at most) as the rule before them chose
@@ -1100,6 +1127,7 @@ def summary(doc: dict) -> str:
                        "thread blocks of 16 warps, all resident, loading ahead, the next launch triggered early) against "
                        "the tuning before it")
     out += _small_blocks_table(pick)
+    out += _ahead_batch_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main
