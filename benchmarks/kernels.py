@@ -329,6 +329,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                             replace(bsr_decode.for_shape(shape, 1), warps=w, ctas=-(-n // w), trigger="early" if pdl
                                     else "exit") for w in (8, 16) if w < bsr_decode.for_shape(shape, 1).warps]:
                         add("bsr_decode", n, k, 1, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
+    # M = 1 one-wave grids with a whole row's blocks in fewer trips (4 blocks per lane: one trip per 128 kept blocks,
+    # so with loads ahead a 4096-column row is all in flight before the wait) or more (1 block per lane)
+    for n, k in ((3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 11008), (4096, 14336)):
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=1), dict(unroll=1)):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unroll ahead", packed=True,
+                        cfg=replace(bsr_decode.for_shape(shape, 1), pdl=pdl, **v))
     # M = 2, 4, 8 loading ahead: at M = 2 grids sized to be resident (3 thread blocks of 16 warps per SM at the 40
     # registers of ahead = 1, 2 at ahead = 2's 56) with the early trigger; at M = 4 and 8 the tuned 132 thread
     # blocks (one wave already)
