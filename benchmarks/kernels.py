@@ -293,8 +293,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for pdl in (False, True) if launch.supported(archs) else (False,):
                 for alloc in ("row", "layer"):
                     shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-                    for cfg in (bsr_decode.tuned(m, 1, k), bsr_decode.for_shape(shape, m)):
-                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
+                    for cfg in (replace(bsr_decode.tuned(m, 1, k), pdl=pdl), bsr_decode.for_shape(shape, m, pdl)):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True, cfg=cfg)
 
     # up to 4224 rows: a warp per row in one wave, loads ahead
     rule("one wave rule", ((1536, 576), (2048, 4096), (2048, 8192), (3072, 4096), (4096, 4096), (4096, 11008),
@@ -322,13 +322,23 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                       ("small blocks 2", ((1536, 576), (1536, 4096), (3072, 576), (3072, 3072), (3072, 4096),
                                           (3072, 8192)))):
         for n, k in some:
-            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+            warps = next(w for w in (8, 16, 32) if n <= launch.SMALL_GRID * w)  # the one-wave grid, as before
+            wave = replace(bsr_decode.tuned(1, 1, k), warps=warps, ctas=launch.SMALL_GRID, ahead=2)
             for pdl in (False, True) if launch.supported(archs) else (False,):
                 for alloc in ("row", "layer"):
-                    for cfg in [bsr_decode.for_shape(shape, 1)] + [
-                            replace(bsr_decode.for_shape(shape, 1), warps=w, ctas=-(-n // w), trigger="early" if pdl
-                                    else "exit") for w in (8, 16) if w < bsr_decode.for_shape(shape, 1).warps]:
+                    for cfg in [wave] + [replace(wave, warps=w, ctas=-(-n // w), trigger="early" if pdl else "exit")
+                                         for w in (8, 16) if w < warps]:
                         add("bsr_decode", n, k, 1, 1, alloc=alloc, tag=tag, packed=True, cfg=replace(cfg, pdl=pdl))
+    # M = 1 on 4225-6336 rows: a warp per row, all resident, in thread blocks of 8, 16 or 24 warps (6, 3 or 2 per SM at
+    # 40 registers): fewer thread blocks per SM stage the activations fewer times
+    for n, k in ((5120, 5120), (5120, 13824), (6144, 4096), (6144, 8192)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                base = bsr_decode.tuned(1, 1, k)
+                for v in [dict()] + [dict(warps=w, ctas=-(-n // w), ahead=2, trigger="early" if pdl else "exit")
+                                     for w in (8, 16, 24)]:
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident blocks", packed=True,
+                        cfg=replace(base, pdl=pdl, **v))
     # M = 1 one-wave grids with a whole row's blocks in fewer trips (4 blocks per lane: one trip per 128 kept blocks,
     # so with loads ahead a 4096-column row is all in flight before the wait) or more (1 block per lane)
     for n, k in ((3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 11008), (4096, 14336)):
@@ -337,7 +347,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for alloc in ("row", "layer"):
                 for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=1), dict(unroll=1)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unroll ahead", packed=True,
-                        cfg=replace(bsr_decode.for_shape(shape, 1), pdl=pdl, **v))
+                        cfg=replace(bsr_decode.for_shape(shape, 1, pdl), **v))
     # M = 2, 4, 8 loading ahead: at M = 2 grids sized to be resident (3 thread blocks of 16 warps per SM at the 40
     # registers of ahead = 1, 2 at ahead = 2's 56) with the early trigger; at M = 4 and 8 the tuned 132 thread
     # blocks (one wave already)
@@ -938,6 +948,29 @@ def _ahead_batch_table(pick) -> list[str]:
     return out
 
 
+def _resident_blocks_table(pick) -> list[str]:
+    """Tag "resident blocks": M = 1 on 4225-6336 rows, a warp per row in thread blocks of 8, 16 or 24 warps, all
+    resident, loading ahead (with PDL the next launch triggered early), over the tuned launch, balanced / unequal."""
+    rows = pick(tag="resident blocks")
+    if not rows:
+        return []
+    t = {(r["n"], r["k"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}
+    out = ["", "Decode at M = 1, a warp per row in thread blocks of 8, 16 or 24 warps, all resident, speed over the "
+           "tuned launch (1056 thread blocks of 8 warps at most), balanced / unequal rows:", "",
+           "| shape N x K | launch | 8 warps | 16 warps | 24 warps |", "| --- | --- | ---: | ---: | ---: |"]
+    for n, k in sorted({(n, k) for n, k, _, _ in t}):
+        for pdl in (False, True):
+            here = [c for (n2, k2, a, c) in t if (n2, k2, a) == (n, k, "row") and ("g" in c.split("f", 1)[1]) == pdl]
+            base = next((c for c in here if "s1056" in c), None)
+            if base is None:
+                continue
+            cells = {int(re.match(r"w(\d+)", c)[1]): " / ".join(f"{t[(n, k, a, base)] / t[(n, k, a, c)]:.2f}"
+                                                               for a in ("row", "layer")) for c in here if c != base}
+            out.append(f"| {n} x {k} | {'PDL' if pdl else 'plain'} | " + " | ".join(cells.get(w, "") for w in (8, 16, 24))
+                       + " |")
+    return out
+
+
 def _small_blocks_table(pick) -> list[str]:
     """Tags "small blocks" and "small blocks 2": M = 1, a warp per row in thread blocks of 8 or 16 warps (as many as
     the rows need, all resident) over the one-wave grid (132 thread blocks at most) as the rule before them chose
@@ -952,7 +985,9 @@ def _small_blocks_table(pick) -> list[str]:
            "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for n, k in sorted({(n, k) for n, k, _, _ in t}):
         here = {c: r for (n2, k2, a, c), r in t.items() if (n2, k2, a) == (n, k, "row")}
-        base = next(c for c, r in here.items() if re.search(r"s132f", c) and "g" not in c.split("f", 1)[1])
+        base = next((c for c in here if re.search(r"s132f", c) and "g" not in c.split("f", 1)[1]), None)
+        if base is None:  # a run of this tag before the one-wave grid was its base explicitly
+            continue
         for c in sorted(here):
             if c == base or "g" in c.split("f", 1)[1]:
                 continue
@@ -1135,6 +1170,7 @@ def summary(doc: dict) -> str:
     out += _rule_table(pick, "resident rule m2", "Decode at M = 2 as `bsr_decode.for_shape` launches it (up to 6336 rows, "
                        "thread blocks of 16 warps, all resident, loading ahead, the next launch triggered early) against "
                        "the tuning before it")
+    out += _resident_blocks_table(pick)
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",

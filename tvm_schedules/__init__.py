@@ -8,7 +8,6 @@ attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax need
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
@@ -38,7 +37,7 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m is not None and m <= DECODE_MAX_M:
-        cfg = decode_cfg or replace(decode_for_shape(s, m), pdl=pdl)
+        cfg = decode_cfg or decode_for_shape(s, m, pdl)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     tiled = bsr_prefill_tiled.tuned(s, wgmma=wgmma)
     if prefill_cfg is None and bsr_prefill_tiled.plan_supported(s, tiled):

@@ -139,21 +139,23 @@ def per_sm(warps: int, registers: int) -> int:
     return min(SM_REGISTERS // (warps * 32 * (-(-registers // 8) * 8)), SM_WARPS // warps)
 
 
-def for_shape(s: BSRShape, m: int) -> DecodeConfig:
-    """tuned(), and at M = 1 and 2, where the activations are staged, a grid whose thread blocks an H100 holds all
-    at once, loading ahead and triggering the next launch right after its wait (its weights stream before the
-    staging and the wait, and the next kernel's thread blocks take no slot this one still needs):
+def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
+    """tuned() (with ``pdl``), and at M = 1 and 2, where the activations are staged, a grid whose thread blocks an
+    H100 holds all at once, loading ahead and triggering the next launch right after its wait (its weights stream
+    before the staging and the wait, and the next kernel's thread blocks take no slot this one still needs):
     - M = 1 up to 4224 rows, a warp per row in 132 thread blocks of 8, 16 or 32 warps (``ahead = 2``; SmolLM2's
       matrices 1.05-1.07x plain, 1.42-1.49x with PDL; 4096-row LLaMA matrices up to 1.18x, unequal rows 1.28x);
     - M = 1 up to 6336, a warp per row in thread blocks of 8 warps, at most 6 per SM (``ahead = 2``), also where
-      thread blocks of 32 warps would leave SMs idle (2113-3379 rows);
+      thread blocks of 32 warps would leave SMs idle (2113-3379 rows); past 4224 rows with PDL in thread blocks of
+      16 warps, 3 per SM, which stage the activations half as often after the wait (long rows: 5120 x 13824 with
+      8 warps 0.97-1.01x, with 16 1.06-1.10x);
     - M = 1 past the 8448 rows that tuned()'s 1056 thread blocks of 8 warps at 32 registers give a warp each, and
       up to 12672, two rows per warp (``ahead = 1``: the second trip set ahead lost here; on 8192 rows two rows per
       warp lost to a warp per row);
     - M = 2 up to 4224 rows, a warp per row in thread blocks of 16 warps, 2 per SM (``ahead = 2``), and up to 6336,
       3 per SM (``ahead = 1``);
     measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M >= 4."""
-    cfg = tuned(m, s.rows, s.k)
+    cfg = replace(tuned(m, s.rows, s.k), pdl=pdl)
     if m > 2 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
         return cfg
 
@@ -172,6 +174,9 @@ def for_shape(s: BSRShape, m: int) -> DecodeConfig:
             return replace(cfg, ahead=2) if warps == cfg.warps else replace(cfg, warps=warps, ctas=SMALL_GRID,
                                                                               ahead=2)
     if s.block_rows <= rows_at(2):
+        if pdl:
+            cfg = replace(cfg, warps=2 * cfg.warps)
+            assert s.block_rows <= rows_at(2), "as many rows resident in half as many thread blocks twice as large"
         return resident(2)
     if cfg.ctas * cfg.warps < s.block_rows <= rows_at(1, 2):
         return resident(1, 2)

@@ -312,6 +312,12 @@ def test_resident_decode_grids_load_ahead():
     # fewer than 0.8 x 132 thread blocks of 32 warps: thread blocks of 8 warps, all resident (3072 rows: 384)
     assert pick(2113, 4096) == pick(3379, 4096) == (8, 2) and cfg(3072, 576).ctas == 384 and grid(3072, 576) == 3072
     assert pick(4225, 4096) == pick(6336, 13824) == (8, 2) and grid(6144, 4096) == 6144  # 768 thread blocks
+    # with PDL, which stages the activations after the wait, half as many thread blocks of 16 warps
+    assert (d.for_shape(BSRShape(6144, 13824, 4, 16, 1, interleaved=True), 1, pdl=True).warps, d.for_shape(
+        BSRShape(6144, 13824, 4, 16, 1, interleaved=True), 1, pdl=True).ctas) == (16, 384)
+    assert d.for_shape(BSRShape(3072, 4096, 4, 16, 1, interleaved=True), 1, pdl=True).warps == 8
+    assert all(d.for_shape(BSRShape(n, 4096, 4, 16, 1, interleaved=True), m, pdl=True).pdl for n in (576, 28672)
+               for m in (1, 2, 8))
     assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
     assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
     assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == d.TUNED[1]
