@@ -975,8 +975,8 @@ def _resident_blocks_table(pick) -> list[str]:
                 continue
             cells = {int(re.match(r"w(\d+)", c)[1]): " / ".join(f"{t[(n, k, a, base)] / t[(n, k, a, c)]:.2f}"
                                                                for a in ("row", "layer")) for c in here if c != base}
-            out.append(f"| {n} x {k} | {'PDL' if pdl else 'plain'} | " + " | ".join(cells.get(w, "") for w in (8, 16, 24))
-                       + " |")
+            out.append(f"| {n} x {k} | {'PDL' if pdl else 'plain'} | "
+                       + " | ".join(cells.get(w, "") for w in (8, 16, 24)) + " |")
     return out
 
 
@@ -990,7 +990,8 @@ def _small_blocks_table(pick) -> list[str]:
     t = {(r["n"], r["k"], r["alloc"], r["cfg"]): r for r in rows}
     out = ["", "Decode at M = 1, a warp per row: thread blocks of 8 or 16 warps, all resident, against the one-wave "
            "grid (at most 132 thread blocks), speed (one-wave time over this one's):", "",
-           "| shape N x K | one-wave grid | variant | plain, balanced | plain, unequal | PDL, balanced | PDL, unequal |",
+           "| shape N x K | one-wave grid | variant | plain, balanced | plain, unequal | PDL, balanced "
+           "| PDL, unequal |",
            "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
     for n, k in sorted({(n, k) for n, k, _, _ in t}):
         here = {c: r for (n2, k2, a, c), r in t.items() if (n2, k2, a) == (n, k, "row")}

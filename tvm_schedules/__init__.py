@@ -8,7 +8,6 @@ attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax need
 """
 from __future__ import annotations
 
-
 from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
 from .bsr_decode import for_shape as decode_for_shape

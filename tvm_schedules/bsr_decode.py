@@ -13,11 +13,12 @@ shared-memory bank (M = 8: 1.17-1.37x faster on the K = 4096 shapes).
 Loads use a clamped index and a 0/1 scale instead of a branch, and a store that needs every loaded word
 makes a trip's loads issue together. CUDA artifacts pack each block's column, zero point and scale into one
 32-bit word (BSRShape.packed): one load instead of three, 12 bytes a block instead of 13 (H100: 1.03-1.15x
-faster at M = 1). Up to 12672 rows at M = 1 (but for 6337-8448), the grid's thread blocks are all resident at
-once on an H100 (for_shape), and a warp's first trip of loads goes out before the activations are staged and
-before the PDL wait (``ahead``): the weights stream while the kernel before still runs. Rows with more blocks loop longer; unequal rows (per-layer
-sparsity) cost up to ~40%. ``plan=True`` gives rows to warps by a per-matrix longest-first plan appended to
-indptr (tvm_schedules.warp_plan; measured: median loss +30% -> +17%), not yet used by gqsa-compile.
+faster at M = 1). Up to 12672 rows at M = 1 (but for 6337-8448), and up to 6336 at M = 2, the grid's thread
+blocks are all resident at once on an H100 (for_shape), and a warp's first trip of loads goes out before the
+activations are staged and before the PDL wait (``ahead``): the weights stream while the kernel before still
+runs. Rows with more blocks loop longer; unequal rows (per-layer sparsity) cost up to ~40%. ``plan=True``
+gives rows to warps by a per-matrix longest-first plan appended to indptr (tvm_schedules.warp_plan; measured:
+median loss +30% -> +17%), not yet used by gqsa-compile.
 
 Arithmetic: with 4-bit codes in the interleaved order (tvm_schedules.layout) one LOP3 turns a code pair
 into the half2 (1024 + c0, 1024 + c1), (c - z) is exact in fp16, the 16 products of a group are summed in
@@ -162,8 +163,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
     def rows_at(ahead, rounds=1):  # rows that many rounds of a warp per row cover, every thread block resident
         return SMALL_GRID * per_sm(cfg.warps, AHEAD_REGISTERS[m, ahead]) * cfg.warps * rounds
 
-    def resident(ahead, rounds=1):
-        return replace(cfg, ctas=-(-s.block_rows // (cfg.warps * rounds)), ahead=ahead, trigger="early")
+    def resident(ahead, rounds=1, warps=cfg.warps):
+        return replace(cfg, warps=warps, ctas=-(-s.block_rows // (warps * rounds)), ahead=ahead, trigger="early")
 
     if m == 2:
         return resident(2) if s.block_rows <= rows_at(2) else resident(1) if s.block_rows <= rows_at(1) else cfg
@@ -173,11 +174,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
                 return resident(2)  # thread blocks of 32 warps would leave a fifth of the SMs idle
             return replace(cfg, ahead=2) if warps == cfg.warps else replace(cfg, warps=warps, ctas=SMALL_GRID,
                                                                               ahead=2)
-    if s.block_rows <= rows_at(2):
-        if pdl:
-            cfg = replace(cfg, warps=2 * cfg.warps)
-            assert s.block_rows <= rows_at(2), "as many rows resident in half as many thread blocks twice as large"
-        return resident(2)
+    if s.block_rows <= rows_at(2):  # with PDL half as many thread blocks, as many resident warps (3 x 16, 6 x 8)
+        return resident(2, warps=2 * cfg.warps if pdl else cfg.warps)
     if cfg.ctas * cfg.warps < s.block_rows <= rows_at(1, 2):
         return resident(1, 2)
     return cfg

@@ -290,14 +290,15 @@ def test_decode_tuning_follows_activation_staging():
 
 def test_resident_decode_grids_load_ahead():
     """M = 1: where a warp per row fits in one wave of an H100 (132 thread blocks of 8, 16 or 32 warps, but 8-warp
-    thread blocks where 32-warp ones would leave a fifth of the SMs idle), that grid loads ahead; up to 6336 rows, a warp per row in thread blocks of 8 warps, 6 per SM, loads ahead and triggers
+    thread blocks where 32-warp ones would leave a fifth of the SMs idle), that grid loads ahead; up to 6336 rows,
+    a warp per row in thread blocks of 8 warps, 6 per SM (16 warps, 3 per SM, with PDL), loads ahead and triggers
     early; from 8449 (where the tuned launch has no warp for each row) to 12672, two rows per warp, the first trip
     ahead; M = 2 alike up to 6336 rows; other rows, unstaged activations (56 KB; an 8-bit matrix gathers them from
     L1), M >= 4 or tall blocks keep the tuned launch."""
     from tvm_schedules import bsr_decode as d
 
-    def cfg(n, k, m=1, bits=4, rows=1):
-        return d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m)
+    def cfg(n, k, m=1, bits=4, rows=1, pdl=False):
+        return d.for_shape(BSRShape(n, k, bits, 16, rows, interleaved=bits == 4), m, pdl)
 
     def pick(n, k, m=1, bits=4, rows=1):
         c = cfg(n, k, m, bits, rows)
@@ -313,11 +314,9 @@ def test_resident_decode_grids_load_ahead():
     assert pick(2113, 4096) == pick(3379, 4096) == (8, 2) and cfg(3072, 576).ctas == 384 and grid(3072, 576) == 3072
     assert pick(4225, 4096) == pick(6336, 13824) == (8, 2) and grid(6144, 4096) == 6144  # 768 thread blocks
     # with PDL, which stages the activations after the wait, half as many thread blocks of 16 warps
-    assert (d.for_shape(BSRShape(6144, 13824, 4, 16, 1, interleaved=True), 1, pdl=True).warps, d.for_shape(
-        BSRShape(6144, 13824, 4, 16, 1, interleaved=True), 1, pdl=True).ctas) == (16, 384)
-    assert d.for_shape(BSRShape(3072, 4096, 4, 16, 1, interleaved=True), 1, pdl=True).warps == 8
-    assert all(d.for_shape(BSRShape(n, 4096, 4, 16, 1, interleaved=True), m, pdl=True).pdl for n in (576, 28672)
-               for m in (1, 2, 8))
+    assert (cfg(6144, 13824, pdl=True).warps, cfg(6144, 13824, pdl=True).ctas) == (16, 384)
+    assert cfg(3072, 4096, pdl=True).warps == cfg(12288, 4096, pdl=True).warps == 8
+    assert all(cfg(n, 4096, m, pdl=True).pdl for n in (576, 28672) for m in (1, 2, 8))
     assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
     assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
     assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == d.TUNED[1]

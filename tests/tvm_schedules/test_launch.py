@@ -115,9 +115,9 @@ def test_every_kernel_waits_with_the_pdl_pipeline(tmp_path):
 
 def test_resident_decode_grids_fit_their_registers(tmp_path):
     """The grids that trigger the next launch early assume all their thread blocks are resident at once, from the
-    registers bsr_decode.AHEAD_REGISTERS says their kernels take (M = 1: 6 thread blocks of 8 warps per SM at 40, or
-    3 of 16 with PDL; M = 2: 2 of 16 warps at 56, 3 at 40): the built kernels take no more, and spill nothing. With PDL only weight
-    loads come before the wait, the activations' after it."""
+    registers bsr_decode.AHEAD_REGISTERS says their kernels take (M = 1: 6 thread blocks of 8 warps per SM at 40,
+    or 3 of 16 with PDL; M = 2: 2 of 16 warps at 56, 3 at 40): the built kernels take no more, and spill nothing.
+    With PDL only weight loads come before the wait, the activations' after it."""
     import tvm
 
     from gqsa_compile import cuda_toolchain
@@ -132,7 +132,8 @@ def test_resident_decode_grids_fit_their_registers(tmp_path):
         s = BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True)
         c = d.for_shape(s, m, pdl)
         regs = d.AHEAD_REGISTERS[m, c.ahead]
-        assert c.trigger == "early" and d.launch(s, m, c)["warps"] <= launch.SMALL_GRID * d.per_sm(c.warps, regs) * c.warps
+        resident = launch.SMALL_GRID * d.per_sm(c.warps, regs) * c.warps
+        assert c.trigger == "early" and d.launch(s, m, c)["warps"] <= resident
         name = f"decode_m{m}_{n}x{k}_{c.key}"
         funcs[name], limit[f"{name}_kernel"] = d.bsr_decode_cuda(s, m, c).with_attrs(
             {"global_symbol": name, "tirx.is_scheduled": True}), regs
