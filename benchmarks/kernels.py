@@ -356,6 +356,16 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=1), dict(unroll=1)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unroll ahead", packed=True,
                         cfg=replace(bsr_decode.for_shape(shape, 1, pdl), **v))
+    # M = 4 on matrices of at most 4224 rows, where the tuned 132 thread blocks of 32 warps give each row a warp (as
+    # bsr_decode.for_shape now launches them, beside the tuning before it)
+    for n, k in ((576, 576), (1536, 576), (3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 8192),
+                 (4096, 11008)):
+        base = bsr_decode.tuned(4, 1, k)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                for v in (dict(), dict(ahead=2)):
+                    add("bsr_decode", n, k, 4, 1, alloc=alloc, tag="ahead m4", packed=True,
+                        cfg=replace(base, pdl=pdl, **v))
     # M = 2, 4, 8 loading ahead: at M = 2 grids sized to be resident (3 thread blocks of 16 warps per SM at the 40
     # registers of ahead = 1, 2 at ahead = 2's 56) with the early trigger; at M = 4 and 8 the tuned 132 thread
     # blocks (one wave already)
@@ -1180,6 +1190,8 @@ def summary(doc: dict) -> str:
     out += _rule_table(pick, "resident rule m2", "Decode at M = 2 as `bsr_decode.for_shape` launches it (up to 6336 rows, "
                        "thread blocks of 16 warps, all resident, loading ahead, the next launch triggered early) against "
                        "the tuning before it")
+    out += _rule_table(pick, "ahead m4", "Decode at M = 4 as `bsr_decode.for_shape` launches it up to 4224 rows (the "
+                       "tuned 132 thread blocks of 32 warps, loading ahead) against the tuning before it")
     out += _resident_blocks_table(pick)
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)

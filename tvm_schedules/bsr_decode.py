@@ -128,7 +128,7 @@ def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
 # Registers a thread of the staged half2 GEMV takes when loading ahead, by (M, ahead), as ptxas allots them for
 # sm_90 (tests/tvm_schedules/test_launch.py checks the built kernels against them): what decides how many thread
 # blocks an SM holds at once, so which grids for_shape() can make resident.
-AHEAD_REGISTERS = {(1, 1): 40, (1, 2): 40, (2, 1): 40, (2, 2): 56}
+AHEAD_REGISTERS = {(1, 1): 40, (1, 2): 40, (2, 1): 40, (2, 2): 56, (4, 2): 64}
 SM_REGISTERS, SM_WARPS = 65536, 64  # sm_80 .. sm_90
 # M = 1: where thread blocks of 32 warps, a row each, would keep fewer SMs than this busy, thread blocks of 8 warps
 # win (H100, 3072 rows: 1.07-1.28x; 4096 rows, whose 128 thread blocks of 32 warps fill the SMs: 0.68-1.05x)
@@ -155,9 +155,11 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
       warp lost to a warp per row);
     - M = 2 up to 4224 rows, a warp per row in thread blocks of 16 warps, 2 per SM (``ahead = 2``), and up to 6336,
       3 per SM (``ahead = 1``);
-    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M >= 4."""
+    - M = 4 up to 4224 rows, tuned()'s 132 thread blocks of 32 warps, a warp per row (``ahead = 2``; with PDL
+      1.16x, plain 1.01-1.02x);
+    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M = 8."""
     cfg = replace(tuned(m, s.rows, s.k), pdl=pdl)
-    if m > 2 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
+    if m > 4 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
         return cfg
 
     def rows_at(ahead, rounds=1):  # rows that many rounds of a warp per row cover, every thread block resident
@@ -168,6 +170,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
 
     if m == 2:
         return resident(2) if s.block_rows <= rows_at(2) else resident(1) if s.block_rows <= rows_at(1) else cfg
+    if m == 4:  # tuned() is already one wave of 132 thread blocks
+        return replace(cfg, ahead=2) if s.block_rows <= min(rows_at(2), cfg.ctas * cfg.warps) else cfg
     for warps in (cfg.warps, 2 * cfg.warps, 4 * cfg.warps):
         if s.block_rows <= SMALL_GRID * warps:
             if warps == 4 * cfg.warps and s.block_rows <= IDLE_SMS * SMALL_GRID * warps:

@@ -293,8 +293,8 @@ def test_resident_decode_grids_load_ahead():
     thread blocks where 32-warp ones would leave a fifth of the SMs idle), that grid loads ahead; up to 6336 rows,
     a warp per row in thread blocks of 8 warps, 6 per SM (16 warps, 3 per SM, with PDL), loads ahead and triggers
     early; from 8449 (where the tuned launch has no warp for each row) to 12672, two rows per warp, the first trip
-    ahead; M = 2 alike up to 6336 rows; other rows, unstaged activations (56 KB; an 8-bit matrix gathers them from
-    L1), M >= 4 or tall blocks keep the tuned launch."""
+    ahead; M = 2 alike up to 6336 rows, M = 4 up to 4224; other rows, unstaged activations (56 KB; an 8-bit matrix
+    gathers them from L1), M = 8 or tall blocks keep the tuned launch."""
     from tvm_schedules import bsr_decode as d
 
     def cfg(n, k, m=1, bits=4, rows=1, pdl=False):
@@ -320,11 +320,14 @@ def test_resident_decode_grids_load_ahead():
     assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
     assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
     assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == d.TUNED[1]
-    assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=4)[1] == pick(576, 576, rows=4)[1] == 0
+    assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=8)[1] == pick(576, 576, rows=4)[1] == 0
     # M = 2: thread blocks of 16 warps, 2 per SM loading two trips ahead, or 3 loading one
     assert pick(4224, 14336, m=2) == (16, 2) and pick(4225, 4096, m=2) == pick(6336, 4096, m=2) == (16, 1)
     assert cfg(4096, 4096, m=2).ctas == 256 and cfg(6336, 4096, m=2).trigger == "early"
     assert cfg(6337, 4096, m=2) == d.tuned(2, 1, 4096) and cfg(4096, 28672, m=2) == d.tuned(2, 1, 28672)  # unstaged
+    # M = 4: the tuned one-wave grid, loading ahead where it gives each row a warp
+    assert pick(576, 576, m=4) == pick(4224, 11008, m=4) == (32, 2) and cfg(4096, 4096, m=4).ctas == 132
+    assert cfg(4225, 4096, m=4) == d.tuned(4, 1, 4096) and cfg(4096, 14336, m=4) == d.tuned(4, 1, 14336)
 
 
 def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():
