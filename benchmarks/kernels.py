@@ -288,6 +288,10 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                           dict(warps=32, ctas=132), dict(warps=32, ctas=132, ahead=2)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="one wave", packed=True,
                         cfg=replace(bsr_decode.tuned(1, 1, k), pdl=pdl, **v))
+    def equal_rounds(n, warps, per_sm):  # thread blocks that hold n rows in equal rounds, all resident at once
+        rounds = -(-n // (warps * launch.SMALL_GRID * per_sm))
+        return -(-n // (warps * rounds))
+
     def rule(tag, shapes_, m=1):  # the launch gqsa-compile picks (bsr_decode.for_shape) beside the tuning before it
         for n, k in shapes_:
             for pdl in (False, True) if launch.supported(archs) else (False,):
@@ -303,15 +307,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     # SM at 40 registers, 8 at 32): loads ahead, the early trigger, equal rounds of rows (tag "resident", with a
     # warp's next row issued in its last trip, DecodeConfig.chain, is at commit 46c52b7; report prints both tags)
     for n, k in ((6144, 4096), (12288, 4096), (22016, 4096), (28672, 4096)):
-        def resident(per_sm, warps=8):  # thread blocks that hold every row in equal rounds, all resident at once
-            rounds = -(-n // (warps * launch.SMALL_GRID * per_sm))
-            return -(-n // (warps * rounds))
         for pdl in (False, True) if launch.supported(archs) else (False,):
             for alloc in ("row", "layer"):
                 base = bsr_decode.tuned(1, 1, k)
                 # the early trigger alone, equal rounds at 32 registers, the first trip (or two) ahead
-                more = [dict(ahead=1, ctas=resident(6)), dict(ahead=2, ctas=resident(6))] + [
-                    dict(ctas=resident(8))] * (resident(8) < min(-(-n // base.warps), base.ctas))
+                more = [dict(ahead=1, ctas=equal_rounds(n, 8, 6)), dict(ahead=2, ctas=equal_rounds(n, 8, 6))] + [
+                    dict(ctas=equal_rounds(n, 8, 8))] * (equal_rounds(n, 8, 8) < min(-(-n // base.warps), base.ctas))
                 for v in [dict()] + more + [dict(v, trigger="early") for v in [dict()] + more] * pdl:
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="resident 2", packed=True,
                         cfg=replace(base, pdl=pdl, **v))
@@ -377,11 +378,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for pdl in (False, True) if launch.supported(archs) else (False,):
                 early = "early" if pdl else "exit"
                 if m == 2:
-                    def resident(per_sm):
-                        rounds = -(-n // (base.warps * launch.SMALL_GRID * per_sm))
-                        return -(-n // (base.warps * rounds))
-                    variants = [dict(), dict(ahead=1, ctas=resident(3), trigger=early),
-                                dict(ahead=2, ctas=resident(2), trigger=early)]
+                    variants = [dict(), dict(ahead=1, ctas=equal_rounds(n, base.warps, 3), trigger=early),
+                                dict(ahead=2, ctas=equal_rounds(n, base.warps, 2), trigger=early)]
                 else:
                     variants = [dict(), dict(ahead=1), dict(ahead=2)]
                 for alloc in ("row", "layer"):
@@ -1182,16 +1180,15 @@ def summary(doc: dict) -> str:
     out += _packed_table(pick)
     out += _ahead_table(pick)
     out += _resident_table(pick)
-    out += _rule_table(pick, "one wave rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it up to 4224 rows (a "
-                       "warp per row in one wave, loading ahead) against the tuning before it")
-    out += _rule_table(pick, "resident rule", "Decode at M = 1 as `bsr_decode.for_shape` launches it from 4225 to 12672 "
-                       "rows (thread blocks of 8 warps, all resident, loading ahead, the next launch triggered early) "
-                       "against the tuning before it")
-    out += _rule_table(pick, "resident rule m2", "Decode at M = 2 as `bsr_decode.for_shape` launches it (up to 6336 rows, "
-                       "thread blocks of 16 warps, all resident, loading ahead, the next launch triggered early) against "
-                       "the tuning before it")
-    out += _rule_table(pick, "ahead m4", "Decode at M = 4 as `bsr_decode.for_shape` launches it up to 4224 rows (the "
-                       "tuned 132 thread blocks of 32 warps, loading ahead) against the tuning before it")
+    for tag, launched in (
+            ("one wave rule", "M = 1 up to 4224 rows (a warp per row in one wave, loading ahead)"),
+            ("resident rule", "M = 1 from 4225 to 12672 rows (thread blocks of 8 or 16 warps, all resident, loading "
+                              "ahead, the next launch triggered early)"),
+            ("resident rule m2", "M = 2 up to 6336 rows (thread blocks of 16 warps, all resident, loading ahead, the "
+                                 "next launch triggered early)"),
+            ("ahead m4", "M = 4 up to 4224 rows (the tuned 132 thread blocks of 32 warps, loading ahead)")):
+        out += _rule_table(pick, tag, f"Decode at {launched} as `bsr_decode.for_shape` launches it, against the "
+                           "tuning before it")
     out += _resident_blocks_table(pick)
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)
