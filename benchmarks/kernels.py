@@ -367,6 +367,18 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for v in (dict(), dict(ahead=2)):
                     add("bsr_decode", n, k, 4, 1, alloc=alloc, tag="ahead m4", packed=True,
                         cfg=replace(base, pdl=pdl, **v))
+    # two trips in flight (ahead = 3: the register sets take turns, each trip's loads go out before the trip before
+    # it has landed) on the grids for_shape makes resident, beside what it launches now
+    for m, some in ((1, ((576, 1536), (3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 11008),
+                         (4096, 14336), (5120, 13824), (6144, 4096))),
+                    (2, ((2048, 4096), (4096, 4096), (4096, 14336))), (4, ((3072, 4096), (4096, 4096), (4096, 11008)))):
+        for n, k in some:
+            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    for v in (dict(), dict(ahead=3)):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="ahead 3", packed=True,
+                            cfg=replace(bsr_decode.for_shape(shape, m, pdl), **v))
     # M = 2, 4, 8 loading ahead: at M = 2 grids sized to be resident (3 thread blocks of 16 warps per SM at the 40
     # registers of ahead = 1, 2 at ahead = 2's 56) with the early trigger; at M = 4 and 8 the tuned 132 thread
     # blocks (one wave already)

@@ -286,15 +286,15 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         return (it * unroll + u) * step + lane_blk
 
     @T.macro
-    def settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk):
+    def settle(mw, sh, zb, sv, zv, slot, u, r, it, count, lane_blk):
         """Row ``r`` of block ``u``'s fp32 scale (0 for the clamped repeats past the row's end) and zero point,
-        from register set 0."""
+        from register set ``slot``."""
         if word:  # R = 1: the block's word holds both
-            sh[0, u, r] = T.Cast("uint16", word_scale_bits(mw[0, u]))
-            zb[0, u, r] = T.Cast("uint8", word_zero(mw[0, u]))
-        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[0, u, r])) * T.Cast(
+            sh[slot, u, r] = T.Cast("uint16", word_scale_bits(mw[slot, u]))
+            zb[slot, u, r] = T.Cast("uint8", word_zero(mw[slot, u]))
+        sv[u, r] = T.Cast("float32", T.reinterpret("float16", sh[slot, u, r])) * T.Cast(
             "float32", position(it, u, lane_blk) < count)
-        zv[u, r] = T.Cast("uint32", zb[0, u, r])
+        zv[u, r] = T.Cast("uint32", zb[slot, u, r])
 
     @T.macro
     def issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, slot, u, it, start, count, r0, lane_blk, sub, now):
@@ -322,7 +322,103 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                 sh[slot, u, r] = T.uint16(0x3C00)
                 zb[slot, u, r] = T.uint8(8)
             if now:
-                settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
+                settle(mw, sh, zb, sv, zv, slot, u, r, it, count, lane_blk)
+
+    @T.macro
+    def trip(it, cur, rep, start, count, trips, r0, lane_blk, sub, ty, tx, indices, qw, sc, zr, x, x32, xs, mw, ix, wq,
+             sh, zb, sv, zv, col, chk, sink, acc, dq, qf, xl, x2, h, part):
+        """Trip ``it`` of a warp's row from register set ``cur``: its loads (unless issued ahead), scales and zero
+        points, the fence, the arithmetic."""
+        if ahead == 3:  # two trips in flight: the next one's loads go out before this one's have landed
+            for u in T.unroll(unroll):
+                if rep > 0 and it == 0:  # the prologue issued only the first task's first trip
+                    issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 0, u, 0, start, count, r0, lane_blk, sub,
+                          False)
+                if it + 1 < trips:
+                    issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv, 1 - cur, u, it + 1, start, count, r0,
+                          lane_blk, sub, False)
+        for u in T.unroll(unroll):
+            if ahead == 0:
+                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                      0, u, it, start, count, r0, lane_blk, sub, True)
+            else:
+                if ahead == 1:  # the prologue issued the first task's first trip
+                    if rep > 0 or it > 0:
+                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                              0, u, it, start, count, r0, lane_blk, sub, False)
+                elif ahead == 2 and rep > 0 and it == 0:  # later trips come from set 1
+                    issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                          0, u, it, start, count, r0, lane_blk, sub, False)
+                for r in T.unroll(rw):
+                    settle(mw, sh, zb, sv, zv, cur, u, r, it, count, lane_blk)
+            col[u] = (T.Cast("int32", word_column(mw[cur, u]) if word else ix[cur, u])
+                      * (group // 8) + sub * (cols // 8))
+        if fence:
+            # A store that needs every loaded word: ptxas otherwise sinks each block's
+            # loads to their first use, leaving one block per lane in flight.
+            chk[0] = T.uint32(0)
+            for u in T.unroll(unroll):
+                chk[0] = chk[0] ^ (mw[cur, u] if word else T.Cast("uint32", ix[cur, u]))
+                for r in T.unroll(rw):
+                    chk[0] = chk[0] ^ T.Cast("uint32", sh[cur, u, r]) ^ zv[u, r]
+                    for w in T.unroll(wpl):
+                        chk[0] = chk[0] ^ wq[cur, u, r, w]
+            T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
+        if ahead == 2:  # the next trip's loads in flight during this trip's arithmetic
+            if it + 1 < trips:
+                for u in T.unroll(unroll):
+                    issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
+                          1, u, it + 1, start, count, r0, lane_blk, sub, False)
+        for u in T.unroll(unroll if cfg.ablate != "math" else 0):
+            for r in T.unroll(rw):
+                if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
+                    for j in T.unroll(cols // 2):
+                        dq[j] = ((wq[cur, u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                 ) | T.uint32(0x64006400)
+                        T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
+                else:
+                    for j in T.unroll(cols):
+                        qf[j] = T.reinterpret("float32", ((wq[cur, u, r, j // per] >> T.uint32(
+                            nibble(j) * bits if s.interleaved else j % per * bits))
+                            & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
+                                "float32", zv[u, r]))
+                for i in T.unroll(m):
+                    if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
+                        for c in T.unroll(cols // 8):
+                            if smem:
+                                for v in T.vectorized(4):
+                                    x2[c * 4 + v] = xs[gathered(
+                                        (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
+                            else:
+                                for v in T.vectorized(4):
+                                    x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
+                        h[0] = T.uint32(0)
+                        for j in T.unroll(cols // 2):
+                            T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
+                        part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
+                            "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
+                                "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
+                    else:
+                        for c in T.unroll(cols // xv):
+                            for v in T.vectorized(xv):
+                                xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
+                        part[0] = T.float32(0)
+                        for j in T.unroll(cols):
+                            part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
+                    acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
+        if ahead == 2:
+            if it + 1 < trips:
+                for u in T.unroll(unroll):
+                    if word:
+                        mw[0, u] = mw[1, u]
+                    else:
+                        ix[0, u] = ix[1, u]
+                    for r in T.unroll(rw):
+                        if not word:
+                            sh[0, u, r] = sh[1, u, r]
+                            zb[0, u, r] = zb[1, u, r]
+                        for w in T.unroll(wpl):
+                            wq[0, u, r, w] = wq[1, u, r, w]
 
     @T.macro
     def body(x, indptr, indices, qw, sc, zr, y, m, nnz):
@@ -408,89 +504,18 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
                             start = start_of(indptr, rec, br)
                             count = count_of(indptr, rec, br, start)
                             trips = (count + step * unroll - 1) // (step * unroll)
-                            for it in range(trips):
-                                for u in T.unroll(unroll):
-                                    if ahead == 0:
-                                        issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
-                                              0, u, it, start, count, r0, lane_blk, sub, True)
-                                    else:
-                                        if ahead == 1:  # the prologue issued the first task's first trip
-                                            if rep > 0 or it > 0:
-                                                issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
-                                                      0, u, it, start, count, r0, lane_blk, sub, False)
-                                        elif rep > 0 and it == 0:  # later trips come from set 1
-                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
-                                                  0, u, it, start, count, r0, lane_blk, sub, False)
-                                        for r in T.unroll(rw):
-                                            settle(mw, sh, zb, sv, zv, u, r, it, count, lane_blk)
-                                    col[u] = (T.Cast("int32", word_column(mw[0, u]) if word else ix[0, u])
-                                              * (group // 8) + sub * (cols // 8))
-                                if fence:
-                                    # A store that needs every loaded word: ptxas otherwise sinks each block's
-                                    # loads to their first use, leaving one block per lane in flight.
-                                    chk[0] = T.uint32(0)
-                                    for u in T.unroll(unroll):
-                                        chk[0] = chk[0] ^ (mw[0, u] if word else T.Cast("uint32", ix[0, u]))
-                                        for r in T.unroll(rw):
-                                            chk[0] = chk[0] ^ T.Cast("uint32", sh[0, u, r]) ^ zv[u, r]
-                                            for w in T.unroll(wpl):
-                                                chk[0] = chk[0] ^ wq[0, u, r, w]
-                                    T.ptx.st.shared.b32(sink.ptr_to([ty * 32 + tx]), chk[0])
-                                if ahead == 2:  # the next trip's loads in flight during this trip's arithmetic
-                                    if it + 1 < trips:
-                                        for u in T.unroll(unroll):
-                                            issue(indices, qw, sc, zr, mw, ix, wq, sh, zb, sv, zv,
-                                                  1, u, it + 1, start, count, r0, lane_blk, sub, False)
-                                for u in T.unroll(unroll if cfg.ablate != "math" else 0):
-                                    for r in T.unroll(rw):
-                                        if half2:  # codes 2j, 2j+1 as half2 (1024 + c) - (1024 + z): exact in fp16
-                                            for j in T.unroll(cols // 2):
-                                                dq[j] = ((wq[0, u, r, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
-                                                         ) | T.uint32(0x64006400)
-                                                T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + zv[u, r]) * T.uint32(0x10001))
-                                        else:
-                                            for j in T.unroll(cols):
-                                                qf[j] = T.reinterpret("float32", ((wq[0, u, r, j // per] >> T.uint32(
-                                                    nibble(j) * bits if s.interleaved else j % per * bits))
-                                                    & T.uint32(mask)) | T.uint32(MAGIC)) - (T.float32(2**23) + T.Cast(
-                                                        "float32", zv[u, r]))
-                                        for i in T.unroll(m):
-                                            if half2:  # fp16 products summed in fp16 over one group's pairs, then fp32
-                                                for c in T.unroll(cols // 8):
-                                                    if smem:
-                                                        for v in T.vectorized(4):
-                                                            x2[c * 4 + v] = xs[gathered(
-                                                                (i + lane_blk % turns) % m, col[u] + c) * 4 + v]
-                                                    else:
-                                                        for v in T.vectorized(4):
-                                                            x2[c * 4 + v] = x32[i * (k // 2) + (col[u] + c) * 4 + v]
-                                                h[0] = T.uint32(0)
-                                                for j in T.unroll(cols // 2):
-                                                    T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
-                                                part[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
-                                                    "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
-                                                        "float16", T.Cast("uint16", h[0] >> T.uint32(16))))
-                                            else:
-                                                for c in T.unroll(cols // xv):
-                                                    for v in T.vectorized(xv):
-                                                        xl[c * xv + v] = x[i, col[u] * 8 + c * xv + v]
-                                                part[0] = T.float32(0)
-                                                for j in T.unroll(cols):
-                                                    part[0] = part[0] + qf[j] * T.Cast("float32", xl[j])
-                                            acc[i * rw + r] = acc[i * rw + r] + part[0] * sv[u, r]
-                                if ahead == 2:
-                                    if it + 1 < trips:
-                                        for u in T.unroll(unroll):
-                                            if word:
-                                                mw[0, u] = mw[1, u]
-                                            else:
-                                                ix[0, u] = ix[1, u]
-                                            for r in T.unroll(rw):
-                                                if not word:
-                                                    sh[0, u, r] = sh[1, u, r]
-                                                    zb[0, u, r] = zb[1, u, r]
-                                                for w in T.unroll(wpl):
-                                                    wq[0, u, r, w] = wq[1, u, r, w]
+                            if ahead == 3:  # the register sets take turns, two trips a round: nothing is copied
+                                for it2 in range((trips + 1) // 2):
+                                    for cur in T.unroll(2):
+                                        if it2 * 2 + cur < trips:
+                                            trip(it2 * 2 + cur, cur, rep, start, count, trips, r0, lane_blk, sub, ty,
+                                                 tx, indices, qw, sc, zr, x, x32, xs, mw, ix, wq, sh, zb, sv, zv, col,
+                                                 chk, sink, acc, dq, qf, xl, x2, h, part)
+                            else:
+                                for it in range(trips):
+                                    trip(it, 0, rep, start, count, trips, r0, lane_blk, sub, ty, tx, indices, qw,
+                                         sc, zr, x, x32, xs, mw, ix, wq, sh, zb, sv, zv, col, chk, sink, acc, dq, qf,
+                                         xl, x2, h, part)
                         for j in range(m * rw):
                             # acc[i * rw + r] holds token (i + rotation) % M: the lane's own order, undone here
                             red[0] = acc[j]
