@@ -67,8 +67,9 @@ class DecodeConfig:
     ahead: int = 0  # loads in flight across phases: 1 issues the first trip's loads before the activations are
     # staged (and, with PDL, before the wait: weights never depend on the previous kernel); 2 also issues each
     # next trip's loads before this trip's arithmetic (a second register set: 40 registers at M = 1, not 32).
-    # H100 (docs/perf.md): grids of one wave gain, with PDL most (SmolLM2's 576 x 576: 2.39 -> 1.60 us), larger
-    # ones lose (28672 x 4096: 0.74-0.81x), so for_shape() picks 2 for one-wave grids only
+    # 3 issues each next trip's loads before this trip's have landed, the two sets taking turns (two trips in flight).
+    # H100 (docs/perf.md): grids whose thread blocks are all resident gain, with PDL most (SmolLM2's 576 x 576: 2.39
+    # -> 1.60 us), larger ones lose (28672 x 4096: 0.74-0.81x); 3 pays only at M = 2 with PDL (for_shape())
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
 
@@ -128,7 +129,7 @@ def tuned(m: int, rows: int = 1, k: int = 0) -> DecodeConfig:
 # Registers a thread of the staged half2 GEMV takes when loading ahead, by (M, ahead), as ptxas allots them for
 # sm_90 (tests/tvm_schedules/test_launch.py checks the built kernels against them): what decides how many thread
 # blocks an SM holds at once, so which grids for_shape() can make resident.
-AHEAD_REGISTERS = {(1, 1): 40, (1, 2): 40, (2, 1): 40, (2, 2): 56, (4, 2): 64}
+AHEAD_REGISTERS = {(1, 1): 40, (1, 2): 40, (2, 1): 40, (2, 2): 56, (2, 3): 56, (4, 2): 64}
 SM_REGISTERS, SM_WARPS = 65536, 64  # sm_80 .. sm_90
 # M = 1: where thread blocks of 32 warps, a row each, would keep fewer SMs than this busy, thread blocks of 8 warps
 # win (H100, 3072 rows: 1.07-1.28x; 4096 rows, whose 128 thread blocks of 32 warps fill the SMs: 0.68-1.05x)
@@ -153,8 +154,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
     - M = 1 past the 8448 rows that tuned()'s 1056 thread blocks of 8 warps at 32 registers give a warp each, and
       up to 12672, two rows per warp (``ahead = 1``: the second trip set ahead lost here; on 8192 rows two rows per
       warp lost to a warp per row);
-    - M = 2 up to 4224 rows, a warp per row in thread blocks of 16 warps, 2 per SM (``ahead = 2``), and up to 6336,
-      3 per SM (``ahead = 1``);
+    - M = 2 up to 4224 rows, a warp per row in thread blocks of 16 warps, 2 per SM (``ahead = 2``, with PDL 3: two
+      trips in flight), and up to 6336, 3 per SM (``ahead = 1``);
     - M = 4 up to 4224 rows, tuned()'s 132 thread blocks of 32 warps, a warp per row (``ahead = 2``; with PDL
       1.16x, plain 1.01-1.02x);
     measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M = 8."""
@@ -168,8 +169,10 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
     def resident(ahead, rounds=1, warps=cfg.warps):
         return replace(cfg, warps=warps, ctas=-(-s.block_rows // (warps * rounds)), ahead=ahead, trigger="early")
 
-    if m == 2:
-        return resident(2) if s.block_rows <= rows_at(2) else resident(1) if s.block_rows <= rows_at(1) else cfg
+    if m == 2:  # with PDL two trips in flight (ahead = 3: 1.05-1.08x over 2 on 2048-4096 rows; plain 0.96-1.05x)
+        if s.block_rows <= rows_at(2):
+            return resident(3 if pdl else 2)
+        return resident(1) if s.block_rows <= rows_at(1) else cfg
     if m == 4:  # tuned() is already one wave of 132 thread blocks
         return replace(cfg, ahead=2) if s.block_rows <= min(rows_at(2), cfg.ctas * cfg.warps) else cfg
     for warps in (cfg.warps, 2 * cfg.warps, 4 * cfg.warps):

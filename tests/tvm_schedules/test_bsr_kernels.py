@@ -324,6 +324,7 @@ def test_resident_decode_grids_load_ahead():
     # M = 2: thread blocks of 16 warps, 2 per SM loading two trips ahead, or 3 loading one
     assert pick(4224, 14336, m=2) == (16, 2) and pick(4225, 4096, m=2) == pick(6336, 4096, m=2) == (16, 1)
     assert cfg(4096, 4096, m=2).ctas == 256 and cfg(6336, 4096, m=2).trigger == "early"
+    assert cfg(4224, 4096, m=2, pdl=True).ahead == 3 and cfg(6336, 4096, m=2, pdl=True).ahead == 1  # two trips in flight
     assert cfg(6337, 4096, m=2) == d.tuned(2, 1, 4096) and cfg(4096, 28672, m=2) == d.tuned(2, 1, 28672)  # unstaged
     # M = 4: the tuned one-wave grid, loading ahead where it gives each row a warp
     assert pick(576, 576, m=4) == pick(4224, 11008, m=4) == (32, 2) and cfg(4096, 4096, m=4).ctas == 132
