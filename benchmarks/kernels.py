@@ -375,10 +375,11 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
         for n, k in some:
             shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
             for pdl in (False, True) if launch.supported(archs) else (False,):
+                before = bsr_decode.for_shape(shape, m, pdl)  # (M = 2 with PDL: ahead 2, as before this tag)
+                before = replace(before, ahead=min(before.ahead, 2))
                 for alloc in ("row", "layer"):
                     for v in (dict(), dict(ahead=3)):
-                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="ahead 3", packed=True,
-                            cfg=replace(bsr_decode.for_shape(shape, m, pdl), **v))
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="ahead 3", packed=True, cfg=replace(before, **v))
     # M = 2, 4, 8 loading ahead: at M = 2 grids sized to be resident (3 thread blocks of 16 warps per SM at the 40
     # registers of ahead = 1, 2 at ahead = 2's 56) with the early trigger; at M = 4 and 8 the tuned 132 thread
     # blocks (one wave already)
@@ -976,6 +977,31 @@ def _ahead_batch_table(pick) -> list[str]:
     return out
 
 
+def _ahead3_table(pick) -> list[str]:
+    """Tag "ahead 3": two trips in flight (``a3``) over the launch bsr_decode.for_shape made before (``a1``/``a2``) of
+    the same shape, M and launch: geometric mean and each shape's speed-up, balanced and unequal rows."""
+    import math
+
+    rows = pick(tag="ahead 3")
+    if not rows:
+        return []
+    t = {(r["n"], r["k"], r["m"], r["alloc"], r["cfg"]): r["time_us"] for r in rows}
+    groups: dict = {}
+    for (n, k, m, alloc, cfg), time in t.items():
+        pdl = "g" in cfg.split("f", 1)[1]
+        base = next((c for (n2, k2, m2, a2, c) in t if (n2, k2, m2, a2) == (n, k, m, alloc) and not c.endswith("a3")
+                     and ("g" in c.split("f", 1)[1]) == pdl), None)
+        if cfg.endswith("a3") and base:
+            groups.setdefault((m, pdl, alloc), []).append((t[(n, k, m, alloc, base)] / time, f"{n} x {k}"))
+    out = ["", "Two trips in flight (`ahead = 3`) over the launch `bsr_decode.for_shape` made before it:", "",
+           "| M | launch | rows | geometric mean | per shape |", "| ---: | --- | --- | ---: | --- |"]
+    for (m, pdl, alloc), x in sorted(groups.items()):
+        g = math.exp(sum(math.log(v) for v, _ in x) / len(x))
+        out.append(f"| {m} | {'PDL' if pdl else 'plain'} | {'balanced' if alloc == 'row' else 'unequal'} | {g:.3f} | "
+                   + ", ".join(f"{shape} {v:.2f}" for v, shape in x) + " |")
+    return out
+
+
 def _resident_blocks_table(pick) -> list[str]:
     """Tag "resident blocks": M = 1 on 4225-6336 rows, a warp per row in thread blocks of 8, 16 or 24 warps, all
     resident, loading ahead (with PDL the next launch triggered early), over the tuned launch, balanced / unequal."""
@@ -1202,6 +1228,7 @@ def summary(doc: dict) -> str:
         out += _rule_table(pick, tag, f"Decode at {launched} as `bsr_decode.for_shape` launches it, against the "
                            "tuning before it")
     out += _resident_blocks_table(pick)
+    out += _ahead3_table(pick)
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
