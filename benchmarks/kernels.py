@@ -357,16 +357,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=1), dict(unroll=1)):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unroll ahead", packed=True,
                         cfg=replace(bsr_decode.for_shape(shape, 1, pdl), **v))
-    # M = 4 on matrices of at most 4224 rows, where the tuned 132 thread blocks of 32 warps give each row a warp (as
-    # bsr_decode.for_shape now launches them, beside the tuning before it)
-    for n, k in ((576, 576), (1536, 576), (3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 8192),
-                 (4096, 11008)):
-        base = bsr_decode.tuned(4, 1, k)
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                for v in (dict(), dict(ahead=2)):
-                    add("bsr_decode", n, k, 4, 1, alloc=alloc, tag="ahead m4", packed=True,
-                        cfg=replace(base, pdl=pdl, **v))
+    # M = 4 on matrices of at most 4224 rows, where the tuned 132 thread blocks of 32 warps give each row a warp
+    rule("ahead m4", ((576, 576), (1536, 576), (3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 8192),
+                      (4096, 11008)), m=4)
     # two trips in flight (ahead = 3: the register sets take turns, each trip's loads go out before the trip before
     # it has landed) on the grids for_shape makes resident, beside what it launches now
     for m, some in ((1, ((576, 1536), (3072, 576), (2048, 4096), (3072, 4096), (4096, 4096), (4096, 11008),
