@@ -44,7 +44,7 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
     from tvm_schedules.common import BSRShape
 
     kernels, cases = {}, []
@@ -397,6 +397,27 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                            (11008, 4096), (12288, 4096)))
     # M = 2: up to 6336 rows a warp per row, all resident, loading ahead, early trigger
     rule("resident rule m2", shapes + [(2048, 4096), (5120, 5120)], m=2)
+    # M = 1: warps that split a thread block's kept blocks across row boundaries (tvm_schedules.bsr_decode_stream; the
+    # rows dealt to thread blocks by a per-matrix plan), beside the launch gqsa-compile picks, balanced and unequal
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
+                    cfg=bsr_decode.for_shape(shape, 1, pdl))
+                for w, c, a in ((32, 132, True), (24, 264, True), (16, 396, True), (8, 792, True), (32, 264, False),
+                                (16, 528, False)):
+                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl))
+    # ... where its time goes (no per-row reductions, no record walk: wrong results, timed only), and 4 blocks a lane
+    for n, k in ((4096, 4096), (6144, 4096), (4096, 14336)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            add("bsr_decode", n, k, 1, 1, tag="stream ablate", packed=True,
+                cfg=bsr_decode.for_shape(BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True), 1, pdl))
+            for w, c in ((32, 132), (16, 396)):
+                for v in (dict(), dict(ablate="fold"), dict(ablate="walk"), dict(unroll=4)):
+                    add("bsr_decode_stream", n, k, 1, 1, tag="stream ablate", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(w, c, ahead=True, pdl=pdl, **v))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -468,7 +489,7 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick, archs)
@@ -495,6 +516,10 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
                 f = bsr_decode.bsr_decode_cuda(s, spec["m"], cfg)
                 if cfg.plan:  # what the GPU side needs to plan the rows of each case's weights
                     spec["warp_plan"] = bsr_decode.launch(s, spec["m"], cfg)
+            elif fam == "bsr_decode_stream":  # the GPU side appends the plan of each case's rows to indptr
+                cfg = bsr_decode_stream.StreamConfig(**spec["cfg"])
+                f = bsr_decode_stream.bsr_decode_stream(s, spec["m"], cfg)
+                spec["stream_plan"] = cfg.ctas
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
@@ -673,6 +698,8 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
             arrays[2] = layout.interleave_codes(arrays[2])
         if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
             arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
+        if spec.get("stream_plan"):  # rows to thread blocks by kept blocks, appended to indptr
+            arrays[0] = warp_plan.stream(arrays[0], spec["stream_plan"])
         if spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
             arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
         wbytes = sum(a.nbytes for a in arrays)

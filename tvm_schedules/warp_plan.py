@@ -51,3 +51,47 @@ def lpt(indptr: np.ndarray, warps: int, splits: int, trip_blocks: int) -> np.nda
     head = np.concatenate([indptr, first])
     pad = np.zeros(records_at(len(indptr) - 1, warps) - len(head), np.int64)
     return np.concatenate([head, pad, records.ravel()]).astype(np.int32)
+
+
+def stream_records_at(block_rows: int) -> int:
+    """Index of the stream plan's first record: after indptr, rounded up to 16 bytes."""
+    return -(-(block_rows + 1) // 4) * 4
+
+
+def stream_slots(block_rows: int, ctas: int) -> int:
+    """Rows a thread block of the stream kernel owns at most (its record slots): the rows dealt out evenly."""
+    return -(-block_rows // ctas)
+
+
+def stream(indptr: np.ndarray, ctas: int) -> np.ndarray:
+    """``indptr`` with the stream kernel's plan appended (tvm_schedules.bsr_decode_stream): block rows dealt to
+    ``ctas`` thread blocks, longest first, each to the thread block with the fewest kept blocks so far among
+    those with a free slot, so that every thread block gets nearly the same number of kept blocks however
+    unequal the rows. A thread block's rows, concatenated, are one stream of kept blocks that its warps split
+    evenly, across row boundaries. Layout: ``[indptr | zeros to a multiple of 4 | ctas x slots records]``, a
+    record being (row, first block - stream start, stream end, 0): a position q of the thread block's stream
+    lies in the first record whose end exceeds q, at global block q + delta. Rows with no kept block come after
+    the others (they only get a zero written); unused slots have row -1 and the stream's end."""
+    indptr = indptr.astype(np.int64)
+    rows = len(indptr) - 1
+    slots = stream_slots(rows, ctas)
+    counts = np.diff(indptr)
+    load = [(0, c) for c in range(ctas)]
+    owned = [[] for _ in range(ctas)]
+    for r in np.argsort(-counts, kind="stable"):
+        work, c = heapq.heappop(load)
+        owned[c].append(int(r))
+        if len(owned[c]) < slots:
+            heapq.heappush(load, (work + int(counts[r]), c))
+    records = np.zeros((ctas, slots, 4), np.int64)
+    for c, rs in enumerate(owned):
+        rs = sorted(rs, key=lambda r: (counts[r] == 0, r))
+        ends = np.cumsum(counts[rs]) if rs else np.zeros(0, np.int64)
+        total = int(ends[-1]) if rs else 0
+        records[c, :, 0] = -1
+        records[c, :, 2] = total
+        records[c, :len(rs), 0] = rs
+        records[c, :len(rs), 1] = indptr[rs] - (ends - counts[rs])
+        records[c, :len(rs), 2] = ends
+    pad = np.zeros(stream_records_at(rows) - len(indptr), np.int64)
+    return np.concatenate([indptr, pad, records.ravel()]).astype(np.int32)
