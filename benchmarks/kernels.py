@@ -399,19 +399,25 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     rule("resident rule m2", shapes + [(2048, 4096), (5120, 5120)], m=2)
     # M = 1: warps that split a thread block's kept blocks across row boundaries (tvm_schedules.bsr_decode_stream; the
     # rows dealt to thread blocks by a per-matrix plan), beside the launch gqsa-compile picks, balanced and unequal
-    # (kernels_stream{,2}_h100.json and tag "stream ablate" in kernels_stream_ablate_h100.json: the first version,
-    # records in shared memory, commit 2105cae)
     for n, k in shapes:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
         for pdl in (False, True) if launch.supported(archs) else (False,):
             for alloc in ("row", "layer"):
                 add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
                     cfg=bsr_decode.for_shape(shape, 1, pdl))
-                for w, c, a in ((32, 132, True), (24, 264, True), (16, 396, True), (8, 792, True), (16, 528, False),
-                                (8, 1056, False)):
-                    cfg = bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl)
-                    if bsr_decode_stream.supports(shape, 1, cfg):
-                        add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True, cfg=cfg)
+                for w, c, a in ((32, 132, True), (24, 264, True), (16, 396, True), (8, 792, True), (32, 264, False),
+                                (16, 528, False)):
+                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl))
+    # ... where its time goes (no per-row reductions, no record walk: wrong results, timed only), and 4 blocks a lane
+    for n, k in ((4096, 4096), (6144, 4096), (4096, 14336)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            add("bsr_decode", n, k, 1, 1, tag="stream ablate", packed=True,
+                cfg=bsr_decode.for_shape(BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True), 1, pdl))
+            for w, c in ((32, 132), (16, 396)):
+                for v in (dict(), dict(ablate="fold"), dict(ablate="walk"), dict(unroll=4)):
+                    add("bsr_decode_stream", n, k, 1, 1, tag="stream ablate", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(w, c, ahead=True, pdl=pdl, **v))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

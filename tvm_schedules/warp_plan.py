@@ -69,9 +69,9 @@ def stream(indptr: np.ndarray, ctas: int) -> np.ndarray:
     those with a free slot, so that every thread block gets nearly the same number of kept blocks however
     unequal the rows. A thread block's rows, concatenated, are one stream of kept blocks that its warps split
     evenly, across row boundaries. Layout: ``[indptr | zeros to a multiple of 4 | ctas x slots records]``, a
-    record being (delta = first block - stream start, stream end, row, 0), 16 bytes: a position q of the thread
-    block's stream lies in the first record whose end exceeds q, at global block q + delta. Rows with no kept
-    block come after the others (they only get a zero written); unused slots have row -1 and the stream's end."""
+    record being (row, first block - stream start, stream end, 0): a position q of the thread block's stream
+    lies in the first record whose end exceeds q, at global block q + delta. Rows with no kept block come after
+    the others (they only get a zero written); unused slots have row -1 and the stream's end."""
     indptr = indptr.astype(np.int64)
     rows = len(indptr) - 1
     slots = stream_slots(rows, ctas)
@@ -88,10 +88,10 @@ def stream(indptr: np.ndarray, ctas: int) -> np.ndarray:
         rs = sorted(rs, key=lambda r: (counts[r] == 0, r))
         ends = np.cumsum(counts[rs]) if rs else np.zeros(0, np.int64)
         total = int(ends[-1]) if rs else 0
-        records[c, :, 1] = total
-        records[c, :, 2] = -1
-        records[c, :len(rs), 0] = indptr[rs] - (ends - counts[rs])
-        records[c, :len(rs), 1] = ends
-        records[c, :len(rs), 2] = rs
+        records[c, :, 0] = -1
+        records[c, :, 2] = total
+        records[c, :len(rs), 0] = rs
+        records[c, :len(rs), 1] = indptr[rs] - (ends - counts[rs])
+        records[c, :len(rs), 2] = ends
     pad = np.zeros(stream_records_at(rows) - len(indptr), np.int64)
     return np.concatenate([indptr, pad, records.ravel()]).astype(np.int32)
