@@ -399,6 +399,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     rule("resident rule m2", shapes + [(2048, 4096), (5120, 5120)], m=2)
     # M = 1: warps that split a thread block's kept blocks across row boundaries (tvm_schedules.bsr_decode_stream; the
     # rows dealt to thread blocks by a per-matrix plan), beside the launch gqsa-compile picks, balanced and unequal
+    # (tag "stream ablate", in kernels_stream_ablate_h100.json: the first version, without the one-record fast paths,
+    # at commit 2105cae, with parts left out)
     for n, k in shapes:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
         for pdl in (False, True) if launch.supported(archs) else (False,):
@@ -409,15 +411,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                                 (16, 528, False)):
                     add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
                         cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl))
-    # ... where its time goes (no per-row reductions, no record walk: wrong results, timed only), and 4 blocks a lane
-    for n, k in ((4096, 4096), (6144, 4096), (4096, 14336)):
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            add("bsr_decode", n, k, 1, 1, tag="stream ablate", packed=True,
-                cfg=bsr_decode.for_shape(BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True), 1, pdl))
-            for w, c in ((32, 132), (16, 396)):
-                for v in (dict(), dict(ablate="fold"), dict(ablate="walk"), dict(unroll=4)):
-                    add("bsr_decode_stream", n, k, 1, 1, tag="stream ablate", packed=True,
-                        cfg=bsr_decode_stream.StreamConfig(w, c, ahead=True, pdl=pdl, **v))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -1108,6 +1101,38 @@ def _rule_table(pick, tag: str, title: str) -> list[str]:
     return out
 
 
+def _stream_table(pick) -> list[str]:
+    """Tag "stream": per shape, plain and PDL, the row kernel as bsr_decode.for_shape launches it and the stream
+    kernel (tvm_schedules.bsr_decode_stream) in its configuration fastest on unequal rows, balanced and unequal
+    rows; the last column sets unequal rows on the stream kernel against balanced rows on the row kernel."""
+    rows = pick(tag="stream")
+    if not rows:
+        return []
+    t: dict = {}
+    for r in rows:
+        stream = r["family"] == "bsr_decode_stream"
+        pdl = r["cfg"].endswith("g") if stream else bool(re.search(r"g(te)?(a\d)?$", r["cfg"]))
+        t.setdefault((r["n"], r["k"], pdl), {})[(r["cfg"] if stream else "rows", r["alloc"])] = r["time_us"]
+    out = ["", "Decode at M = 1, the row kernel (`bsr_decode.for_shape`) beside the stream kernel "
+           "(`bsr_decode_stream`: rows dealt to thread blocks by kept blocks, warps splitting a thread block's blocks "
+           "across row boundaries) in its configuration fastest on unequal rows; time (us), balanced / unequal rows "
+           "(unequal rows' loss):", "",
+           "| shape N x K | launch | row kernel | stream kernel | its configuration | unequal rows on the stream kernel "
+           "against balanced rows on the row kernel |", "| --- | --- | ---: | ---: | --- | ---: |"]
+    for n, k, pdl in sorted(t, key=lambda x: (x[2], SHAPES.index(x[:2]) if x[:2] in SHAPES else 99, x[:2])):
+        v = t[n, k, pdl]
+        if ("rows", "row") not in v or ("rows", "layer") not in v:
+            continue
+        cfgs = [c for c, a in v if c != "rows" and (c, "row") in v and (c, "layer") in v]
+        if not cfgs:
+            continue
+        best = min(cfgs, key=lambda c: v[c, "layer"])
+        rb, rl, sb, sl = v["rows", "row"], v["rows", "layer"], v[best, "row"], v[best, "layer"]
+        out.append(f"| {n} x {k} | {'PDL' if pdl else 'plain'} | {rb:.1f} / {rl:.1f} ({rl / rb - 1:+.0%}) | "
+                   f"{sb:.1f} / {sl:.1f} ({sl / sb - 1:+.0%}) | {best} | {sl / rb - 1:+.0%} |")
+    return out
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -1251,6 +1276,7 @@ def summary(doc: dict) -> str:
     out += _ahead3_table(pick)
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)
+    out += _stream_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main

@@ -8,11 +8,15 @@ made at compile time (tvm_schedules.warp_plan.stream) deals the rows to thread b
 the same number of kept blocks; a thread block's rows, concatenated, form one stream that its warps cut into
 equal pieces, across row boundaries, so every warp walks ceil(blocks / warps / 64) trips whatever the rows.
 
-A lane finds the row of each of its blocks by walking its own cursor forward over the thread block's records
-(in shared memory, one or two steps a trip), and loads from the global block the record maps it to. The warp
-keeps one open row: each lane adds its products for that row into its partial sums, and where a row ends inside
-a trip the warp reduces the partials (warp shuffles) and lane 0 adds them into the row's slot in shared memory
-(a row cut between warps gets one addition from each). After a barrier the thread block writes its rows.
+The thread block's records sit in shared memory. Where a trip lies in one record (most trips), every lane's block
+is at the same offset from its global block; else each lane walks its own cursor forward over the records. The
+warp keeps one open row: each lane adds its products for that row into its partial sums, and where a row ends
+inside a trip the warp reduces the partials (warp shuffles) and lane 0 adds them into the row's slot in shared
+memory (a row cut between warps gets one addition from each). After a barrier the thread block writes its rows.
+
+Measured on an H100 (docs/perf.md, tag "stream"): unequal rows cost it -2% to +10% over balanced ones (the row
+kernel: +7% to +22%), but it issues about 1.45x the row kernel's instructions, so on balanced rows it is slower
+but for 22016 and 28672 rows with PDL. Not used by gqsa-compile yet: that needs a choice per matrix.
 
 R = 1, 4-bit interleaved codes, packed metadata (BSRShape.packed), fp16 activations staged in shared memory:
 the layout gqsa-compile stores for CUDA, and the arithmetic of bsr_decode's half2 path.
@@ -25,6 +29,7 @@ from tvm.script import tirx as T
 
 from .bsr_decode import SMEM_BYTES
 from .common import BSRShape, bsr_func, word_column, word_scale_bits, word_zero
+from .launch import SMALL_GRID
 from .warp_plan import stream_records_at, stream_slots
 
 FULL = T.uint32(0xFFFFFFFF)  # every lane: after a lane's own record walk the warp must meet again at a shuffle
@@ -32,18 +37,16 @@ FULL = T.uint32(0xFFFFFFFF)  # every lane: after a lane's own record walk the wa
 
 @dataclass(frozen=True)
 class StreamConfig:
-    warps: int = 32  # warps per thread block
-    ctas: int = 132  # thread blocks (the plan deals the rows to exactly these)
+    warps: int = 16  # warps per thread block
+    ctas: int = 396  # thread blocks (the plan deals the rows to exactly these): 3 per SM on an H100, 48 warps
     unroll: int = 2  # kept blocks a lane loads per loop trip
-    ahead: bool = False  # the next trip's loads go out before this trip's arithmetic (a second register set)
+    ahead: bool = True  # the first trip's loads go out before the staging (and the PDL wait), each next trip's
+    # before this trip's arithmetic (a second register set)
     pdl: bool = False  # programmatic dependent launch: wait before staging, trigger the next launch right after
-    ablate: str = ""  # measurement only, wrong results: "fold" adds every product to one row (no per-row
-    # reductions), "walk" loads every block through the warp's first record (no record walk)
 
     @property
     def key(self) -> str:
-        return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + (
-            "g" if self.pdl else "") + (f"_no_{self.ablate}" if self.ablate else "")
+        return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + ("g" if self.pdl else "")
 
 
 def supports(s: BSRShape, m: int) -> bool:
@@ -69,20 +72,35 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     steps = max(1, (slots - 1).bit_length())  # binary search over the records
 
     @T.macro
-    def issue(indices, qw, rs, mw, wq, jl, cur, probe, slot, it, ws, we, tx, nnz):
-        """Find the record of each of the lane's blocks of trip ``it`` (walking the lane's cursor) and load it
-        into register set ``slot``; past the warp's piece the last block is loaded again (scale 0 later)."""
-        for u in T.unroll(unroll):
-            q = T.min(ws + (it * unroll + u) * 32 + tx, we - 1)
-            if cfg.ablate != "walk":
-                probe[0] = rs[cur[0] * 4 + 2]  # (a shared-memory read in a condition trips TVM's barrier pass)
-                while probe[0] <= q:
-                    cur[0] = cur[0] + 1
-                    probe[0] = rs[cur[0] * 4 + 2]
-            jl[slot, u] = cur[0]
-            g = T.min(q + rs[cur[0] * 4 + 1], nnz - 1) if cfg.ablate == "walk" else q + rs[cur[0] * 4 + 1]
-            T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([g]))
-            T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([g, 0, 0]))
+    def issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):
+        """Load the lane's blocks of trip ``it`` into register set ``slot``; past the warp's piece the piece's
+        last block is loaded again (its scale is zeroed later). ``cur``, the same in every lane, moves to the
+        record of the trip's first block; where the trip ends in that record too (most trips), every block is
+        at the same offset from its global block, else each lane walks its own cursor (``lc``) from there."""
+        probe[0] = rs[cur[0] * 4 + 2]  # (a shared-memory read in a condition trips TVM's barrier pass)
+        while probe[0] <= ws + it * unroll * 32:
+            cur[0] = cur[0] + 1
+            probe[0] = rs[cur[0] * 4 + 2]
+        if probe[0] >= T.min(ws + (it + 1) * unroll * 32, we):
+            lc[0] = rs[cur[0] * 4 + 1]
+            for u in T.unroll(unroll):
+                jl[slot, u] = cur[0]
+                T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([
+                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + lc[0]]))
+                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([
+                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + lc[0], 0, 0]))
+        else:
+            lc[0] = cur[0]
+            for u in T.unroll(unroll):
+                probe[0] = rs[lc[0] * 4 + 2]
+                while probe[0] <= T.min(ws + (it * unroll + u) * 32 + tx, we - 1):
+                    lc[0] = lc[0] + 1
+                    probe[0] = rs[lc[0] * 4 + 2]
+                jl[slot, u] = lc[0]
+                T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([
+                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + rs[lc[0] * 4 + 1]]))
+                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([
+                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + rs[lc[0] * 4 + 1], 0, 0]))
 
     @T.macro
     def flush(acc, red, accs, j, tx):
@@ -121,107 +139,114 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
         for bx in T.thread_binding(nctas, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
-                    rs = T.alloc_buffer((slots * 4,), "int32", scope="shared.dyn" if dyn else "shared")
-                    accs = T.alloc_buffer((slots * m,), "float32", scope="shared.dyn" if dyn else "shared")
-                    mw = T.alloc_buffer((2, unroll), "uint32", scope="local")
-                    wq = T.alloc_buffer((2, unroll, 2), "uint32", scope="local")
-                    jl = T.alloc_buffer((2, unroll), "int32", scope="local")
-                    cur = T.alloc_buffer((1,), "int32", scope="local")
-                    probe = T.alloc_buffer((1,), "int32", scope="local")
-                    span = T.alloc_buffer((3,), "int32", scope="local")  # the warp's piece: start, end; open row
-                    lohi = T.alloc_buffer((2,), "int32", scope="local")
-                    acc = T.alloc_buffer((m,), "float32", scope="local")
-                    prod = T.alloc_buffer((unroll, m), "float32", scope="local")
-                    red = T.alloc_buffer((1,), "float32", scope="local")
-                    h = T.alloc_buffer((1,), "uint32", scope="local")
-                    x2 = T.alloc_buffer((8,), "uint32", scope="local")
-                    dq = T.alloc_buffer((8,), "uint32", scope="local")
-                    xr = T.alloc_buffer((4,), "uint32", scope="local")
-                    sv = T.alloc_buffer((1,), "float32", scope="local")
-                    for c in range(-(-slots * 4 // threads)):
-                        if c * threads + ty * 32 + tx < slots * 4:
-                            rs[c * threads + ty * 32 + tx] = indptr[base + bx * slots * 4 + c * threads + ty * 32 + tx]
-                    for c in range(-(-slots * m // threads)):
-                        if c * threads + ty * 32 + tx < slots * m:
-                            accs[c * threads + ty * 32 + tx] = T.float32(0)
-                    if ahead:  # the first trip's loads go out before the activations are staged (and the PDL wait)
-                        T.tvm_storage_sync("shared")
-                        locate(rs, span, lohi, probe, cur, acc, ty)
-                        mw[0, 0] = T.uint32(0)
-                        wq[0, 0, 0] = T.uint32(0)
-                        if span[1] > span[0]:
-                            issue(indices, qw, rs, mw, wq, jl, cur, probe, 0, 0, span[0], span[1], tx, nnz)
-                    if cfg.pdl:
-                        if ahead:  # a branch on the loaded words keeps ptxas from hoisting the wait above the loads
-                            if mw[0, 0] ^ wq[0, 0, 0] != T.uint32(0x9E3779B9):
-                                T.ptx.griddepcontrol.wait()
+                    # every thread block resident at once on an H100: what the plan's equal shares assume
+                    with T.attr(0, "tirx.launch_bounds_min_blocks_per_sm", -(-nctas // SMALL_GRID)):
+                        xs = T.alloc_buffer((xwords,), "uint32", scope="shared.dyn" if dyn else "shared")
+                        rs = T.alloc_buffer((slots * 4,), "int32", scope="shared.dyn" if dyn else "shared")
+                        accs = T.alloc_buffer((slots * m,), "float32", scope="shared.dyn" if dyn else "shared")
+                        mw = T.alloc_buffer((2, unroll), "uint32", scope="local")
+                        wq = T.alloc_buffer((2, unroll, 2), "uint32", scope="local")
+                        jl = T.alloc_buffer((2, unroll), "int32", scope="local")
+                        cur = T.alloc_buffer((1,), "int32", scope="local")  # the warp's record cursor
+                        lc = T.alloc_buffer((1,), "int32", scope="local")  # the lane's, or the record's offset
+                        probe = T.alloc_buffer((1,), "int32", scope="local")
+                        span = T.alloc_buffer((3,), "int32", scope="local")  # the warp's piece: start, end; open row
+                        lohi = T.alloc_buffer((2,), "int32", scope="local")
+                        acc = T.alloc_buffer((m,), "float32", scope="local")
+                        prod = T.alloc_buffer((unroll, m), "float32", scope="local")
+                        red = T.alloc_buffer((1,), "float32", scope="local")
+                        h = T.alloc_buffer((1,), "uint32", scope="local")
+                        x2 = T.alloc_buffer((8,), "uint32", scope="local")
+                        dq = T.alloc_buffer((8,), "uint32", scope="local")
+                        xr = T.alloc_buffer((4,), "uint32", scope="local")
+                        sv = T.alloc_buffer((1,), "float32", scope="local")
+                        for c in range(-(-slots * 4 // threads)):
+                            if c * threads + ty * 32 + tx < slots * 4:
+                                rs[c * threads + ty * 32 + tx] = indptr[
+                                    base + bx * slots * 4 + c * threads + ty * 32 + tx]
+                        for c in range(-(-slots * m // threads)):
+                            if c * threads + ty * 32 + tx < slots * m:
+                                accs[c * threads + ty * 32 + tx] = T.float32(0)
+                        if ahead:  # the first trip's loads go out before the activations are staged (and the PDL wait)
+                            T.tvm_storage_sync("shared")
+                            locate(rs, span, lohi, probe, cur, acc, ty)
+                            mw[0, 0] = T.uint32(0)
+                            wq[0, 0, 0] = T.uint32(0)
+                            if span[1] > span[0]:
+                                issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, 0, 0, span[0], span[1], tx)
+                        if cfg.pdl:
+                            if ahead:  # a branch on the loaded words keeps ptxas from hoisting the wait above the loads
+                                if mw[0, 0] ^ wq[0, 0, 0] != T.uint32(0x9E3779B9):
+                                    T.ptx.griddepcontrol.wait()
+                                else:
+                                    T.ptx.griddepcontrol.wait()
                             else:
                                 T.ptx.griddepcontrol.wait()
-                        else:
-                            T.ptx.griddepcontrol.wait()
-                        T.ptx.griddepcontrol.launch_dependents()
-                    for c in range(-(-xwords // 4 // threads)):
-                        if (c * threads + ty * 32 + tx) * 4 < xwords:
-                            T.ptx.ld.global_.v4.b32(xr[0], xr[1], xr[2], xr[3],
-                                                    x32.ptr_to([(c * threads + ty * 32 + tx) * 4]))
-                            for v in T.vectorized(4):
-                                xs[(c * threads + ty * 32 + tx) * 4 + v] = xr[v]
-                    T.tvm_storage_sync("shared")
-                    if not ahead:
-                        locate(rs, span, lohi, probe, cur, acc, ty)
-                    trips = (span[1] - span[0] + unroll * 32 - 1) // (unroll * 32)
-                    for it in range(trips):
+                            T.ptx.griddepcontrol.launch_dependents()
+                        for c in range(-(-xwords // 4 // threads)):
+                            if (c * threads + ty * 32 + tx) * 4 < xwords:
+                                T.ptx.ld.global_.v4.b32(xr[0], xr[1], xr[2], xr[3],
+                                                        x32.ptr_to([(c * threads + ty * 32 + tx) * 4]))
+                                for v in T.vectorized(4):
+                                    xs[(c * threads + ty * 32 + tx) * 4 + v] = xr[v]
+                        T.tvm_storage_sync("shared")
                         if not ahead:
-                            issue(indices, qw, rs, mw, wq, jl, cur, probe, 0, it, span[0], span[1], tx, nnz)
-                        else:
+                            locate(rs, span, lohi, probe, cur, acc, ty)
+                        trips = (span[1] - span[0] + unroll * 32 - 1) // (unroll * 32)
+                        for it in range(trips):
+                            if not ahead:
+                                issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, 0, it, span[0], span[1], tx)
+                            else:
+                                for u in T.unroll(unroll):
+                                    mw[1, u] = mw[0, u]
+                                    jl[1, u] = jl[0, u]
+                                    for w in T.unroll(2):
+                                        wq[1, u, w] = wq[0, u, w]
+                                if it + 1 < trips:
+                                    issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, 0, it + 1, span[0], span[1], tx)
                             for u in T.unroll(unroll):
-                                mw[1, u] = mw[0, u]
-                                jl[1, u] = jl[0, u]
-                                for w in T.unroll(2):
-                                    wq[1, u, w] = wq[0, u, w]
-                            if it + 1 < trips:
-                                issue(indices, qw, rs, mw, wq, jl, cur, probe, 0, it + 1, span[0], span[1], tx, nnz)
-                        for u in T.unroll(unroll):
-                            for j in T.unroll(8):
-                                dq[j] = ((wq[sets - 1, u, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
-                                         ) | T.uint32(0x64006400)
-                                T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + word_zero(mw[sets - 1, u]))
-                                                * T.uint32(0x10001))
-                            sv[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
-                                "uint16", word_scale_bits(mw[sets - 1, u])))) * T.Cast(
-                                    "float32", span[0] + (it * unroll + u) * 32 + tx < span[1])
-                            for i in T.unroll(m):
-                                for c in T.unroll(2):
-                                    for v in T.vectorized(4):
-                                        x2[c * 4 + v] = xs[(i * (k // 8) + T.Cast(
-                                            "int32", word_column(mw[sets - 1, u])) * 2 + c) * 4 + v]
-                                h[0] = T.uint32(0)
                                 for j in T.unroll(8):
-                                    T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
-                                prod[u, i] = (T.Cast("float32", T.reinterpret("float16", T.Cast(
-                                    "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
-                                        "float16", T.Cast("uint16", h[0] >> T.uint32(16))))) * sv[0]
-                        # rows that end in this trip: the last lane's last block lies in the trip's last row
-                        lohi[1] = T.tvm_warp_shuffle(FULL, jl[sets - 1, unroll - 1], 31, 32, 32)
-                        if cfg.ablate == "fold":
-                            lohi[1] = span[2]
-                        for jr in range(lohi[1] - span[2] + 1):
-                            for u in T.unroll(unroll):
+                                    dq[j] = ((wq[sets - 1, u, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
+                                             ) | T.uint32(0x64006400)
+                                    T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + word_zero(mw[sets - 1, u]))
+                                                    * T.uint32(0x10001))
+                                sv[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
+                                    "uint16", word_scale_bits(mw[sets - 1, u])))) * T.Cast(
+                                        "float32", span[0] + (it * unroll + u) * 32 + tx < span[1])
                                 for i in T.unroll(m):
-                                    acc[i] = acc[i] + (prod[u, i] if cfg.ablate == "fold" else T.if_then_else(
-                                        jl[sets - 1, u] == span[2] + jr, prod[u, i], T.float32(0)))
-                            if span[2] + jr < lohi[1]:
-                                flush(acc, red, accs, span[2] + jr, tx)
-                        span[2] = lohi[1]
-                    if trips > 0:
-                        flush(acc, red, accs, span[2], tx)
-                    T.tvm_storage_sync("shared")
-                    for c in range(-(-slots * m // threads)):
-                        if c * threads + ty * 32 + tx < slots * m:
-                            probe[0] = rs[(c * threads + ty * 32 + tx) // m * 4]
-                            if probe[0] >= 0:
-                                y[(c * threads + ty * 32 + tx) % m, probe[0]] = T.Cast(
-                                    "float16", accs[c * threads + ty * 32 + tx])
+                                    for c in T.unroll(2):
+                                        for v in T.vectorized(4):
+                                            x2[c * 4 + v] = xs[(i * (k // 8) + T.Cast(
+                                                "int32", word_column(mw[sets - 1, u])) * 2 + c) * 4 + v]
+                                    h[0] = T.uint32(0)
+                                    for j in T.unroll(8):
+                                        T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
+                                    prod[u, i] = (T.Cast("float32", T.reinterpret("float16", T.Cast(
+                                        "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
+                                            "float16", T.Cast("uint16", h[0] >> T.uint32(16))))) * sv[0]
+                            # rows that end in this trip: the last lane's last block lies in the trip's last row
+                            lohi[1] = T.tvm_warp_shuffle(FULL, jl[sets - 1, unroll - 1], 31, 32, 32)
+                            if lohi[1] == span[2]:  # the trip lies in the open row
+                                for u in T.unroll(unroll):
+                                    for i in T.unroll(m):
+                                        acc[i] = acc[i] + prod[u, i]
+                            else:
+                                for jr in range(lohi[1] - span[2] + 1):
+                                    for u in T.unroll(unroll):
+                                        for i in T.unroll(m):
+                                            acc[i] = acc[i] + T.if_then_else(jl[sets - 1, u] == span[2] + jr,
+                                                                             prod[u, i], T.float32(0))
+                                    if span[2] + jr < lohi[1]:
+                                        flush(acc, red, accs, span[2] + jr, tx)
+                            span[2] = lohi[1]
+                        if trips > 0:
+                            flush(acc, red, accs, span[2], tx)
+                        T.tvm_storage_sync("shared")
+                        for c in range(-(-slots * m // threads)):
+                            if c * threads + ty * 32 + tx < slots * m:
+                                probe[0] = rs[(c * threads + ty * 32 + tx) // m * 4]
+                                if probe[0] >= 0:
+                                    y[(c * threads + ty * 32 + tx) % m, probe[0]] = T.Cast(
+                                        "float16", accs[c * threads + ty * 32 + tx])
 
     return bsr_func(s, body, tokens=m, indptr_len=indptr_len(s, cfg))

@@ -127,7 +127,7 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
     """Every kernel family and tuning choice builds for sm_80/87/89/90 with real SASS; the prefill kernels
     use tensor cores (HMMA) on all four. Correctness on a GPU is checked by benchmarks/kernels.py."""
     from gqsa_compile.cuda_toolchain import fatbin_archs, functions_with, has_device_code, sass_by_arch
-    from tvm_schedules import bsr_decode, bsr_prefill, bsr_prefill_tiled
+    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled
 
     s = BSRShape(576, 1536, 4, 16, 1, interleaved=True)
     funcs = {f"decode{m}": tvm_schedules.bsr_matmul(s, m, cuda_target) for m in (1, 2, 4, 8)}  # 4, 8: rotated
@@ -140,6 +140,10 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         # 4 x 11008 activations (86 KB) staged in dynamic shared memory
         "decode_dyn_smem": tvm_schedules.bsr_matmul(BSRShape(64, 11008, 4, 16, 1, interleaved=True), 4, cuda_target),
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
+        # warps that split a thread block's kept blocks across rows (plan appended to indptr; benchmark only)
+        "decode_stream": bsr_decode_stream.bsr_decode_stream(replace(s, packed=True), 1),
+        "decode_stream_rows": bsr_decode_stream.bsr_decode_stream(replace(s, packed=True), 1,
+                                                                  bsr_decode_stream.StreamConfig(8, 7, ahead=False)),
         "decode_tall": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 8, cuda_target),
         "decode_tall1": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 1, cuda_target),
         "prefill_r1": tvm_schedules.bsr_matmul(BSRShape(576, 576, 4, 16, 1, interleaved=True), None, cuda_target),

@@ -27,6 +27,19 @@ def _global_loads_before_wait(so_path) -> dict:
     return out
 
 
+def _resources_sm90(funcs: dict, target, tmp_path) -> dict:
+    """Build ``funcs`` with the PDL-flagging pipeline into tmp_path/k.so; ptxas' resources per sm_90 kernel."""
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import launch
+
+    with target:
+        lib = tvm.compile(tvm.IRModule(funcs), target=target, tir_pipeline=launch.PIPELINE)
+    lib.export_library(str(tmp_path / "k.so"))
+    return cuda_toolchain.resources_by_arch(tmp_path / "k.so")[90]
+
+
 def test_pdl_needs_sm90_everywhere():
     from tvm_schedules import launch
 
@@ -138,15 +151,42 @@ def test_resident_decode_grids_fit_their_registers(tmp_path):
         name = f"decode_m{m}_{n}x{k}_{c.key}"
         funcs[name], limit[f"{name}_kernel"] = d.bsr_decode_cuda(s, m, c).with_attrs(
             {"global_symbol": name, "tirx.is_scheduled": True}), regs
-    with target:
-        lib = tvm.compile(tvm.IRModule(funcs), target=target, tir_pipeline=launch.PIPELINE)
-    lib.export_library(str(tmp_path / "k.so"))
-    usage = cuda_toolchain.resources_by_arch(tmp_path / "k.so")[90]
+    usage = _resources_sm90(funcs, target, tmp_path)
     assert set(usage) == set(limit)
     for name, res in usage.items():
         assert res["REG"] <= limit[name] and res["STACK"] == res["LOCAL"] == 0, (name, res)
     loads = _global_loads_before_wait(tmp_path / "k.so")
     assert len(loads) == 5 and all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
+                                   and after == "LDG.E.128" for before, after in loads.values())
+
+
+def test_stream_decode_grids_are_resident_and_load_only_weights_before_the_wait(tmp_path):
+    """bsr_decode_stream's plan gives every thread block an equal share, which pays only if they all run at once:
+    the kernels ask ptxas for that many thread blocks per SM (launch bounds) and spill nothing. With PDL the records
+    and the first trip's weights are loaded before the wait, the activations after it."""
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_decode as d, bsr_decode_stream as st, launch
+    from tvm_schedules.common import BSRShape
+
+    cuda_toolchain.setup(["sm_90"])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    funcs, cfgs = {}, {}
+    for n, k, cfg in ((4096, 4096, st.StreamConfig(32, 132, pdl=True)), (22016, 4096, st.StreamConfig(pdl=True)),
+                      (12288, 4096, st.StreamConfig(8, 792)), (4096, 14336, st.StreamConfig(16, 528, ahead=False))):
+        name = f"stream_{n}x{k}_{cfg.key}"
+        funcs[name] = st.bsr_decode_stream(BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True), 1, cfg).with_attrs(
+            {"global_symbol": name, "tirx.is_scheduled": True})
+        cfgs[f"{name}_kernel"] = cfg
+    usage = _resources_sm90(funcs, target, tmp_path)
+    assert set(usage) == set(cfgs)
+    for name, res in usage.items():
+        cfg = cfgs[name]
+        assert launch.SMALL_GRID * d.per_sm(cfg.warps, res["REG"]) >= cfg.ctas, (name, res)
+        assert res["STACK"] == res["LOCAL"] == 0, (name, res)
+    loads = _global_loads_before_wait(tmp_path / "k.so")
+    assert len(loads) == 2 and all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
                                    and after == "LDG.E.128" for before, after in loads.values())
 
 

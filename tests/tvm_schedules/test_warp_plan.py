@@ -29,3 +29,36 @@ def test_plan_records_cover_every_task_once_and_balance_the_warps(rows, warps, s
     longest = max(cost[records[first[g]:first[g + 1], 0]].sum() for g in range(warps))
     stride = max(cost[g::warps].sum() for g in range(warps))  # the kernel's order without a plan
     assert longest <= stride and longest <= cost.sum() / warps + cost.max()  # greedy's guarantee (Graham)
+
+
+@pytest.mark.parametrize("rows,ctas", [(4096, 132), (6144, 396), (300, 7), (5, 8)])
+def test_stream_plan_deals_every_row_once_in_nearly_equal_shares(rows, ctas):
+    """warp_plan.stream: each thread block's records concatenate its rows' kept blocks into one stream, whose
+    positions map (first record ending past them, plus its offset) to every kept block of the matrix exactly once,
+    each under its own row; the shares differ by at most one row."""
+    rng = np.random.default_rng(rows + ctas)
+    counts = rng.integers(0, 257, rows) * (rng.random(rows) > 0.2)  # a fifth of the rows keep no block
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    plan = warp_plan.stream(indptr, ctas)
+    base, slots = warp_plan.stream_records_at(rows), warp_plan.stream_slots(rows, ctas)
+    assert np.array_equal(plan[:rows + 1], indptr) and base % 4 == 0 and len(plan) == base + ctas * slots * 4
+    records = plan[base:].reshape(ctas, slots, 4)
+    row, delta, end = records[..., 0], records[..., 1], records[..., 2]
+    owner = np.full(rows, -1)
+    seen = np.zeros(indptr[-1], bool)
+    for c in range(ctas):
+        mine = row[c][row[c] >= 0]
+        assert np.all(owner[mine] == -1)
+        owner[mine] = c
+        counts = np.diff(indptr)[mine]
+        assert np.all(np.diff(counts == 0) >= 0)  # rows without blocks after the others
+        assert np.array_equal(end[c][:len(mine)], np.cumsum(counts)) and np.all(end[c][len(mine):] == end[c][-1])
+        q = np.arange(end[c][-1])
+        j = np.searchsorted(end[c], q, side="right")  # the first record whose end exceeds q
+        g = q + delta[c][j]
+        assert np.all((indptr[row[c][j]] <= g) & (g < indptr[row[c][j] + 1]))
+        assert not seen[g].any()
+        seen[g] = True
+    assert seen.all() and np.all(owner >= 0)
+    totals = end[:, -1]
+    assert totals.max() - totals.min() <= np.diff(indptr).max()
