@@ -25,6 +25,11 @@ def main(argv=None) -> int:
                         "on an H200, docs/perf.md)")
     p.add_argument("--no-pdl", dest="pdl", action="store_const", const=False,
                    help="plain launches even where every --arch is sm_90+")
+    p.add_argument("--decode-kernel", choices=["auto", "rows", "stream"], default="auto",
+                   help="GEMV for decode (cuda): 'rows' a warp per row; 'stream' warps splitting each thread block's "
+                        "kept blocks across rows, by a plan stored with each matrix; 'auto' (default) the stream "
+                        "kernel for large matrices whose rows keep unequal numbers of blocks, where it measured faster "
+                        "(docs/perf.md)")
     p.add_argument("-o", "--output", default=None, help="artifact folder (default: MODEL_DIR-TARGET)")
     a = p.parse_args(argv)
 
@@ -35,7 +40,8 @@ def main(argv=None) -> int:
 
     out = Path(a.output or f"{a.model_dir.rstrip('/')}-{a.target}")
     try:
-        compile_model(a.model_dir, out, a.target, a.arch, a.dtype, cuda_graph=a.cuda_graph, pdl=a.pdl)
+        compile_model(a.model_dir, out, a.target, a.arch, a.dtype, cuda_graph=a.cuda_graph, pdl=a.pdl,
+                      decode_kernel=a.decode_kernel)
     except (ModelError, CompileError, ToolchainError, ValueError) as e:
         print(f"gqsa-compile: error: {e}", file=sys.stderr)
         return 2

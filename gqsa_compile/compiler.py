@@ -19,19 +19,20 @@ import onnx
 from runtime.files import sha256, writing_dir
 from training.checkpoint import copy_tokenizer, read_checkpoint
 import tvm_schedules
-from tvm_schedules import launch
+from tvm_schedules import bsr_decode_stream, launch
 from tvm_schedules.common import BSRShape
 
 from . import cuda_toolchain
 from .fuse_projections import fuse_projections
-from .kernel_layout import PACKED32, block_meta, code_order, pack_block_metadata, to_kernel_layout
+from .kernel_layout import PACKED32, block_meta, code_order, pack_block_metadata, plan_streams, to_kernel_layout
 from .onnx_export import build_graph, cache_names, weight_arrays
 from .onnx_import import VARYING_INPUTS, LoweringContext, import_model
 
 # 2: 4-bit codes of CUDA artifacts in the interleaved order; 3: decode captured as a CUDA graph, so a runtime
 # must keep decode's inputs at fixed addresses; 4: block metadata of CUDA artifacts packed (manifest "block_meta")
 # (runtime.model.ARTIFACT_VERSION: the newest a runtime runs)
-ARTIFACT_VERSION = 4
+ARTIFACT_VERSION = 5
+DECODE_KERNELS = ("auto", "rows", "stream")  # compile_model(decode_kernel=...)
 
 
 class CompileError(RuntimeError):
@@ -61,7 +62,7 @@ def kernel_choices(mod) -> dict[str, str]:
 def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda",
                   archs: list[str] | None = None, dtype: str | None = None, log=print,
                   order: str | None = None, cuda_graph: bool = True, pdl: bool | None = None,
-                  meta_layout: str | None = None) -> Path:
+                  meta_layout: str | None = None, decode_kernel: str = "auto") -> Path:
     """``order``: the weights' code order, ``meta_layout``: how block metadata is stored (kernel_layout); the target's
     own by default. Tests pass "interleaved4" and "packed32" with llvm to check the CUDA artifacts' layout end to
     end on a CPU.
@@ -69,6 +70,10 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     ``cuda_graph`` (CUDA only): kernels that read only fixed-address tensors run as CUDA graphs, captured on
     the first call and replayed after: a decode step is then one graph launch instead of hundreds of kernel
     launches from the VM (onnx_import.VARYING_INPUTS says which inputs the runtime keeps in place).
+    ``decode_kernel`` (CUDA): which GEMV decodes each packed matrix: "rows" the row kernel (bsr_decode), "stream"
+    the stream kernel wherever it takes the matrix (bsr_decode_stream: warps split kept blocks across rows, a
+    per-matrix plan appended to indptr), "auto" the stream kernel where bsr_decode_stream.pays (unequal rows on
+    large matrices, where it measured faster).
     ``pdl`` (CUDA, every arch sm_90+; None: on exactly there): every kernel is a programmatic dependent launch
     (tvm_schedules.launch): decode GEMVs let the next kernel launch as their loop ends and wait for the previous
     one only before reading activations; every other kernel waits for the previous one first and then lets the
@@ -89,10 +94,21 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     compressed = fuse_projections(to_kernel_layout(compressed, order), args.n_layers)
     tgt = make_target(target, archs)
     wgmma = target == "cuda" and all(a == "sm_90a" for a in archs)
+    if decode_kernel not in DECODE_KERNELS:
+        raise CompileError(f"unknown decode kernel {decode_kernel!r} ({', '.join(DECODE_KERNELS)})")
     if meta_layout == PACKED32:
         compressed = pack_block_metadata(compressed, lambda b: tvm_schedules.reads_packed(
             BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint"), tgt, wgmma))
-    log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices)")
+    if target == "cuda" and decode_kernel != "rows":
+        def streams(b) -> bool:
+            s = BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint", True)
+            return bsr_decode_stream.supports(s, 1) and (
+                decode_kernel == "stream" or bsr_decode_stream.pays(s, b.indptr, pdl))
+
+        compressed = plan_streams(compressed, streams, bsr_decode_stream.CTAS)
+    streamed = sum(bool(getattr(b, "stream", 0)) for b in compressed.values())
+    log(f"[1/4] export ONNX ({args.n_layers} layers, {len(compressed)} BSR matrices"
+        + (f", {streamed} decoded by the stream GEMV" if streamed else "") + ")")
     model = build_graph(args, dense, compressed, dtype)
     log("[2/4] import into Relax (prefill: T symbolic, decode: T = 1)")
     ctx = LoweringContext(tgt, dtype, args.n_heads, args.n_kv_heads, args.head_dim, args.max_seq_len,

@@ -15,6 +15,7 @@ from typing import Callable
 
 from training.bsr import BSRWeight
 from tvm_schedules.layout import interleave_codes, pack_metadata
+from tvm_schedules.warp_plan import stream as stream_plan
 
 CHECKPOINT = "checkpoint"
 INTERLEAVED4 = "interleaved4"
@@ -44,6 +45,22 @@ class PackedBSRWeight(BSRWeight):
 
     TENSORS = ("indptr", "indices", "qweight")
     packed = True
+
+
+@dataclass
+class StreamBSRWeight(PackedBSRWeight):
+    """A packed matrix whose indptr carries the stream GEMV's plan for ``stream`` thread blocks
+    (tvm_schedules.warp_plan.stream): decode runs it on bsr_decode_stream, prefill reads indptr's head as before."""
+
+    stream: int = 0
+
+
+def plan_streams(compressed: dict[str, BSRWeight], chosen: Callable[[BSRWeight], bool],
+                 ctas: int) -> dict[str, BSRWeight]:
+    """Every packed matrix ``chosen`` picks, with the stream plan of ``ctas`` thread blocks appended to indptr."""
+    return {name: StreamBSRWeight(b.shape, b.bits, b.group, b.rows, stream_plan(b.indptr, ctas), b.indices,
+                                  b.qweight, None, None, ctas)
+            if getattr(b, "packed", False) and chosen(b) else b for name, b in compressed.items()}
 
 
 def pack_block_metadata(compressed: dict[str, BSRWeight],

@@ -6,6 +6,8 @@ the parts no ONNX op expresses are nodes of the ``gqsa`` domain whose inputs are
 
     gqsa.BSRMatMul(x, indptr, indices, qweight, scales, zeros)          y = x W^T
     gqsa.BSRMatMul(x, indptr, indices, qweight), packed = 1              the same, metadata packed in indices
+    gqsa.BSRMatMul(x, indptr, indices, qweight), packed = 1, stream = C  the same, indptr followed by the stream
+                                                                        GEMV's plan for C thread blocks
     gqsa.BSREmbedding(ids, indptr, qweight, scales, zeros)              rows of the quantized table
     gqsa.KVAppend(cache, new, positions) -> cache                        written in place
     gqsa.CachedAttention(q, k_cache, v_cache, positions)                 causal over the cache
@@ -102,6 +104,8 @@ def build_graph(args: ModelArgs, dense: dict[str, np.ndarray], compressed: dict[
     def linear(x, name):  # packed metadata (kernel_layout.PackedBSRWeight): no scales and zeros inputs
         b = compressed[name]
         packed = {"packed": 1} if getattr(b, "packed", False) else {}
+        if getattr(b, "stream", 0):  # kernel_layout.StreamBSRWeight: the stream GEMV's plan follows indptr
+            packed["stream"] = b.stream
         return g.op("BSRMatMul", x, *(f"{name}.{t}" for t in b.TENSORS), domain=DOMAIN, **bsr_attrs(b), **packed)
 
     def columns(x, sizes):

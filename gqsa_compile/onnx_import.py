@@ -56,7 +56,7 @@ class BSRMatMul(_of.OnnxOpConverter):
     def _impl_v1(cls, bb, inputs, attr, params):
         c = _ctx()
         s = BSRShape(attr["n"], attr["k"], attr["bits"], attr["group"], attr["rows"], c.dtype, c.interleaved,
-                     bool(attr.get("packed", 0)))
+                     bool(attr.get("packed", 0)), int(attr.get("stream", 0)))
         x = inputs[0]
         m = x.ty.shape[0]
         gv = _add(bb, tvm_schedules.bsr_matmul(s, _static(m), c.target, pdl=c.pdl, wgmma=c.wgmma))

@@ -77,7 +77,7 @@ def import_tvm(cuda: bool):
 # The newest artifact layout this runtime runs (docs/format.md). 3: decode may be a captured CUDA graph, which
 # needs decode's inputs kept at fixed addresses, as this runtime does; 4: block metadata may be packed into
 # the index words (the kernels read it; the runtime only passes tensors).
-ARTIFACT_VERSION = 4
+ARTIFACT_VERSION = 5
 
 
 class CompiledModel:

@@ -1,7 +1,7 @@
 """Hand-written TensorIR kernels for the GQSA model, chosen per target and shape.
 
 Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_decode_stream (CUDA GEMV, M = 1, warps splitting
-kept blocks across rows: benchmarks only so far), bsr_prefill_tiled (CUDA tensor cores, any M: 4-bit
+kept blocks across rows: large matrices with unequal rows), bsr_prefill_tiled (CUDA tensor cores, any M: 4-bit
 codes), bsr_prefill (CUDA tensor cores, any M: the other code widths), bsr_prefill_wgmma (sm_90a, R = 1:
 weights dequantized once, then a pipelined wgmma GEMM; the plan's last entry in sm_90a builds),
 bsr_prefill_simt (CUDA without tensor cores: G = 8, fp32), bsr_cpu (llvm),
@@ -13,7 +13,7 @@ from .attention import attention_cpu, attention_cuda
 from .bsr_cpu import bsr_matmul_cpu
 from .bsr_decode import for_shape as decode_for_shape
 from .bsr_decode import bsr_decode_cuda
-from . import bsr_prefill, bsr_prefill_tiled
+from . import bsr_decode_stream, bsr_prefill, bsr_prefill_tiled
 from .bsr_prefill_simt import bsr_prefill_simt
 from .common import BSRShape, is_gpu, packable
 from .embedding import embedding
@@ -36,6 +36,9 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     (every arch of the build sm_90a): long prefills run bsr_prefill_wgmma (bsr_prefill_tiled.WGMMA_ABOVE)."""
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
+    if m == 1 and s.stream:  # a per-matrix plan appended to indptr (gqsa-compile: bsr_decode_stream.pays)
+        cfg = bsr_decode_stream.StreamConfig(ctas=s.stream, pdl=pdl)
+        return _finish(bsr_decode_stream.bsr_decode_stream(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     if m is not None and m <= DECODE_MAX_M:
         cfg = decode_cfg or decode_for_shape(s, m, pdl)
         return _finish(bsr_decode_cuda(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from tvm.script import tirx as T
 
 from .bsr_decode import SMEM_BYTES
 from .common import BSRShape, bsr_func, word_column, word_scale_bits, word_zero
 from .launch import SMALL_GRID
-from .warp_plan import stream_records_at, stream_slots
+from .warp_plan import stream_len, stream_records_at, stream_slots
 
 FULL = T.uint32(0xFFFFFFFF)  # every lane: after a lane's own record walk the warp must meet again at a shuffle
 
@@ -55,12 +56,36 @@ def supports(s: BSRShape, m: int) -> bool:
 
 
 def indptr_len(s: BSRShape, cfg: StreamConfig) -> int:
-    return stream_records_at(s.block_rows) + 4 * cfg.ctas * stream_slots(s.block_rows, cfg.ctas)
+    return stream_len(s.block_rows, cfg.ctas)
+
+
+CTAS = StreamConfig.ctas  # the plan gqsa-compile appends: 396 thread blocks (of 16 warps)
+UNEQUAL = 0.2  # rows' kept-block counts: standard deviation over mean past which they count as unequal
+BIG_ROWS = 8448  # block rows past which the stream kernel measured faster on unequal rows, plain and PDL
+
+
+def row_spread(indptr) -> float:
+    """How unequal the rows are: the standard deviation of their kept-block counts over the mean (0 for the
+    row-balanced pruning; 0.58 for the benchmark's unequal rows, about 0.46 for SmolLM2-135M magnitude-pruned
+    with layer allocation: a kept fraction of standard deviation 0.23 around 0.5, docs/perf.md)."""
+    counts = np.diff(np.asarray(indptr, np.int64))
+    return float(counts.std() / max(counts.mean(), 1e-9))
+
+
+def pays(s: BSRShape, indptr, pdl: bool) -> bool:
+    """Whether gqsa-compile's decode (M = 1) should run this matrix on the stream kernel: its rows are unequal
+    (row_spread >= UNEQUAL, a judgement between balanced rows, where it lost, and the benchmark's 0.58, where it
+    won), on the shapes where the stream kernel then measured faster than the row kernel (H100, tag "stream",
+    kernels_stream5_h100.json, unequal rows: past 8448 rows 1.01-1.12x, and with PDL on 4096-row matrices of 8192+
+    columns 1.06-1.10x; it lost on 4096 x 4096 and 6144 x 4096, and on balanced rows nearly everywhere)."""
+    return (supports(s, 1) and row_spread(indptr) >= UNEQUAL
+            and (s.block_rows > BIG_ROWS or (pdl and s.k >= 8192)))
 
 
 def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     """The PrimFunc ``(x, indptr + plan, indices, qweight, y)``; the plan from warp_plan.stream(indptr, cfg.ctas)."""
     assert supports(s, m), f"the stream GEMV takes 4-bit G16 R1 packed fp16 matrices, not {s} at M = {m}"
+    assert s.stream in (0, cfg.ctas), f"the matrix's plan is for {s.stream} thread blocks, not {cfg.ctas}"
     k, n = s.k, s.block_rows
     warps, nctas, unroll, ahead = cfg.warps, cfg.ctas, cfg.unroll, cfg.ahead
     slots = stream_slots(n, nctas)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 
 from .layout import nibble
+from .warp_plan import stream_len
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class BSRShape:
     interleaved: bool = False  # 4-bit codes in half2 pair order (tvm_schedules.layout)
     packed: bool = False  # block metadata in one uint32 per block (layout.pack_metadata): the kernel takes
     # (x, indptr, indices, qweight, y), no scales or zero points
+    stream: int = 0  # thread blocks of the stream GEMV's plan appended to indptr (warp_plan.stream); 0: none
 
     def __post_init__(self):
         # the artifact's code order is one flag for all matrices; other widths keep the checkpoint order
@@ -41,9 +43,15 @@ class BSRShape:
         return self.n // self.rows
 
     @property
+    def indptr_len(self) -> int:
+        """indptr's length: the block rows + 1, and the stream plan where there is one."""
+        return stream_len(self.block_rows, self.stream) if self.stream else self.block_rows + 1
+
+    @property
     def key(self) -> str:
         return f"n{self.n}_k{self.k}_b{self.bits}_g{self.group}_r{self.rows}_{self.dtype}" + (
-            "_il" if self.interleaved else "") + ("_pm" if self.packed else "")
+            "_il" if self.interleaved else "") + ("_pm" if self.packed else "") + (
+            f"_st{self.stream}" if self.stream else "")
 
 
 def packable(bits: int, rows: int, k: int, group: int) -> bool:
@@ -110,10 +118,10 @@ def bsr_func(s: BSRShape, body, tokens: int | None = None, nnz_dtype: str = "int
     """The PrimFunc ``(x, indptr, indices, qweight, scales, zeros, y)`` around ``body``, a T.macro taking
     ``(x, indptr, indices, qw, sc, zr, y, m, nnz)``; with packed metadata (BSRShape.packed) the PrimFunc has no
     scales and zeros and ``body`` gets None for them. ``tokens``: M, static, or None for a symbolic int64 one;
-    ``indptr_len``: indptr's length where more than the block rows + 1 (the decode warp plan). One definition of
+    ``indptr_len``: indptr's length where not BSRShape.indptr_len (the decode warp plan). One definition of
     the signatures for every family (TVMScript functions have a fixed parameter list)."""
     n, k, rows, words, dt = s.n, s.k, s.rows, s.words, s.dtype
-    ind = indptr_len or s.block_rows + 1
+    ind = indptr_len or s.indptr_len
 
     if s.packed:
         @T.prim_func

@@ -63,6 +63,11 @@ def stream_slots(block_rows: int, ctas: int) -> int:
     return -(-block_rows // ctas)
 
 
+def stream_len(block_rows: int, ctas: int) -> int:
+    """Length of indptr with the stream plan of ``ctas`` thread blocks appended."""
+    return stream_records_at(block_rows) + 4 * ctas * stream_slots(block_rows, ctas)
+
+
 def stream(indptr: np.ndarray, ctas: int) -> np.ndarray:
     """``indptr`` with the stream kernel's plan appended (tvm_schedules.bsr_decode_stream): block rows dealt to
     ``ctas`` thread blocks, longest first, each to the thread block with the fewest kept blocks so far among

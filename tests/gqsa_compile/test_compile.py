@@ -100,7 +100,7 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     from tvm_schedules.bsr_decode import tuned
     from tvm_schedules.layout import interleave_codes
 
-    assert manifest["artifact_version"] == 4 and manifest["code_order"] == "interleaved4"
+    assert manifest["artifact_version"] == 5 and manifest["code_order"] == "interleaved4"
     assert manifest["block_meta"] == "packed32"
     compressed = read_checkpoint(tiny_ckpt)[3]
     stored = read_safetensors(out / "weights.safetensors")
@@ -149,6 +149,29 @@ def test_sm90_builds_launch_every_kernel_as_a_dependent(tiny_ckpt, tmp_path):
     plain = compile_model(tiny_ckpt, tmp_path / "plain", "cuda", ["sm_90"], pdl=False, log=lambda *a: None)
     assert not json.loads((plain / "manifest.json").read_text())["dependent_launch"]
     assert b"use_programtic_dependent_launch" not in (plain / "model.so").read_bytes()
+
+
+def test_stream_decode_kernel_reads_a_plan_stored_after_indptr(tiny_ckpt, tmp_path):
+    """--decode-kernel stream: each packed matrix's decode runs bsr_decode_stream (the 8-bit head is not packed), whose plan (warp_plan.stream)
+    the weights store after indptr; indptr itself, all the prefill kernels read, is unchanged. The default ("auto")
+    leaves a tiny model's matrices on the row kernel (bsr_decode_stream.pays)."""
+    from gqsa_compile.compiler import compile_model
+    from runtime.model import read_safetensors
+    from training.checkpoint import read_checkpoint
+    from tvm_schedules import bsr_decode_stream, warp_plan
+
+    out = compile_model(tiny_ckpt, tmp_path / "st", "cuda", ["sm_90"], log=lambda *a: None, decode_kernel="stream")
+    manifest = json.loads((out / "manifest.json").read_text())
+    decode = {k: v for k, v in manifest["kernels"].items() if k.startswith("bsr_decode_m1_") and "_pm" in k}
+    cfg = bsr_decode_stream.StreamConfig(pdl=True)
+    assert decode and all(k.endswith(f"_st{cfg.ctas}") and v == cfg.key for k, v in decode.items())
+    o = "layers.0.self_attn.o_proj"
+    indptr = read_checkpoint(tiny_ckpt)[3][o].indptr
+    stored = read_safetensors(out / "weights.safetensors")[f"{o}.indptr"]
+    assert len(stored) == warp_plan.stream_len(len(indptr) - 1, cfg.ctas)
+    np.testing.assert_array_equal(stored, warp_plan.stream(indptr, cfg.ctas))
+    auto = compile_model(tiny_ckpt, tmp_path / "auto", "cuda", ["sm_90"], log=lambda *a: None)
+    assert not any("_st" in k for k in json.loads((auto / "manifest.json").read_text())["kernels"])
 
 
 def test_bad_inputs_give_one_line_errors(tiny_model, tiny_ckpt, tiny_artifact, tmp_path):

@@ -62,3 +62,20 @@ def test_stream_plan_deals_every_row_once_in_nearly_equal_shares(rows, ctas):
     assert seen.all() and np.all(owner >= 0)
     totals = end[:, -1]
     assert totals.max() - totals.min() <= np.diff(indptr).max()
+
+
+def test_stream_kernel_is_chosen_for_large_matrices_with_unequal_rows():
+    """bsr_decode_stream.pays: unequal rows (kept-block counts' standard deviation >= 0.2 of their mean) on the
+    shapes where the stream kernel measured faster; balanced rows never."""
+    from tvm_schedules import bsr_decode_stream as st
+    from tvm_schedules.common import BSRShape
+
+    rng = np.random.default_rng(0)
+    for n, k, pdl, unequal, balanced in ((12288, 4096, False, True, False), (28672, 4096, True, True, False),
+                                         (4096, 14336, True, True, False), (4096, 14336, False, False, False),
+                                         (4096, 4096, True, False, False), (6144, 4096, True, False, False)):
+        s = BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True)
+        groups = k // 16
+        assert st.pays(s, unequal_indptr(rng, n, groups), pdl) == unequal, (n, k, pdl)
+        assert st.pays(s, np.arange(n + 1, dtype=np.int32) * (groups // 2), pdl) == balanced, (n, k, pdl)
+    assert st.row_spread(np.arange(5) * 128) == 0.0 and st.row_spread(np.array([0, 0, 2])) == 1.0
