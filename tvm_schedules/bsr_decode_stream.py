@@ -16,7 +16,7 @@ memory (a row cut between warps gets one addition from each). After a barrier th
 
 Measured on an H100 (docs/perf.md, tag "stream"): unequal rows cost it -2% to +10% over balanced ones (the row
 kernel: +7% to +22%), but it issues about 1.45x the row kernel's instructions, so on balanced rows it is slower
-but for 22016 and 28672 rows with PDL. Not used by gqsa-compile yet: that needs a choice per matrix.
+but for 22016 and 28672 rows with PDL. So gqsa-compile chooses it per matrix (``pays``), from the matrix's indptr.
 
 R = 1, 4-bit interleaved codes, packed metadata (BSRShape.packed), fp16 activations staged in shared memory:
 the layout gqsa-compile stores for CUDA, and the arithmetic of bsr_decode's half2 path.
