@@ -29,7 +29,8 @@ from .onnx_export import build_graph, cache_names, weight_arrays
 from .onnx_import import VARYING_INPUTS, LoweringContext, import_model
 
 # 2: 4-bit codes of CUDA artifacts in the interleaved order; 3: decode captured as a CUDA graph, so a runtime
-# must keep decode's inputs at fixed addresses; 4: block metadata of CUDA artifacts packed (manifest "block_meta")
+# must keep decode's inputs at fixed addresses; 4: block metadata of CUDA artifacts packed (manifest "block_meta");
+# 5: the stream GEMV's plan may follow a matrix's indptr (BSRMatMul attribute "stream")
 # (runtime.model.ARTIFACT_VERSION: the newest a runtime runs)
 ARTIFACT_VERSION = 5
 DECODE_KERNELS = ("auto", "rows", "stream")  # compile_model(decode_kernel=...)
@@ -85,6 +86,8 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
         pdl = target == "cuda" and launch.supported(archs)
     if pdl and not (target == "cuda" and launch.supported(archs)):
         raise CompileError(f"--pdl needs --target cuda and every --arch sm_90 or later (got {', '.join(archs)})")
+    if decode_kernel not in DECODE_KERNELS:
+        raise CompileError(f"unknown decode kernel {decode_kernel!r} ({', '.join(DECODE_KERNELS)})")
     dtype = dtype or ("float16" if target == "cuda" else "float32")
     if dtype not in ("float16", "float32"):
         raise CompileError(f"unsupported dtype {dtype!r} (float16 or float32)")
@@ -94,8 +97,6 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     compressed = fuse_projections(to_kernel_layout(compressed, order), args.n_layers)
     tgt = make_target(target, archs)
     wgmma = target == "cuda" and all(a == "sm_90a" for a in archs)
-    if decode_kernel not in DECODE_KERNELS:
-        raise CompileError(f"unknown decode kernel {decode_kernel!r} ({', '.join(DECODE_KERNELS)})")
     if meta_layout == PACKED32:
         compressed = pack_block_metadata(compressed, lambda b: tvm_schedules.reads_packed(
             BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint"), tgt, wgmma))
