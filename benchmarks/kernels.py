@@ -1069,6 +1069,11 @@ def _small_blocks_table(pick) -> list[str]:
     return out
 
 
+def _row_kernel_pdl(cfg: str) -> bool:
+    """Whether a row-kernel key (DecodeConfig.key) is a PDL launch: ``g``, then at most the trigger and ``ahead``."""
+    return bool(re.search(r"g(te)?(a\d)?$", cfg))
+
+
 def _rule_table(pick, tag: str, title: str) -> list[str]:
     """Tags "one wave rule" and "resident rule": per shape, the decode launch bsr_decode.for_shape picks (config
     ending ``a1``/``a2``, loading ahead) against the tuning before it, plain and PDL, balanced and unequal rows
@@ -1078,7 +1083,7 @@ def _rule_table(pick, tag: str, title: str) -> list[str]:
     rows = pick(tag=tag)
     if not rows:
         return []
-    t = {(r["n"], r["k"], bool(re.search(r"a\d$", r["cfg"])), bool(re.search(r"g(te)?(a\d)?$", r["cfg"])),
+    t = {(r["n"], r["k"], bool(re.search(r"a\d$", r["cfg"])), _row_kernel_pdl(r["cfg"]),
           r["alloc"]): (r["time_us"], r["cfg"]) for r in rows}
     cols = [(p, a) for p in (False, True) for a in ("row", "layer")]
     out = ["", title + ", time (us), old -> new:", "",
@@ -1111,7 +1116,7 @@ def _stream_table(pick) -> list[str]:
     t: dict = {}
     for r in rows:
         stream = r["family"] == "bsr_decode_stream"
-        pdl = r["cfg"].endswith("g") if stream else bool(re.search(r"g(te)?(a\d)?$", r["cfg"]))
+        pdl = r["cfg"].endswith("g") if stream else _row_kernel_pdl(r["cfg"])
         t.setdefault((r["n"], r["k"], pdl), {})[(r["cfg"] if stream else "rows", r["alloc"])] = r["time_us"]
     out = ["", "Decode at M = 1, the row kernel (`bsr_decode.for_shape`) beside the stream kernel "
            "(`bsr_decode_stream`: rows dealt to thread blocks by kept blocks, warps splitting a thread block's blocks "

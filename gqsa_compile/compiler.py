@@ -97,12 +97,14 @@ def compile_model(ckpt_dir: str | Path, out_dir: str | Path, target: str = "cuda
     compressed = fuse_projections(to_kernel_layout(compressed, order), args.n_layers)
     tgt = make_target(target, archs)
     wgmma = target == "cuda" and all(a == "sm_90a" for a in archs)
+    def shape(b, packed: bool = False) -> BSRShape:
+        return BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint", packed)
+
     if meta_layout == PACKED32:
-        compressed = pack_block_metadata(compressed, lambda b: tvm_schedules.reads_packed(
-            BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint"), tgt, wgmma))
+        compressed = pack_block_metadata(compressed, lambda b: tvm_schedules.reads_packed(shape(b), tgt, wgmma))
     if target == "cuda" and decode_kernel != "rows":
         def streams(b) -> bool:
-            s = BSRShape(*b.shape, b.bits, b.group, b.rows, dtype, order != "checkpoint", True)
+            s = shape(b, True)
             return bsr_decode_stream.supports(s, 1) and (
                 decode_kernel == "stream" or bsr_decode_stream.pays(s, b.indptr, pdl))
 

@@ -55,10 +55,6 @@ def supports(s: BSRShape, m: int) -> bool:
             and s.dtype == "float16" and m * s.k * 2 <= 2 * SMEM_BYTES - 4096)
 
 
-def indptr_len(s: BSRShape, cfg: StreamConfig) -> int:
-    return stream_len(s.block_rows, cfg.ctas)
-
-
 CTAS = StreamConfig.ctas  # the plan gqsa-compile appends: 396 thread blocks (of 16 warps)
 UNEQUAL = 0.2  # rows' kept-block counts: standard deviation over mean past which they count as unequal
 BIG_ROWS = 8448  # block rows past which the stream kernel measured faster on unequal rows, plain and PDL
@@ -274,4 +270,4 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                                     y[(c * threads + ty * 32 + tx) % m, probe[0]] = T.Cast(
                                         "float16", accs[c * threads + ty * 32 + tx])
 
-    return bsr_func(s, body, tokens=m, indptr_len=indptr_len(s, cfg))
+    return bsr_func(s, body, tokens=m, indptr_len=stream_len(n, nctas))
