@@ -409,8 +409,36 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     cfg=bsr_decode.for_shape(shape, 1, pdl))
                 for w, c, a in ((32, 132, True), (24, 264, True), (16, 396, True), (8, 792, True), (32, 264, False),
                                 (16, 528, False)):
-                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
-                        cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl))
+                    for cut in (False, True):  # warps' pieces equal, or in whole trips (the default)
+                        add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
+                            cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl, trip_cut=cut))
+    # SmolLM2-135M's shapes, where a thread block gets one or two rows and most warps no trip (what
+    # gqsa-compile --decode-kernel stream builds for it)
+    for n, k in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream small", packed=True,
+                    cfg=bsr_decode.for_shape(BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True), 1, pdl))
+                for cut in (False, True):
+                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream small", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(pdl=pdl, trip_cut=cut))
+    # M = 2, 4, 8 on the stream kernel: thread blocks small enough to stay resident with M x K activations staged
+    # and M accumulators (16 warps x 396 spill at M = 4; 8 warps x 396 need 3 x M x K x 2 bytes of shared memory)
+    stream_batch = {2: ((16, 396), (8, 396), (16, 264), (16, 132)), 4: ((8, 396), (8, 264), (16, 132)),
+                    8: ((8, 264), (16, 132))}
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m, sizes in stream_batch.items():
+            if not bsr_decode_stream.supports(shape, m):
+                continue
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
+                        cfg=bsr_decode.for_shape(shape, m, pdl))
+                    for w, c in sizes:
+                        for cut in (False, True):
+                            add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
+                                cfg=bsr_decode_stream.StreamConfig(w, c, pdl=pdl, trip_cut=cut))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -1107,25 +1135,25 @@ def _rule_table(pick, tag: str, title: str) -> list[str]:
 
 
 def _stream_table(pick) -> list[str]:
-    """Tag "stream": per shape, plain and PDL, the row kernel as bsr_decode.for_shape launches it and the stream
-    kernel (tvm_schedules.bsr_decode_stream) in its configuration fastest on unequal rows, balanced and unequal
-    rows; the last column sets unequal rows on the stream kernel against balanced rows on the row kernel."""
-    rows = pick(tag="stream")
+    """Tags "stream" (M = 1), "stream small" (SmolLM2-135M, M = 1) and "stream batch" (M = 2, 4, 8): per shape, M
+    and launch (plain, PDL), the row kernel as bsr_decode.for_shape launches it and the stream kernel
+    (tvm_schedules.bsr_decode_stream) in its configuration fastest on unequal rows, balanced and unequal rows; the
+    last column sets unequal rows on the stream kernel against balanced rows on the row kernel."""
+    rows = pick(tag="stream") + pick(tag="stream small") + pick(tag="stream batch")
     if not rows:
         return []
     t: dict = {}
     for r in rows:
         stream = r["family"] == "bsr_decode_stream"
         pdl = r["cfg"].endswith("g") if stream else _row_kernel_pdl(r["cfg"])
-        t.setdefault((r["n"], r["k"], pdl), {})[(r["cfg"] if stream else "rows", r["alloc"])] = r["time_us"]
-    out = ["", "Decode at M = 1, the row kernel (`bsr_decode.for_shape`) beside the stream kernel "
-           "(`bsr_decode_stream`: rows dealt to thread blocks by kept blocks, warps splitting a thread block's blocks "
-           "across row boundaries) in its configuration fastest on unequal rows; time (us), balanced / unequal rows "
-           "(unequal rows' loss):", "",
-           "| shape N x K | launch | row kernel | stream kernel | its configuration | unequal rows on the stream kernel "
-           "against balanced rows on the row kernel |", "| --- | --- | ---: | ---: | --- | ---: |"]
-    for n, k, pdl in sorted(t, key=lambda x: (x[2], SHAPES.index(x[:2]) if x[:2] in SHAPES else 99, x[:2])):
-        v = t[n, k, pdl]
+        t.setdefault((r["n"], r["k"], r["m"], pdl), {})[(r["cfg"] if stream else "rows", r["alloc"])] = r["time_us"]
+    out = ["", "Decode, the row kernel (`bsr_decode.for_shape`) beside the stream kernel (`bsr_decode_stream`: rows "
+           "dealt to thread blocks by kept blocks, warps splitting a thread block's blocks across row boundaries) in "
+           "its configuration fastest on unequal rows; time (us), balanced / unequal rows (unequal rows' loss):", "",
+           "| shape N x K | M | launch | row kernel | stream kernel | its configuration | unequal rows on the stream "
+           "kernel against balanced rows on the row kernel |", "| --- | ---: | --- | ---: | ---: | --- | ---: |"]
+    for n, k, m, pdl in sorted(t, key=lambda x: (x[2], x[3], SHAPES.index(x[:2]) if x[:2] in SHAPES else 99, x[:2])):
+        v = t[n, k, m, pdl]
         if ("rows", "row") not in v or ("rows", "layer") not in v:
             continue
         cfgs = [c for c, a in v if c != "rows" and (c, "row") in v and (c, "layer") in v]
@@ -1133,7 +1161,7 @@ def _stream_table(pick) -> list[str]:
             continue
         best = min(cfgs, key=lambda c: v[c, "layer"])
         rb, rl, sb, sl = v["rows", "row"], v["rows", "layer"], v[best, "row"], v[best, "layer"]
-        out.append(f"| {n} x {k} | {'PDL' if pdl else 'plain'} | {rb:.1f} / {rl:.1f} ({rl / rb - 1:+.0%}) | "
+        out.append(f"| {n} x {k} | {m} | {'PDL' if pdl else 'plain'} | {rb:.1f} / {rl:.1f} ({rl / rb - 1:+.0%}) | "
                    f"{sb:.1f} / {sl:.1f} ({sl / sb - 1:+.0%}) | {best} | {sl / rb - 1:+.0%} |")
     return out
 

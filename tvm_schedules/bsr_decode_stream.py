@@ -6,7 +6,9 @@ average (a row of 65 blocks pays 2), and where the grid holds every row at once 
 +20-26% that no assignment of whole rows to warps removed (docs/perf.md, seven tries). Here a per-matrix plan
 made at compile time (tvm_schedules.warp_plan.stream) deals the rows to thread blocks so that each gets nearly
 the same number of kept blocks; a thread block's rows, concatenated, form one stream that its warps cut into
-equal pieces, across row boundaries, so every warp walks ceil(blocks / warps / 64) trips whatever the rows.
+pieces of whole trips, across row boundaries, so every warp walks ceil(blocks / 64 / warps) trips or one fewer,
+whatever the rows. (Equal pieces instead: a piece of 1.3 trips walks 2, and the grid issues up to twice the trips
+its blocks need.)
 
 The thread block's records sit in shared memory. Where a trip lies in one record (most trips), every lane's block
 is at the same offset from its global block; else each lane walks its own cursor forward over the records. The
@@ -14,9 +16,10 @@ warp keeps one open row: each lane adds its products for that row into its parti
 inside a trip the warp reduces the partials (warp shuffles) and lane 0 adds them into the row's slot in shared
 memory (a row cut between warps gets one addition from each). After a barrier the thread block writes its rows.
 
-Measured on an H100 (docs/perf.md, tag "stream"): unequal rows cost it -2% to +10% over balanced ones (the row
-kernel: +7% to +22%), but it issues about 1.45x the row kernel's instructions, so on balanced rows it is slower
-but for 22016 and 28672 rows with PDL. So gqsa-compile chooses it per matrix (``pays``), from the matrix's indptr.
+Measured on an H100 (docs/perf.md, tag "stream", kernels_stream6_h100.json): unequal rows cost it -1% to +13%
+over balanced ones (the row kernel: +8% to +22%); on balanced rows it is slower than the row kernel but for 12288,
+22016 and 28672 rows with PDL (the records, the trips that cross rows, the shared-memory sums). So gqsa-compile
+chooses it per matrix (``pays``), from the matrix's indptr.
 
 R = 1, 4-bit interleaved codes, packed metadata (BSRShape.packed), fp16 activations staged in shared memory:
 the layout gqsa-compile stores for CUDA, and the arithmetic of bsr_decode's half2 path.
@@ -44,10 +47,13 @@ class StreamConfig:
     ahead: bool = True  # the first trip's loads go out before the staging (and the PDL wait), each next trip's
     # before this trip's arithmetic (a second register set)
     pdl: bool = False  # programmatic dependent launch: wait before staging, trigger the next launch right after
+    trip_cut: bool = True  # warps' pieces in whole loop trips (the thread block's last ends at its stream's end);
+    # False: equal pieces, where a piece of 1.3 trips walks 2 (1.03-1.06x slower, docs/perf.md)
 
     @property
     def key(self) -> str:
-        return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + ("g" if self.pdl else "")
+        return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + (
+            "t" if self.trip_cut else "") + ("g" if self.pdl else "")
 
 
 def supports(s: BSRShape, m: int) -> bool:
@@ -72,8 +78,9 @@ def pays(s: BSRShape, indptr, pdl: bool) -> bool:
     """Whether gqsa-compile's decode (M = 1) should run this matrix on the stream kernel: its rows are unequal
     (row_spread >= UNEQUAL, a judgement between balanced rows, where it lost, and the benchmark's 0.58, where it
     won), on the shapes where the stream kernel then measured faster than the row kernel (H100, tag "stream",
-    kernels_stream5_h100.json, unequal rows: past 8448 rows 1.01-1.12x, and with PDL on 4096-row matrices of 8192+
-    columns 1.06-1.10x; it lost on 4096 x 4096 and 6144 x 4096, and on balanced rows nearly everywhere)."""
+    kernels_stream6_h100.json, unequal rows: past 8448 rows with PDL 1.12-1.15x, plain 0.97-1.05x (12288 x 4096
+    0.97x); with PDL on 4096-row matrices of 8192+ columns 1.09-1.12x; it lost on 4096 x 4096 and 6144 x 4096, and
+    on balanced rows but past 8448 rows with PDL)."""
     return (supports(s, 1) and row_spread(indptr) >= UNEQUAL
             and (s.block_rows > BIG_ROWS or (pdl and s.k >= 8192)))
 
@@ -93,6 +100,12 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     steps = max(1, (slots - 1).bit_length())  # binary search over the records
 
     @T.macro
+    def load(indices, qw, mw, wq, slot, u, at, delta):
+        """Lane block ``at`` of the stream (clamped to the piece's last) at global block ``at + delta``."""
+        T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([at + delta]))
+        T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([at + delta, 0, 0]))
+
+    @T.macro
     def issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):
         """Load the lane's blocks of trip ``it`` into register set ``slot``; past the warp's piece the piece's
         last block is loaded again (its scale is zeroed later). ``cur``, the same in every lane, moves to the
@@ -106,10 +119,7 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
             lc[0] = rs[cur[0] * 4 + 1]
             for u in T.unroll(unroll):
                 jl[slot, u] = cur[0]
-                T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([
-                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + lc[0]]))
-                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([
-                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + lc[0], 0, 0]))
+                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * 32 + tx, we - 1), lc[0])
         else:
             lc[0] = cur[0]
             for u in T.unroll(unroll):
@@ -118,10 +128,7 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                     lc[0] = lc[0] + 1
                     probe[0] = rs[lc[0] * 4 + 2]
                 jl[slot, u] = lc[0]
-                T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([
-                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + rs[lc[0] * 4 + 1]]))
-                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([
-                    T.min(ws + (it * unroll + u) * 32 + tx, we - 1) + rs[lc[0] * 4 + 1], 0, 0]))
+                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * 32 + tx, we - 1), rs[lc[0] * 4 + 1])
 
     @T.macro
     def flush(acc, red, accs, j, tx):
@@ -138,8 +145,14 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     def locate(rs, span, lohi, probe, cur, acc, ty):
         """The warp's piece of the thread block's stream (span[0:2]), and the record its first block lies in
         (span[2], the open row, and the lane cursors), by binary search over the records' ends."""
-        span[0] = (rs[slots * 4 - 2] + warps - 1) // warps * ty
-        span[1] = T.min(span[0] + (rs[slots * 4 - 2] + warps - 1) // warps, rs[slots * 4 - 2])
+        if cfg.trip_cut:  # the stream's trips dealt out: the first (trips % warps) warps get one more
+            lohi[0] = (rs[slots * 4 - 2] + unroll * 32 - 1) // (unroll * 32)  # (lohi as scratch)
+            span[0] = T.min((lohi[0] // warps * ty + T.min(ty, lohi[0] % warps)) * (unroll * 32), rs[slots * 4 - 2])
+            span[1] = T.min(span[0] + (lohi[0] // warps + T.Cast("int32", ty < lohi[0] % warps)) * (unroll * 32),
+                            rs[slots * 4 - 2])
+        else:
+            span[0] = (rs[slots * 4 - 2] + warps - 1) // warps * ty
+            span[1] = T.min(span[0] + (rs[slots * 4 - 2] + warps - 1) // warps, rs[slots * 4 - 2])
         lohi[0] = 0
         lohi[1] = slots - 1
         for _ in range(steps):
