@@ -412,6 +412,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for cut in (False, True):  # warps' pieces equal, or in whole trips (the default)
                         add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
                             cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl, trip_cut=cut))
+                for w, c, u in ((16, 396, 2), (16, 264, 4)):  # two lanes a block
+                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, pdl=pdl, lanes=2))
     # SmolLM2-135M's shapes, where a thread block gets one or two rows and most warps no trip (what
     # gqsa-compile --decode-kernel stream builds for it)
     for n, k in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
@@ -426,6 +429,10 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     # and M accumulators (16 warps x 396 spill at M = 4; 8 warps x 396 need 3 x M x K x 2 bytes of shared memory)
     stream_batch = {2: ((16, 396), (8, 396), (16, 264), (16, 132)), 4: ((8, 396), (8, 264), (16, 132)),
                     8: ((8, 264), (16, 132))}
+    # two lanes a block, each with one code word, 4 blocks a lane per trip (as the row kernel from M = 2), or 2
+    # where 4 would spill
+    stream_lanes = {2: ((16, 396, 2), (8, 396, 4), (16, 264, 4), (16, 132, 4)),
+                    4: ((8, 396, 4), (8, 264, 4), (16, 132, 4)), 8: ((8, 264, 4), (16, 132, 4))}
     for n, k in shapes:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
         for m, sizes in stream_batch.items():
@@ -439,6 +446,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                         for cut in (False, True):
                             add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
                                 cfg=bsr_decode_stream.StreamConfig(w, c, pdl=pdl, trip_cut=cut))
+                    for w, c, u in stream_lanes[m]:
+                        add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
+                            cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, pdl=pdl, lanes=2))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

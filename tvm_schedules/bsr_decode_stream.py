@@ -22,7 +22,9 @@ over balanced ones (the row kernel: +8% to +22%); on balanced rows it is slower 
 chooses it per matrix (``pays``), from the matrix's indptr.
 
 R = 1, 4-bit interleaved codes, packed metadata (BSRShape.packed), fp16 activations staged in shared memory:
-the layout gqsa-compile stores for CUDA, and the arithmetic of bsr_decode's half2 path.
+the layout gqsa-compile stores for CUDA, and the arithmetic of bsr_decode's half2 path. M = 2-8 (benchmark only,
+tag "stream batch") take two lanes a block (``lanes = 2``): 1.16-1.39x faster than one there, faster than the row
+kernel on unequal rows at M = 2 and 4 with PDL on most shapes, still slower on balanced ones.
 """
 from __future__ import annotations
 
@@ -49,11 +51,12 @@ class StreamConfig:
     pdl: bool = False  # programmatic dependent launch: wait before staging, trigger the next launch right after
     trip_cut: bool = True  # warps' pieces in whole loop trips (the thread block's last ends at its stream's end);
     # False: equal pieces, where a piece of 1.3 trips walks 2 (1.03-1.06x slower, docs/perf.md)
+    lanes: int = 1  # lanes a block: 2 split its two code words (and the M dot products) between them (M >= 2)
 
     @property
     def key(self) -> str:
         return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + (
-            "t" if self.trip_cut else "") + ("g" if self.pdl else "")
+            "t" if self.trip_cut else "") + (f"l{self.lanes}" if self.lanes > 1 else "") + ("g" if self.pdl else "")
 
 
 def supports(s: BSRShape, m: int) -> bool:
@@ -90,7 +93,11 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     assert supports(s, m), f"the stream GEMV takes 4-bit G16 R1 packed fp16 matrices, not {s} at M = {m}"
     assert s.stream in (0, cfg.ctas), f"the matrix's plan is for {s.stream} thread blocks, not {cfg.ctas}"
     k, n = s.k, s.block_rows
-    warps, nctas, unroll, ahead = cfg.warps, cfg.ctas, cfg.unroll, cfg.ahead
+    warps, nctas, unroll, ahead, lanes = cfg.warps, cfg.ctas, cfg.unroll, cfg.ahead, cfg.lanes
+    assert lanes in (1, 2), f"a block's two code words go to 1 or 2 lanes, not {lanes}"
+    step = 32 // lanes  # blocks a warp takes per unrolled step
+    trip = unroll * step  # blocks a warp takes per loop trip
+    wpl = 2 // lanes  # code words per lane
     slots = stream_slots(n, nctas)
     base = stream_records_at(n)
     threads = warps * 32
@@ -100,10 +107,14 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     steps = max(1, (slots - 1).bit_length())  # binary search over the records
 
     @T.macro
-    def load(indices, qw, mw, wq, slot, u, at, delta):
-        """Lane block ``at`` of the stream (clamped to the piece's last) at global block ``at + delta``."""
+    def load(indices, qw, mw, wq, slot, u, at, delta, tx):
+        """Lane block ``at`` of the stream (clamped to the piece's last) at global block ``at + delta``: its word,
+        and its code words (with 2 lanes a block, the lane's one)."""
         T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([at + delta]))
-        T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([at + delta, 0, 0]))
+        if lanes == 1:
+            T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([at + delta, 0, 0]))
+        else:
+            T.ptx.ld.global_.nc.b32(wq[slot, u, 0], qw.ptr_to([at + delta, 0, tx % lanes]))
 
     @T.macro
     def issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):
@@ -112,23 +123,24 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
         record of the trip's first block; where the trip ends in that record too (most trips), every block is
         at the same offset from its global block, else each lane walks its own cursor (``lc``) from there."""
         probe[0] = rs[cur[0] * 4 + 2]  # (a shared-memory read in a condition trips TVM's barrier pass)
-        while probe[0] <= ws + it * unroll * 32:
+        while probe[0] <= ws + it * trip:
             cur[0] = cur[0] + 1
             probe[0] = rs[cur[0] * 4 + 2]
-        if probe[0] >= T.min(ws + (it + 1) * unroll * 32, we):
+        if probe[0] >= T.min(ws + (it + 1) * trip, we):
             lc[0] = rs[cur[0] * 4 + 1]
             for u in T.unroll(unroll):
                 jl[slot, u] = cur[0]
-                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * 32 + tx, we - 1), lc[0])
+                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1), lc[0], tx)
         else:
             lc[0] = cur[0]
             for u in T.unroll(unroll):
                 probe[0] = rs[lc[0] * 4 + 2]
-                while probe[0] <= T.min(ws + (it * unroll + u) * 32 + tx, we - 1):
+                while probe[0] <= T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1):
                     lc[0] = lc[0] + 1
                     probe[0] = rs[lc[0] * 4 + 2]
                 jl[slot, u] = lc[0]
-                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * 32 + tx, we - 1), rs[lc[0] * 4 + 1])
+                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1),
+                     rs[lc[0] * 4 + 1], tx)
 
     @T.macro
     def flush(acc, red, accs, j, tx):
@@ -146,9 +158,9 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
         """The warp's piece of the thread block's stream (span[0:2]), and the record its first block lies in
         (span[2], the open row, and the lane cursors), by binary search over the records' ends."""
         if cfg.trip_cut:  # the stream's trips dealt out: the first (trips % warps) warps get one more
-            lohi[0] = (rs[slots * 4 - 2] + unroll * 32 - 1) // (unroll * 32)  # (lohi as scratch)
-            span[0] = T.min((lohi[0] // warps * ty + T.min(ty, lohi[0] % warps)) * (unroll * 32), rs[slots * 4 - 2])
-            span[1] = T.min(span[0] + (lohi[0] // warps + T.Cast("int32", ty < lohi[0] % warps)) * (unroll * 32),
+            lohi[0] = (rs[slots * 4 - 2] + trip - 1) // trip  # (lohi as scratch)
+            span[0] = T.min((lohi[0] // warps * ty + T.min(ty, lohi[0] % warps)) * trip, rs[slots * 4 - 2])
+            span[1] = T.min(span[0] + (lohi[0] // warps + T.Cast("int32", ty < lohi[0] % warps)) * trip,
                             rs[slots * 4 - 2])
         else:
             span[0] = (rs[slots * 4 - 2] + warps - 1) // warps * ty
@@ -179,7 +191,7 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                         rs = T.alloc_buffer((slots * 4,), "int32", scope="shared.dyn" if dyn else "shared")
                         accs = T.alloc_buffer((slots * m,), "float32", scope="shared.dyn" if dyn else "shared")
                         mw = T.alloc_buffer((2, unroll), "uint32", scope="local")
-                        wq = T.alloc_buffer((2, unroll, 2), "uint32", scope="local")
+                        wq = T.alloc_buffer((2, unroll, wpl), "uint32", scope="local")
                         jl = T.alloc_buffer((2, unroll), "int32", scope="local")
                         cur = T.alloc_buffer((1,), "int32", scope="local")  # the warp's record cursor
                         lc = T.alloc_buffer((1,), "int32", scope="local")  # the lane's, or the record's offset
@@ -226,7 +238,7 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                         T.tvm_storage_sync("shared")
                         if not ahead:
                             locate(rs, span, lohi, probe, cur, acc, ty)
-                        trips = (span[1] - span[0] + unroll * 32 - 1) // (unroll * 32)
+                        trips = (span[1] - span[0] + trip - 1) // trip
                         for it in range(trips):
                             if not ahead:
                                 issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, 0, it, span[0], span[1], tx)
@@ -234,26 +246,27 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                                 for u in T.unroll(unroll):
                                     mw[1, u] = mw[0, u]
                                     jl[1, u] = jl[0, u]
-                                    for w in T.unroll(2):
+                                    for w in T.unroll(wpl):
                                         wq[1, u, w] = wq[0, u, w]
                                 if it + 1 < trips:
                                     issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, 0, it + 1, span[0], span[1], tx)
                             for u in T.unroll(unroll):
-                                for j in T.unroll(8):
+                                for j in T.unroll(4 * wpl):
                                     dq[j] = ((wq[sets - 1, u, j // 4] >> T.uint32(j % 4 * 4)) & T.uint32(0x000F000F)
                                              ) | T.uint32(0x64006400)
                                     T.ptx.sub.f16x2(dq[j], dq[j], (T.uint32(0x6400) + word_zero(mw[sets - 1, u]))
                                                     * T.uint32(0x10001))
                                 sv[0] = T.Cast("float32", T.reinterpret("float16", T.Cast(
                                     "uint16", word_scale_bits(mw[sets - 1, u])))) * T.Cast(
-                                        "float32", span[0] + (it * unroll + u) * 32 + tx < span[1])
+                                        "float32", span[0] + (it * unroll + u) * step + tx // lanes < span[1])
                                 for i in T.unroll(m):
-                                    for c in T.unroll(2):
+                                    for c in T.unroll(wpl):  # the lane's code words' activations
                                         for v in T.vectorized(4):
                                             x2[c * 4 + v] = xs[(i * (k // 8) + T.Cast(
-                                                "int32", word_column(mw[sets - 1, u])) * 2 + c) * 4 + v]
+                                                "int32", word_column(mw[sets - 1, u])) * 2 + tx % lanes * wpl + c
+                                                                ) * 4 + v]
                                     h[0] = T.uint32(0)
-                                    for j in T.unroll(8):
+                                    for j in T.unroll(4 * wpl):
                                         T.ptx.fma.rn.f16x2(h[0], dq[j], x2[j], h[0])
                                     prod[u, i] = (T.Cast("float32", T.reinterpret("float16", T.Cast(
                                         "uint16", h[0] & T.uint32(0xFFFF)))) + T.Cast("float32", T.reinterpret(
