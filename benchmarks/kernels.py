@@ -415,6 +415,14 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for w, c, u in ((16, 396, 2), (16, 264, 4)):  # two lanes a block
                     add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
                         cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, pdl=pdl, lanes=2))
+    # M = 1 on the row kernel with 4 blocks a lane per trip: a 256-block row walks 2 trips, not 4 (unequal rows)
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            base = bsr_decode.for_shape(shape, 1, pdl)
+            for alloc in ("row", "layer"):
+                for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=min(base.ahead, 1))):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unequal u4", packed=True, cfg=replace(base, **v))
     # SmolLM2-135M's shapes, where a thread block gets one or two rows and most warps no trip (what
     # gqsa-compile --decode-kernel stream builds for it)
     for n, k in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
