@@ -415,6 +415,18 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for w, c, u in ((16, 396, 2), (16, 264, 4)):  # two lanes a block
                     add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
                         cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, pdl=pdl, lanes=2))
+    # M = 1 on the stream kernel with 4 blocks a lane per trip: half the trips, each trip's fixed instructions over
+    # twice the blocks (beside the default 2 and the row kernel)
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream u4", packed=True,
+                    cfg=bsr_decode.for_shape(shape, 1, pdl))
+                for w, c, u, a in ((16, 396, 2, True), (8, 396, 4, True), (16, 264, 4, True), (8, 528, 4, True),
+                                   (16, 396, 4, False), (8, 792, 4, False), (16, 264, 4, False)):
+                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream u4", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, ahead=a, pdl=pdl))
     # M = 1 on the row kernel with 4 blocks a lane per trip: a 256-block row walks 2 trips, not 4 (unequal rows)
     for n, k in shapes:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
