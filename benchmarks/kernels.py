@@ -397,36 +397,50 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                            (11008, 4096), (12288, 4096)))
     # M = 2: up to 6336 rows a warp per row, all resident, loading ahead, early trigger
     rule("resident rule m2", shapes + [(2048, 4096), (5120, 5120)], m=2)
+    def beside_rows(tag, shapes_, m, stream_cfgs):
+        """Stream kernels (``stream_cfgs(pdl)``) beside the row kernel as gqsa-compile launches it, balanced and
+        unequal rows, plain and PDL."""
+        for n, k in shapes_:
+            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+            if not bsr_decode_stream.supports(shape, m):
+                continue
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True,
+                        cfg=bsr_decode.for_shape(shape, m, pdl))
+                    for cfg in stream_cfgs(pdl):
+                        add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag=tag, packed=True, cfg=cfg)
+
+    stream = bsr_decode_stream.StreamConfig
     # M = 1: warps that split a thread block's kept blocks across row boundaries (tvm_schedules.bsr_decode_stream; the
-    # rows dealt to thread blocks by a per-matrix plan), beside the launch gqsa-compile picks, balanced and unequal
-    # (tag "stream ablate", in kernels_stream_ablate_h100.json: the first version, without the one-record fast paths,
-    # at commit 2105cae, with parts left out)
-    for n, k in shapes:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
-                    cfg=bsr_decode.for_shape(shape, 1, pdl))
-                for w, c, a in ((32, 132, True), (24, 264, True), (16, 396, True), (8, 792, True), (32, 264, False),
-                                (16, 528, False)):
-                    for cut in (False, True):  # warps' pieces equal, or in whole trips (the default)
-                        add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
-                            cfg=bsr_decode_stream.StreamConfig(w, c, ahead=a, pdl=pdl, trip_cut=cut))
-                for w, c, u in ((16, 396, 2), (16, 264, 4)):  # two lanes a block
-                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream", packed=True,
-                        cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, pdl=pdl, lanes=2))
-    # M = 1 on the stream kernel with 4 blocks a lane per trip: half the trips, each trip's fixed instructions over
-    # twice the blocks (beside the default 2 and the row kernel)
-    for n, k in shapes:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream u4", packed=True,
-                    cfg=bsr_decode.for_shape(shape, 1, pdl))
-                for w, c, u, a in ((16, 396, 2, True), (8, 396, 4, True), (16, 264, 4, True), (8, 528, 4, True),
-                                   (16, 396, 4, False), (8, 792, 4, False), (16, 264, 4, False)):
-                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream u4", packed=True,
-                        cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, ahead=a, pdl=pdl))
+    # rows dealt to thread blocks by a per-matrix plan), pieces equal or in whole trips (the default), and two lanes
+    # a block (tag "stream ablate", in kernels_stream_ablate_h100.json: the first version, without the one-record fast
+    # paths, at commit 2105cae, with parts left out)
+    beside_rows("stream", shapes, 1, lambda pdl: [
+        stream(w, c, ahead=a, pdl=pdl, trip_cut=cut) for w, c, a in (
+            (32, 132, True), (24, 264, True), (16, 396, True), (8, 792, True), (32, 264, False), (16, 528, False))
+        for cut in (False, True)] + [
+        stream(w, c, unroll=u, pdl=pdl, lanes=2) for w, c, u in ((16, 396, 2), (16, 264, 4))])
+    # M = 1 with 4 blocks a lane per trip: half the trips, each trip's fixed instructions over twice the blocks
+    beside_rows("stream u4", shapes, 1, lambda pdl: [stream(w, c, unroll=u, ahead=a, pdl=pdl) for w, c, u, a in (
+        (16, 396, 2, True), (8, 396, 4, True), (16, 264, 4, True), (8, 528, 4, True), (16, 396, 4, False),
+        (8, 792, 4, False), (16, 264, 4, False))])
+    # SmolLM2-135M's shapes, where a thread block gets one or two rows and most warps no trip (what
+    # gqsa-compile --decode-kernel stream builds for it)
+    beside_rows("stream small", ((576, 576), (192, 576), (1536, 576), (576, 1536)), 1,
+                lambda pdl: [stream(pdl=pdl, trip_cut=cut) for cut in (False, True)])
+    # M = 2, 4, 8: thread blocks small enough to stay resident with M x K activations staged and M accumulators (16
+    # warps x 396 spill at M = 4; 8 warps x 396 need 3 x M x K x 2 bytes of shared memory); one lane a block, pieces
+    # equal or in whole trips, or two lanes a block, each with one code word, 4 blocks a lane per trip (as the row
+    # kernel from M = 2), or 2 where 4 would spill
+    stream_batch = {2: ((16, 396), (8, 396), (16, 264), (16, 132)), 4: ((8, 396), (8, 264), (16, 132)),
+                    8: ((8, 264), (16, 132))}
+    stream_lanes = {2: ((16, 396, 2), (8, 396, 4), (16, 264, 4), (16, 132, 4)),
+                    4: ((8, 396, 4), (8, 264, 4), (16, 132, 4)), 8: ((8, 264, 4), (16, 132, 4))}
+    for m in stream_batch:
+        beside_rows("stream batch", shapes, m, lambda pdl, m=m: [
+            stream(w, c, pdl=pdl, trip_cut=cut) for w, c in stream_batch[m] for cut in (False, True)] + [
+            stream(w, c, unroll=u, pdl=pdl, lanes=2) for w, c, u in stream_lanes[m]])
     # M = 1 on the row kernel with 4 blocks a lane per trip: a 256-block row walks 2 trips, not 4 (unequal rows)
     for n, k in shapes:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
@@ -435,40 +449,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for alloc in ("row", "layer"):
                 for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=min(base.ahead, 1))):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unequal u4", packed=True, cfg=replace(base, **v))
-    # SmolLM2-135M's shapes, where a thread block gets one or two rows and most warps no trip (what
-    # gqsa-compile --decode-kernel stream builds for it)
-    for n, k in ((576, 576), (192, 576), (1536, 576), (576, 1536)):
-        for pdl in (False, True) if launch.supported(archs) else (False,):
-            for alloc in ("row", "layer"):
-                add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="stream small", packed=True,
-                    cfg=bsr_decode.for_shape(BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True), 1, pdl))
-                for cut in (False, True):
-                    add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="stream small", packed=True,
-                        cfg=bsr_decode_stream.StreamConfig(pdl=pdl, trip_cut=cut))
-    # M = 2, 4, 8 on the stream kernel: thread blocks small enough to stay resident with M x K activations staged
-    # and M accumulators (16 warps x 396 spill at M = 4; 8 warps x 396 need 3 x M x K x 2 bytes of shared memory)
-    stream_batch = {2: ((16, 396), (8, 396), (16, 264), (16, 132)), 4: ((8, 396), (8, 264), (16, 132)),
-                    8: ((8, 264), (16, 132))}
-    # two lanes a block, each with one code word, 4 blocks a lane per trip (as the row kernel from M = 2), or 2
-    # where 4 would spill
-    stream_lanes = {2: ((16, 396, 2), (8, 396, 4), (16, 264, 4), (16, 132, 4)),
-                    4: ((8, 396, 4), (8, 264, 4), (16, 132, 4)), 8: ((8, 264, 4), (16, 132, 4))}
-    for n, k in shapes:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m, sizes in stream_batch.items():
-            if not bsr_decode_stream.supports(shape, m):
-                continue
-            for pdl in (False, True) if launch.supported(archs) else (False,):
-                for alloc in ("row", "layer"):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
-                        cfg=bsr_decode.for_shape(shape, m, pdl))
-                    for w, c in sizes:
-                        for cut in (False, True):
-                            add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
-                                cfg=bsr_decode_stream.StreamConfig(w, c, pdl=pdl, trip_cut=cut))
-                    for w, c, u in stream_lanes[m]:
-                        add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag="stream batch", packed=True,
-                            cfg=bsr_decode_stream.StreamConfig(w, c, unroll=u, pdl=pdl, lanes=2))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
