@@ -441,10 +441,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
         beside_rows("stream batch", shapes, m, lambda pdl, m=m: [
             stream(w, c, pdl=pdl, trip_cut=cut) for w, c in stream_batch[m] for cut in (False, True)] + [
             stream(w, c, unroll=u, pdl=pdl, lanes=2) for w, c, u in stream_lanes[m]])
-    # a trip in which one row ends on a path of its own (no loop over the trip's rows), beside the default
-    beside_rows("stream one end", shapes, 1, lambda pdl: [stream(pdl=pdl), stream(pdl=pdl, one_end=True)])
-    beside_rows("stream one end", shapes, 2, lambda pdl: [stream(16, 264, unroll=4, pdl=pdl, lanes=2, one_end=e)
-                                                          for e in (False, True)])
+    # (tag "stream one end", kernels_stream_one_end_run{1,2}_h100.json: at commit 5abe821, a path of its own for a
+    # trip in which one row ends, beside the default at M = 1 and two lanes a block at M = 2)
     # one case per tag, for a profiler (ncu) to find by tag: the compiled stream kernel on 4096 x 4096 and 6144 x
     # 4096, plain, balanced or unequal rows
     for n, k in ((4096, 4096), (6144, 4096)):

@@ -52,13 +52,11 @@ class StreamConfig:
     trip_cut: bool = True  # warps' pieces in whole loop trips (the thread block's last ends at its stream's end);
     # False: equal pieces, where a piece of 1.3 trips walks 2 (1.03-1.06x slower, docs/perf.md)
     lanes: int = 1  # lanes a block: 2 split its two code words (and the M dot products) between them (M >= 2)
-    one_end: bool = False  # a trip in which one row ends takes a path of its own, without the loop over its rows
 
     @property
     def key(self) -> str:
         return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + (
-            "t" if self.trip_cut else "") + (f"l{self.lanes}" if self.lanes > 1 else "") + (
-            "e" if self.one_end else "") + ("g" if self.pdl else "")
+            "t" if self.trip_cut else "") + (f"l{self.lanes}" if self.lanes > 1 else "") + ("g" if self.pdl else "")
 
 
 def supports(s: BSRShape, m: int) -> bool:
@@ -289,19 +287,6 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                                 for u in T.unroll(unroll):
                                     for i in T.unroll(m):
                                         acc[i] = acc[i] + prod[u, i]
-                            elif cfg.one_end:
-                                if lohi[1] == span[2] + 1:  # one row ends in the trip: no loop over its rows
-                                    for u in T.unroll(unroll):
-                                        for i in T.unroll(m):
-                                            acc[i] = acc[i] + T.if_then_else(jl[sets - 1, u] == span[2], prod[u, i],
-                                                                             T.float32(0))
-                                    flush(acc, red, accs, span[2], tx)
-                                    for u in T.unroll(unroll):
-                                        for i in T.unroll(m):
-                                            acc[i] = acc[i] + T.if_then_else(jl[sets - 1, u] == span[2], T.float32(0),
-                                                                             prod[u, i])
-                                else:
-                                    ends(acc, red, accs, prod, jl, span, lohi, tx)
                             else:
                                 ends(acc, red, accs, prod, jl, span, lohi, tx)
                             span[2] = lohi[1]
