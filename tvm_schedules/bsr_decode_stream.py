@@ -67,6 +67,7 @@ def supports(s: BSRShape, m: int) -> bool:
 CTAS = StreamConfig.ctas  # the plan gqsa-compile appends: 396 thread blocks (of 16 warps)
 UNEQUAL = 0.2  # rows' kept-block counts: standard deviation over mean past which they count as unequal
 BIG_ROWS = 8448  # block rows past which the stream kernel measured faster on unequal rows, plain and PDL
+WIDE = {True: 8192, False: 12288}  # columns from which it did on 4096-row matrices, with PDL and plain
 
 
 def row_spread(indptr) -> float:
@@ -80,12 +81,13 @@ def row_spread(indptr) -> float:
 def pays(s: BSRShape, indptr, pdl: bool) -> bool:
     """Whether gqsa-compile's decode (M = 1) should run this matrix on the stream kernel: its rows are unequal
     (row_spread >= UNEQUAL, a judgement between balanced rows, where it lost, and the benchmark's 0.58, where it
-    won), on the shapes where the stream kernel then measured faster than the row kernel (H100, tag "stream",
-    kernels_stream6_h100.json, unequal rows: past 8448 rows with PDL 1.12-1.15x, plain 0.97-1.05x (12288 x 4096
-    0.97x); with PDL on 4096-row matrices of 8192+ columns 1.09-1.12x; it lost on 4096 x 4096 and 6144 x 4096, and
-    on balanced rows but past 8448 rows with PDL)."""
+    won), on the shapes where the stream kernel then measured faster than the row kernel (H100, tags "stream",
+    "stream u4" and "stream one end", six runs, kernels_stream{6,7,8}_h100.json and others; unequal rows): past
+    8448 rows with PDL 1.10-1.15x, plain 0.97-1.07x (12288 x 4096 0.97-1.01x); on 4096-row matrices of 11008
+    columns with PDL 1.09-1.11x, plain 0.99x, of 14336 columns 1.12-1.13x and plain 1.05-1.07x. It lost on 4096 x
+    4096 and 6144 x 4096, and on balanced rows but past 8448 rows with PDL."""
     return (supports(s, 1) and row_spread(indptr) >= UNEQUAL
-            and (s.block_rows > BIG_ROWS or (pdl and s.k >= 8192)))
+            and (s.block_rows > BIG_ROWS or s.k >= WIDE[pdl]))
 
 
 def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):

@@ -72,7 +72,8 @@ def test_stream_kernel_is_chosen_for_large_matrices_with_unequal_rows():
 
     rng = np.random.default_rng(0)
     for n, k, pdl, unequal, balanced in ((12288, 4096, False, True, False), (28672, 4096, True, True, False),
-                                         (4096, 14336, True, True, False), (4096, 14336, False, False, False),
+                                         (4096, 14336, True, True, False), (4096, 14336, False, True, False),
+                                         (4096, 11008, True, True, False), (4096, 11008, False, False, False),
                                          (4096, 4096, True, False, False), (6144, 4096, True, False, False)):
         s = BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True)
         groups = k // 16
