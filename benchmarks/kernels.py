@@ -443,6 +443,10 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             stream(w, c, unroll=u, pdl=pdl, lanes=2) for w, c, u in stream_lanes[m]])
     # (tag "stream one end", kernels_stream_one_end_run{1,2}_h100.json: at commit 5abe821, a path of its own for a
     # trip in which one row ends, beside the default at M = 1 and two lanes a block at M = 2)
+    # a trip in which one row ends: lanes' records from that row's end, and the two rows' sums without a loop
+    beside_rows("stream one boundary", shapes, 1, lambda pdl: [stream(pdl=pdl, one_boundary=b) for b in (False, True)])
+    beside_rows("stream one boundary", shapes, 2, lambda pdl: [
+        stream(16, 264, unroll=4, pdl=pdl, lanes=2, one_boundary=b) for b in (False, True)])
     # one case per tag, for a profiler (ncu) to find by tag: the compiled stream kernel on 4096 x 4096 and 6144 x
     # 4096, plain, balanced or unequal rows
     for n, k in ((4096, 4096), (6144, 4096)):

@@ -11,7 +11,8 @@ whatever the rows. (Equal pieces instead: a piece of 1.3 trips walks 2, and the 
 its blocks need.)
 
 The thread block's records sit in shared memory. Where a trip lies in one record (most trips), every lane's block
-is at the same offset from its global block; else each lane walks its own cursor forward over the records. The
+is at the same offset from its global block; where one row ends in it, a lane's record is the one before or after
+that end; else each lane walks its own cursor forward over the records. The
 warp keeps one open row: each lane adds its products for that row into its partial sums, and where a row ends
 inside a trip the warp reduces the partials (warp shuffles) and lane 0 adds them into the row's slot in shared
 memory (a row cut between warps gets one addition from each). After a barrier the thread block writes its rows.
@@ -52,11 +53,14 @@ class StreamConfig:
     trip_cut: bool = True  # warps' pieces in whole loop trips (the thread block's last ends at its stream's end);
     # False: equal pieces, where a piece of 1.3 trips walks 2 (1.03-1.06x slower, docs/perf.md)
     lanes: int = 1  # lanes a block: 2 split its two code words (and the M dot products) between them (M >= 2)
+    one_boundary: bool = True  # a trip in which one row ends: each lane's record from that row's end (no walk),
+    # and the two rows' sums without the loop over the trip's rows (unequal rows 1.02x at M = 1, 1.04x at M = 2)
 
     @property
     def key(self) -> str:
         return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + (
-            "t" if self.trip_cut else "") + (f"l{self.lanes}" if self.lanes > 1 else "") + ("g" if self.pdl else "")
+            "t" if self.trip_cut else "") + (f"l{self.lanes}" if self.lanes > 1 else "") + (
+            "b" if self.one_boundary else "") + ("g" if self.pdl else "")
 
 
 def supports(s: BSRShape, m: int) -> bool:
@@ -85,7 +89,8 @@ def pays(s: BSRShape, indptr, pdl: bool) -> bool:
     "stream u4" and "stream one end", six runs, kernels_stream{6,7,8}_h100.json and others; unequal rows): past
     8448 rows with PDL 1.10-1.15x, plain 0.97-1.07x (12288 x 4096 0.97-1.01x); on 4096-row matrices of 11008
     columns with PDL 1.09-1.11x, plain 0.99x, of 14336 columns 1.12-1.13x and plain 1.05-1.07x. It lost on 4096 x
-    4096 and 6144 x 4096, and on balanced rows but past 8448 rows with PDL."""
+    4096 and 6144 x 4096, and on balanced rows but past 8448 rows with PDL. (Measured before ``one_boundary``,
+    which then made unequal rows 1.02x faster on these shapes.)"""
     return (supports(s, 1) and row_spread(indptr) >= UNEQUAL
             and (s.block_rows > BIG_ROWS or s.k >= WIDE[pdl]))
 
@@ -119,6 +124,19 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
             T.ptx.ld.global_.nc.b32(wq[slot, u, 0], qw.ptr_to([at + delta, 0, tx % lanes]))
 
     @T.macro
+    def walk(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):
+        """Each lane's record by a cursor of its own, walked forward from the trip's first record."""
+        lc[0] = cur[0]
+        for u in T.unroll(unroll):
+            probe[0] = rs[lc[0] * 4 + 2]
+            while probe[0] <= T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1):
+                lc[0] = lc[0] + 1
+                probe[0] = rs[lc[0] * 4 + 2]
+            jl[slot, u] = lc[0]
+            load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1),
+                 rs[lc[0] * 4 + 1], tx)
+
+    @T.macro
     def issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):
         """Load the lane's blocks of trip ``it`` into register set ``slot``; past the warp's piece the piece's
         last block is loaded again (its scale is zeroed later). ``cur``, the same in every lane, moves to the
@@ -132,17 +150,20 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
             lc[0] = rs[cur[0] * 4 + 1]
             for u in T.unroll(unroll):
                 jl[slot, u] = cur[0]
-                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1), lc[0], tx)
+                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1), lc[0],
+                     tx)
+        elif cfg.one_boundary:
+            lc[0] = rs[T.min(cur[0] + 1, slots - 1) * 4 + 2]
+            if lc[0] >= T.min(ws + (it + 1) * trip, we):  # one row ends in the trip, at probe[0]: no walk
+                for u in T.unroll(unroll):
+                    jl[slot, u] = cur[0] + T.Cast("int32", T.min(ws + (it * unroll + u) * step + tx // lanes,
+                                                                 we - 1) >= probe[0])
+                    load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1),
+                         rs[jl[slot, u] * 4 + 1], tx)
+            else:
+                walk(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx)
         else:
-            lc[0] = cur[0]
-            for u in T.unroll(unroll):
-                probe[0] = rs[lc[0] * 4 + 2]
-                while probe[0] <= T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1):
-                    lc[0] = lc[0] + 1
-                    probe[0] = rs[lc[0] * 4 + 2]
-                jl[slot, u] = lc[0]
-                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1),
-                     rs[lc[0] * 4 + 1], tx)
+            walk(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx)
 
     @T.macro
     def flush(acc, red, accs, j, tx):
@@ -289,6 +310,19 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
                                 for u in T.unroll(unroll):
                                     for i in T.unroll(m):
                                         acc[i] = acc[i] + prod[u, i]
+                            elif cfg.one_boundary:
+                                if lohi[1] == span[2] + 1:  # one row ends in the trip: no loop over its rows
+                                    for u in T.unroll(unroll):
+                                        for i in T.unroll(m):
+                                            acc[i] = acc[i] + T.if_then_else(jl[sets - 1, u] == span[2], prod[u, i],
+                                                                             T.float32(0))
+                                    flush(acc, red, accs, span[2], tx)
+                                    for u in T.unroll(unroll):
+                                        for i in T.unroll(m):
+                                            acc[i] = acc[i] + T.if_then_else(jl[sets - 1, u] == span[2], T.float32(0),
+                                                                             prod[u, i])
+                                else:
+                                    ends(acc, red, accs, prod, jl, span, lohi, tx)
                             else:
                                 ends(acc, red, accs, prod, jl, span, lohi, tx)
                             span[2] = lohi[1]

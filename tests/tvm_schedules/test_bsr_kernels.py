@@ -142,8 +142,9 @@ def test_cuda_kernels_build_to_device_code(cuda_target, tmp_path):
         "decode3bit": tvm_schedules.bsr_matmul(BSRShape(64, 256, 3, 16, 4), 8, cuda_target),
         # warps that split a thread block's kept blocks across rows (plan appended to indptr; benchmark only)
         "decode_stream": bsr_decode_stream.bsr_decode_stream(replace(s, packed=True), 1),
-        "decode_stream_rows": bsr_decode_stream.bsr_decode_stream(replace(s, packed=True), 1,
-                                                                  bsr_decode_stream.StreamConfig(8, 7, ahead=False, trip_cut=False)),
+        "decode_stream_rows": bsr_decode_stream.bsr_decode_stream(
+            replace(s, packed=True), 1, bsr_decode_stream.StreamConfig(8, 7, ahead=False, trip_cut=False,
+                                                                       one_boundary=False)),
         "decode_stream_lanes": bsr_decode_stream.bsr_decode_stream(  # two lanes a block, M = 2 (benchmark only)
             replace(s, packed=True), 2, bsr_decode_stream.StreamConfig(8, 7, unroll=4, lanes=2)),
         "decode_tall": tvm_schedules.bsr_matmul(BSRShape(256, 1536, 4, 16, 16, interleaved=True), 8, cuda_target),
