@@ -113,6 +113,10 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     sets = 2 if ahead else 1
     steps = max(1, (slots - 1).bit_length())  # binary search over the records
 
+    def lane_block(ws, we, it, u, tx):
+        """The stream position of the lane's block ``u`` of trip ``it``, clamped to the piece's last."""
+        return T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1)
+
     @T.macro
     def load(indices, qw, mw, wq, slot, u, at, delta, tx):
         """Lane block ``at`` of the stream (clamped to the piece's last) at global block ``at + delta``: its word,
@@ -129,19 +133,19 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
         lc[0] = cur[0]
         for u in T.unroll(unroll):
             probe[0] = rs[lc[0] * 4 + 2]
-            while probe[0] <= T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1):
+            while probe[0] <= lane_block(ws, we, it, u, tx):
                 lc[0] = lc[0] + 1
                 probe[0] = rs[lc[0] * 4 + 2]
             jl[slot, u] = lc[0]
-            load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1),
-                 rs[lc[0] * 4 + 1], tx)
+            load(indices, qw, mw, wq, slot, u, lane_block(ws, we, it, u, tx), rs[lc[0] * 4 + 1], tx)
 
     @T.macro
     def issue(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):
         """Load the lane's blocks of trip ``it`` into register set ``slot``; past the warp's piece the piece's
         last block is loaded again (its scale is zeroed later). ``cur``, the same in every lane, moves to the
         record of the trip's first block; where the trip ends in that record too (most trips), every block is
-        at the same offset from its global block, else each lane walks its own cursor (``lc``) from there."""
+        at the same offset from its global block; where it ends in the next one (``one_boundary``), a lane's
+        record is the first or the next by its position; else each lane walks its own cursor from there."""
         probe[0] = rs[cur[0] * 4 + 2]  # (a shared-memory read in a condition trips TVM's barrier pass)
         while probe[0] <= ws + it * trip:
             cur[0] = cur[0] + 1
@@ -150,16 +154,13 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
             lc[0] = rs[cur[0] * 4 + 1]
             for u in T.unroll(unroll):
                 jl[slot, u] = cur[0]
-                load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1), lc[0],
-                     tx)
+                load(indices, qw, mw, wq, slot, u, lane_block(ws, we, it, u, tx), lc[0], tx)
         elif cfg.one_boundary:
-            lc[0] = rs[T.min(cur[0] + 1, slots - 1) * 4 + 2]
+            lc[0] = rs[T.min(cur[0] + 1, slots - 1) * 4 + 2]  # (lc as scratch: the next record's end)
             if lc[0] >= T.min(ws + (it + 1) * trip, we):  # one row ends in the trip, at probe[0]: no walk
                 for u in T.unroll(unroll):
-                    jl[slot, u] = cur[0] + T.Cast("int32", T.min(ws + (it * unroll + u) * step + tx // lanes,
-                                                                 we - 1) >= probe[0])
-                    load(indices, qw, mw, wq, slot, u, T.min(ws + (it * unroll + u) * step + tx // lanes, we - 1),
-                         rs[jl[slot, u] * 4 + 1], tx)
+                    jl[slot, u] = cur[0] + T.Cast("int32", lane_block(ws, we, it, u, tx) >= probe[0])
+                    load(indices, qw, mw, wq, slot, u, lane_block(ws, we, it, u, tx), rs[jl[slot, u] * 4 + 1], tx)
             else:
                 walk(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx)
         else:
