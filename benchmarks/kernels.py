@@ -397,6 +397,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                            (11008, 4096), (12288, 4096)))
     # M = 2: up to 6336 rows a warp per row, all resident, loading ahead, early trigger
     rule("resident rule m2", shapes + [(2048, 4096), (5120, 5120)], m=2)
+
     def beside_rows(tag, shapes_, m, stream_cfgs):
         """Stream kernels (``stream_cfgs(pdl)``) beside the row kernel as gqsa-compile launches it, balanced and
         unequal rows, plain and PDL."""
@@ -411,7 +412,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for cfg in stream_cfgs(pdl):
                         add("bsr_decode_stream", n, k, m, 1, alloc=alloc, tag=tag, packed=True, cfg=cfg)
 
-    stream = bsr_decode_stream.StreamConfig
+    stream = bsr_decode_stream.StreamConfig  # (the result files of tags "stream", "stream u4", "stream small" and
+    # "stream batch" predate its one_boundary default: commit 00ca279 builds what they measured)
     # M = 1: warps that split a thread block's kept blocks across row boundaries (tvm_schedules.bsr_decode_stream; the
     # rows dealt to thread blocks by a per-matrix plan), pieces equal or in whole trips (the default), and two lanes
     # a block (tag "stream ablate", in kernels_stream_ablate_h100.json: the first version, without the one-record fast
