@@ -76,7 +76,8 @@ def import_tvm(cuda: bool):
 
 # The newest artifact layout this runtime runs (docs/format.md). 3: decode may be a captured CUDA graph, which
 # needs decode's inputs kept at fixed addresses, as this runtime does; 4: block metadata may be packed into
-# the index words (the kernels read it; the runtime only passes tensors).
+# the index words (the kernels read it; the runtime only passes tensors); 5: a stream GEMV's plan may follow a
+# matrix's indptr (the kernels read it too).
 ARTIFACT_VERSION = 5
 
 

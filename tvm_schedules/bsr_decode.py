@@ -19,7 +19,8 @@ activations are staged and before the PDL wait (``ahead``): the weights stream w
 runs. Rows with more blocks loop longer; unequal rows (per-layer sparsity) cost up to ~40%. ``plan=True``
 gives rows to warps by a per-matrix longest-first plan appended to indptr (tvm_schedules.warp_plan; measured:
 median loss +30% -> +17%), not yet used by gqsa-compile; bsr_decode_stream splits kept blocks instead of rows
-(unequal rows -2% to +10%, but slower on balanced ones), and gqsa-compile runs it on large matrices with unequal rows.
+(unequal rows cost it -1% to +13%, kernels_stream6_h100.json, but it is slower on balanced ones), and
+gqsa-compile runs it on large matrices with unequal rows.
 
 Arithmetic: with 4-bit codes in the interleaved order (tvm_schedules.layout) one LOP3 turns a code pair
 into the half2 (1024 + c0, 1024 + c1), (c - z) is exact in fp16, the 16 products of a group are summed in

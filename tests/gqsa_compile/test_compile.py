@@ -152,9 +152,9 @@ def test_sm90_builds_launch_every_kernel_as_a_dependent(tiny_ckpt, tmp_path):
 
 
 def test_stream_decode_kernel_reads_a_plan_stored_after_indptr(tiny_ckpt, tmp_path):
-    """--decode-kernel stream: each packed matrix's decode runs bsr_decode_stream (the 8-bit head is not packed), whose plan (warp_plan.stream)
-    the weights store after indptr; indptr itself, all the prefill kernels read, is unchanged. The default ("auto")
-    leaves a tiny model's matrices on the row kernel (bsr_decode_stream.pays)."""
+    """--decode-kernel stream: each packed matrix's decode runs bsr_decode_stream (the 8-bit head is not packed),
+    whose plan (warp_plan.stream) the weights store after indptr; indptr itself, all the prefill kernels read, is
+    unchanged. The default ("auto") leaves a tiny model's matrices on the row kernel (bsr_decode_stream.pays)."""
     from gqsa_compile.compiler import compile_model
     from runtime.model import read_safetensors
     from training.checkpoint import read_checkpoint
