@@ -44,7 +44,8 @@ def kernel_name(family: str, n: int, k: int, m: int | None, rows: int, cfg: str 
 
 def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
-    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules import (bsr_decode, bsr_decode_mma, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled,
+                               bsr_prefill_wgmma, launch)
     from tvm_schedules.common import BSRShape
 
     kernels, cases = {}, []
@@ -463,6 +464,21 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for alloc in ("row", "layer"):
                 for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=min(base.ahead, 1))):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unequal u4", packed=True, cfg=replace(base, **v))
+    # M = 1-8 on tensor cores (tvm_schedules.bsr_decode_mma: 16-row tiles stored by column group, one mma per
+    # group), beside the row kernel as gqsa-compile launches it, balanced and unequal rows, plain launches
+    # (kernels_mma_decode_v1_h100.json: the first version, each lane 4 values of two blocks per mma, keys
+    # mm_w{warps}l{column groups per register set}; kernels_mma_decode_v2_h100.json: lanes owning whole blocks,
+    # before the LOP3 and the metadata halves ready to use)
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M:
+            for alloc in ("row", "layer"):
+                for pdl in (False, True) if launch.supported(archs) else (False,):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma decode", packed=True,
+                        cfg=bsr_decode.for_shape(shape, m, pdl))
+                    for w, look in ((8, 2), (16, 1)) if pdl else ((4, 2), (8, 2), (16, 1), (16, 2)):
+                        add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma decode",
+                            cfg=bsr_decode_mma.MmaConfig(w, look, pdl=pdl))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -534,7 +550,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from gqsa_compile import cuda_toolchain
     from runtime.bundle import add_runtime
     from runtime.files import writing_dir
-    from tvm_schedules import bsr_decode, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled, bsr_prefill_wgmma, launch
+    from tvm_schedules import (bsr_decode, bsr_decode_mma, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled,
+                               bsr_prefill_wgmma, launch)
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick, archs)
@@ -565,6 +582,9 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
                 cfg = bsr_decode_stream.StreamConfig(**spec["cfg"])
                 f = bsr_decode_stream.bsr_decode_stream(s, spec["m"], cfg)
                 spec["stream_plan"] = cfg.ctas
+            elif fam == "bsr_decode_mma":  # the GPU side re-lays each case's weights in 16-row column tiles
+                f = bsr_decode_mma.bsr_decode_mma(s, spec["m"], bsr_decode_mma.MmaConfig(**spec["cfg"]))
+                spec["column_tiles"] = True
             elif fam == "bsr_prefill_tiled":  # one configuration, or the plan by M that gqsa-compile would use
                 f = bsr_prefill_tiled.bsr_prefill_tiled(s, bsr_prefill_tiled.TiledConfig(**spec["cfg"]) if spec["cfg"]
                                                         else bsr_prefill_tiled.tuned(s))
@@ -745,7 +765,9 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
             arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
         if spec.get("stream_plan"):  # rows to thread blocks by kept blocks, appended to indptr
             arrays[0] = warp_plan.stream(arrays[0], spec["stream_plan"])
-        if spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
+        if spec.get("column_tiles"):  # 16-row tiles by column group (layout.column_tiles), checkpoint code order
+            arrays = layout.column_tiles(w["indptr"], w["indices"], w["qweight"], w["scales"], w["zeros"], k)
+        elif spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
             arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
@@ -1190,6 +1212,39 @@ def _stream_table(pick) -> list[str]:
     return out
 
 
+def _mma_table(pick) -> list[str]:
+    """Tag "mma decode": per shape, M and launch (plain, PDL), the row kernel as bsr_decode.for_shape launches it
+    beside the tensor-core GEMV (tvm_schedules.bsr_decode_mma) in its configuration fastest on balanced rows; time
+    (us) balanced / unequal rows, the speed-up, the ratio to cuBLAS fp16 and the unequal rows' loss against
+    balanced rows on the row kernel."""
+    rows = pick(tag="mma decode")
+    if not rows:
+        return []
+    t: dict = {}
+    for r in rows:
+        mma = r["family"] == "bsr_decode_mma"
+        pdl = r["cfg"].endswith("g") if mma else _row_kernel_pdl(r["cfg"])
+        t.setdefault((r["n"], r["k"], r["m"], pdl), {})[r["cfg"] if mma else "rows", r["alloc"]] = (
+            r["time_us"], r["vs_fp16"])
+    out = ["", "Decode, the row kernel (`bsr_decode.for_shape`) beside the tensor-core GEMV (`bsr_decode_mma`: 16-row "
+           "tiles by column group, four mma.sync per 4 column groups) in its configuration fastest on balanced rows; "
+           "time (us) balanced / unequal rows:", "",
+           "| shape N x K | M | launch | row kernel | mma kernel | its configuration | speed-up, balanced / unequal | "
+           "x cuBLAS fp16, row kernel / mma kernel | unequal rows against balanced rows on the row kernel, "
+           "row kernel / mma kernel |", "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for n, k, m, pdl in sorted(t, key=lambda x: (x[2], x[3], SHAPES.index(x[:2]) if x[:2] in SHAPES else 99, x[:2])):
+        v = t[n, k, m, pdl]
+        cfgs = [c for c, a in v if c != "rows" and a == "row" and (c, "layer") in v]
+        if ("rows", "row") not in v or ("rows", "layer") not in v or not cfgs:
+            continue
+        best = min(cfgs, key=lambda c: v[c, "row"][0])
+        (rb, fr), (rl, _), (mb, fm), (ml, _) = v["rows", "row"], v["rows", "layer"], v[best, "row"], v[best, "layer"]
+        out.append(f"| {n} x {k} | {m} | {'PDL' if pdl else 'plain'} | {rb:.1f} / {rl:.1f} | {mb:.1f} / {ml:.1f} | "
+                   f"{best} | {rb / mb:.2f}x / {rl / ml:.2f}x | {fr:.2f}x / {fm:.2f}x | {rl / rb - 1:+.0%} / "
+                   f"{ml / rb - 1:+.0%} |")
+    return out
+
+
 def merge(runs: list[list[dict]]) -> list[dict]:
     """Results of several runs in order; a case measured again in a later run replaces the earlier row."""
     rows: dict = {}
@@ -1334,6 +1389,7 @@ def summary(doc: dict) -> str:
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)
     out += _stream_table(pick)
+    out += _mma_table(pick)
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main

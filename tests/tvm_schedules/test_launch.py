@@ -223,3 +223,28 @@ def test_wgmma_gemm_is_a_dependent_launch_of_its_dequantizing_launch(everywhere,
     assert k1.count(wait) == 1 and k1.count(trigger) == 0
     assert k1.index(wait) < k1.index("cp_async_bulk")  # before the producer's first copy
     assert (tmp_path / "g.so").read_bytes().count(launch.PDL_TAG.encode()) == 1 + everywhere
+
+
+def test_mma_decode_loads_only_weights_before_the_wait(tmp_path):
+    """bsr_decode_mma with PDL: its words, codes and metadata load before the wait (read-only ``ld.global.nc``),
+    its activations after it (coherent 16-byte loads, which ptxas does not move above the wait); it spills
+    nothing; without PDL it does not wait and is not a dependent launch."""
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_decode_mma as mma, launch
+    from tvm_schedules.common import BSRShape
+
+    cuda_toolchain.setup(["sm_90"])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    funcs = {}
+    for m, cfg in ((1, mma.MmaConfig(8, 2, pdl=True)), (8, mma.MmaConfig(16, 1, pdl=True)), (4, mma.MmaConfig())):
+        name = f"mma{m}_{cfg.key}"
+        funcs[name] = mma.bsr_decode_mma(BSRShape(4096, 4096, 4, 16, 1), m, cfg).with_attr("global_symbol", name)
+    usage = _resources_sm90(funcs, target, tmp_path)
+    assert all(res["STACK"] == res["LOCAL"] == 0 for res in usage.values()), usage
+    loads = _global_loads_before_wait(tmp_path / "k.so")
+    assert set(loads) == {"mma1_mm_w8l2ag_kernel", "mma8_mm_w16l1ag_kernel"}
+    assert all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
+               and after == "LDG.E.128" for before, after in loads.values()), loads
+    assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == 2  # the two waiting kernels' launches

@@ -1,0 +1,87 @@
+"""The tensor-core decode GEMV (tvm_schedules.bsr_decode_mma): its weight layout, read back the way its lanes
+read it, and its CUDA build. Correctness on a GPU is checked by benchmarks/kernels.py before it times a case."""
+import numpy as np
+import pytest
+import torch
+import tvm
+
+from training.bsr import compress_matrix, dequantize
+from tvm_schedules import bsr_decode_mma
+from tvm_schedules.common import BSRShape
+from tvm_schedules.layout import TILE, column_tiles
+
+
+def _unequal_bsr(n, k, seed=0):
+    """4-bit G16 R = 1 weights whose rows keep 0-100% of their blocks (row 0 none, the last all)."""
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.rand(n, k // 16, generator=g) < torch.rand(n, 1, generator=g)
+    keep[0], keep[-1] = False, True
+    return compress_matrix(torch.randn(n, k, generator=g), keep, 4, 16, 1)
+
+
+def _read_as_lanes(tile_ptr, words, codes, meta, n, k):
+    """The dense matrix as the kernel's lanes see it: the lane of row j's block in column group c finds it by the
+    word's offset plus a popcount, takes value pair p (columns 2p, 2p + 1) from bits 4 (p % 4) and 16 + 4 (p % 4)
+    of code word p // 4, and (c - z) * s with the block's metadata word's zero point (low half: 1024 + z as fp16)
+    and fp16 scale (high half)."""
+    w = np.zeros((n, k), np.float32)
+    for t in range(n // TILE):
+        for c in range(k // 16):
+            word = int(words[t, c])
+            mask, offset = word & 0xFFFF, word >> 16
+            for j in range(TILE):
+                if not mask >> j & 1:
+                    continue
+                p = tile_ptr[t] + offset + bin(mask & ((1 << j) - 1)).count("1")
+                zero = (int(meta[p]) & 0xFFFF) - 0x6400  # the fp16 bits of 1024 + z
+                scale = np.array([int(meta[p]) >> 16], np.uint16).view(np.float16)[0].astype(np.float32)
+                for pair in range(8):
+                    v = int(codes[p, pair // 4]) >> 4 * (pair % 4) & 0x000F000F
+                    for e, code in enumerate((v & 15, v >> 16)):
+                        w[t * TILE + j, c * 16 + 2 * pair + e] = (code - zero) * scale
+    return w
+
+
+def test_column_tiles_hold_the_same_weights():
+    b = _unequal_bsr(48, 256)
+    arrays = column_tiles(b.indptr, b.indices, b.qweight, b.scales, b.zeros, 256)
+    tile_ptr, words, codes, meta = arrays
+    assert tile_ptr[-1] == b.nnzb == len(codes) == len(meta)
+    assert words.shape == (48 // TILE, 256 // 16)
+    np.testing.assert_array_equal(_read_as_lanes(*arrays, 48, 256), dequantize(b).numpy())
+
+
+def test_column_tiles_refuse_what_the_kernel_cannot_read():
+    b = _unequal_bsr(40, 64)  # 40 rows: not whole 16-row tiles
+    with pytest.raises(AssertionError, match="multiple of 16"):
+        column_tiles(b.indptr, b.indices, b.qweight, b.scales, b.zeros, 64)
+    assert not bsr_decode_mma.supports(BSRShape(40, 64, 4, 16, 1), 1)
+    assert not bsr_decode_mma.supports(BSRShape(48, 64, 4, 16, 1), 9)  # 8 tokens: the mma's N
+
+
+def test_slices_cover_every_column_group():
+    for k in (576, 1536, 4096, 11008, 14336):
+        for cfg in (bsr_decode_mma.MmaConfig(4, 2), bsr_decode_mma.MmaConfig(16, 1)):
+            per = bsr_decode_mma.slice_groups(BSRShape(64, k, 4, 16, 1), cfg)
+            share = -(-(k // 16) // cfg.warps)  # the warps' equal share, rounded up
+            step = bsr_decode_mma.QUAD * cfg.look  # column groups of a register set
+            assert per % step == 0 and share <= per < share + step
+
+
+def test_mma_decode_builds_with_tensor_cores(tmp_path):
+    """M = 1, 3 and 8 build to SASS holding HMMA for sm_80, sm_87, sm_89 and sm_90, in one library."""
+    from gqsa_compile import cuda_toolchain
+    from gqsa_compile.cuda_toolchain import fatbin_archs, functions_with, has_device_code, sass_by_arch
+
+    archs = {80, 87, 89, 90}
+    cuda_toolchain.setup([f"sm_{a}" for a in sorted(archs)])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    s = BSRShape(64, 1536, 4, 16, 1)
+    funcs = {f"mma{m}": bsr_decode_mma.bsr_decode_mma(s, m, bsr_decode_mma.MmaConfig(4, 4, ahead=m > 1))
+             for m in (1, 3, 8)}
+    with target:
+        lib = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), target=target)
+    lib.export_library(tmp_path / "k.so")
+    assert has_device_code(tmp_path / "k.so") == (True, False) and fatbin_archs(tmp_path / "k.so") == archs
+    for arch, text in sass_by_arch(tmp_path / "k.so").items():
+        assert {f"mma{m}_kernel" for m in (1, 3, 8)} <= set(functions_with(text, "HMMA")), arch
