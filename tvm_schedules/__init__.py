@@ -1,9 +1,10 @@
 """Hand-written TensorIR kernels for the GQSA model, chosen per target and shape.
 
 Families (one per file): bsr_decode (CUDA GEMV, M <= 8), bsr_decode_stream (CUDA GEMV, M = 1, warps splitting
-kept blocks across rows: large matrices with unequal rows), bsr_prefill_tiled (CUDA tensor cores, any M: 4-bit
-codes), bsr_prefill (CUDA tensor cores, any M: the other code widths), bsr_prefill_wgmma (sm_90a, R = 1:
-weights dequantized once, then a pipelined wgmma GEMM; the plan's last entry in sm_90a builds),
+kept blocks across rows: large matrices with unequal rows), bsr_decode_mma (CUDA tensor cores, M = 1-8, on 16-row
+tiles stored by column group; benchmark only: gqsa-compile decodes at M = 1), bsr_prefill_tiled (CUDA tensor
+cores, any M: 4-bit codes), bsr_prefill (CUDA tensor cores, any M: the other code widths), bsr_prefill_wgmma
+(sm_90a, R = 1: weights dequantized once, then a pipelined wgmma GEMM; the plan's last entry in sm_90a builds),
 bsr_prefill_simt (CUDA without tensor cores: G = 8, fp32), bsr_cpu (llvm),
 attention, kv_cache, embedding. Every PrimFunc carries the attributes Relax needs to leave it alone.
 """
