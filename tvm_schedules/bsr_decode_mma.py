@@ -3,7 +3,8 @@
 The row kernels (bsr_decode, bsr_decode_stream) give each lane whole blocks and read each block's 16
 activations per token from shared memory: 32 bytes a token against the block's 12 bytes from DRAM. An SM's
 shared memory moves about 10x what its share of DRAM does, so from M = 4 that read, not DRAM, is the time
-(M = 8 took 2.1-2.4x the time of M = 1 on an H100, on about the same bytes; docs/perf.md).
+(the row kernel at M = 8 took 1.8-3.2x its time at M = 1 on an H100, plain launches, on about the same bytes;
+kernels_mma_decode_run1_h100.json).
 
 Here the rows go in tiles of 16 and a tile's kept blocks are stored by column group (layout.column_tiles), and
 the 16 rows x 4 column groups of a tile are the A operands of four ``mma.sync.m16n8k16`` (fp16 in, fp32
