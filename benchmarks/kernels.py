@@ -1180,6 +1180,22 @@ def _rule_table(pick, tag: str, title: str) -> list[str]:
     return out
 
 
+def _beside_row_kernel(rows: list[dict], family: str, value) -> dict:
+    """Decode rows of the row kernel and of ``family`` (whose PDL keys end in g) by (n, k, M, PDL):
+    {(its configuration, or "rows" for the row kernel; allocation): value(row)}."""
+    t: dict = {}
+    for r in rows:
+        other = r["family"] == family
+        pdl = r["cfg"].endswith("g") if other else _row_kernel_pdl(r["cfg"])
+        t.setdefault((r["n"], r["k"], r["m"], pdl), {})[r["cfg"] if other else "rows", r["alloc"]] = value(r)
+    return t
+
+
+def _decode_order(key: tuple):
+    """(n, k, M, PDL) keys by M, launch, then the order of SHAPES (others after, by shape)."""
+    return key[2], key[3], SHAPES.index(key[:2]) if key[:2] in SHAPES else 99, key[:2]
+
+
 def _stream_table(pick) -> list[str]:
     """Tags "stream" (M = 1), "stream small" (SmolLM2-135M, M = 1) and "stream batch" (M = 2, 4, 8): per shape, M
     and launch (plain, PDL), the row kernel as bsr_decode.for_shape launches it and the stream kernel
@@ -1188,17 +1204,13 @@ def _stream_table(pick) -> list[str]:
     rows = pick(tag="stream") + pick(tag="stream small") + pick(tag="stream batch")
     if not rows:
         return []
-    t: dict = {}
-    for r in rows:
-        stream = r["family"] == "bsr_decode_stream"
-        pdl = r["cfg"].endswith("g") if stream else _row_kernel_pdl(r["cfg"])
-        t.setdefault((r["n"], r["k"], r["m"], pdl), {})[(r["cfg"] if stream else "rows", r["alloc"])] = r["time_us"]
+    t = _beside_row_kernel(rows, "bsr_decode_stream", lambda r: r["time_us"])
     out = ["", "Decode, the row kernel (`bsr_decode.for_shape`) beside the stream kernel (`bsr_decode_stream`: rows "
            "dealt to thread blocks by kept blocks, warps splitting a thread block's blocks across row boundaries) in "
            "its configuration fastest on unequal rows; time (us), balanced / unequal rows (unequal rows' loss):", "",
            "| shape N x K | M | launch | row kernel | stream kernel | its configuration | unequal rows on the stream "
            "kernel against balanced rows on the row kernel |", "| --- | ---: | --- | ---: | ---: | --- | ---: |"]
-    for n, k, m, pdl in sorted(t, key=lambda x: (x[2], x[3], SHAPES.index(x[:2]) if x[:2] in SHAPES else 99, x[:2])):
+    for n, k, m, pdl in sorted(t, key=_decode_order):
         v = t[n, k, m, pdl]
         if ("rows", "row") not in v or ("rows", "layer") not in v:
             continue
@@ -1220,19 +1232,14 @@ def _mma_table(pick) -> list[str]:
     rows = pick(tag="mma decode")
     if not rows:
         return []
-    t: dict = {}
-    for r in rows:
-        mma = r["family"] == "bsr_decode_mma"
-        pdl = r["cfg"].endswith("g") if mma else _row_kernel_pdl(r["cfg"])
-        t.setdefault((r["n"], r["k"], r["m"], pdl), {})[r["cfg"] if mma else "rows", r["alloc"]] = (
-            r["time_us"], r["vs_fp16"])
+    t = _beside_row_kernel(rows, "bsr_decode_mma", lambda r: (r["time_us"], r["vs_fp16"]))
     out = ["", "Decode, the row kernel (`bsr_decode.for_shape`) beside the tensor-core GEMV (`bsr_decode_mma`: 16-row "
            "tiles by column group, four mma.sync per 4 column groups) in its configuration fastest on balanced rows; "
            "time (us) balanced / unequal rows:", "",
            "| shape N x K | M | launch | row kernel | mma kernel | its configuration | speed-up, balanced / unequal | "
            "x cuBLAS fp16, row kernel / mma kernel | unequal rows against balanced rows on the row kernel, "
            "row kernel / mma kernel |", "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
-    for n, k, m, pdl in sorted(t, key=lambda x: (x[2], x[3], SHAPES.index(x[:2]) if x[:2] in SHAPES else 99, x[:2])):
+    for n, k, m, pdl in sorted(t, key=_decode_order):
         v = t[n, k, m, pdl]
         cfgs = [c for c, a in v if c != "rows" and a == "row" and (c, "layer") in v]
         if ("rows", "row") not in v or ("rows", "layer") not in v or not cfgs:
