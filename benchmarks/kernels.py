@@ -468,7 +468,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     # group), beside the row kernel as gqsa-compile launches it, balanced and unequal rows, plain launches
     # (kernels_mma_decode_v1_h100.json: the first version, each lane 4 values of two blocks per mma, keys
     # mm_w{warps}l{column groups per register set}; kernels_mma_decode_v2_h100.json: lanes owning whole blocks,
-    # before the LOP3 and the metadata halves ready to use)
+    # before the LOP3 and the metadata halves ready to use; kernels_mma_decode_run{1,2}_h100.json: v3, before
+    # the shift-free upper nibbles, the byte permutes and the branch-free loads, with one set ahead only)
+    # its configurations (warps, look, ahead, tiles, absent_loads): chosen from 10 plain and 12 PDL ones in an A/B
+    # run (kernels_mma_decode_ab_h100.json, M = 1 and 8; within 0-10% of the fastest per shape), and two tiles a
+    # thread block; one build of all of them took nvcc too long here
+    Mma = bsr_decode_mma.MmaConfig
+    mma_plain = [Mma(8, 2, 1, 1, True), Mma(16, 2, 1, 1, True), Mma(4, 2, 1, 1, False), Mma(8, 1, 1, 2, True)]
+    mma_pdl = [Mma(8, 2, 1, 1, True), Mma(16, 1, 1, 1, False), Mma(16, 2, 1, 1, True), Mma(8, 1, 2, 1, False),
+               Mma(8, 1, 1, 2, True), Mma(16, 1, 1, 2, True)]
     for n, k in shapes:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
         for m in DECODE_M:
@@ -476,9 +484,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for pdl in (False, True) if launch.supported(archs) else (False,):
                     add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma decode", packed=True,
                         cfg=bsr_decode.for_shape(shape, m, pdl))
-                    for w, look in ((8, 2), (16, 1)) if pdl else ((4, 2), (8, 2), (16, 1), (16, 2)):
-                        add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma decode",
-                            cfg=bsr_decode_mma.MmaConfig(w, look, pdl=pdl))
+                    for c in mma_pdl if pdl else mma_plain:
+                        add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma decode", cfg=replace(c, pdl=pdl))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
@@ -543,7 +550,7 @@ def selected(case: dict, only: str) -> bool:
                for o in only.split(","))
 
 
-def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> None:
+def build(out: str, archs: list[str], quick: bool, only: str | None = None, ms: list[int] | None = None) -> None:
     import tvm
 
     import tvm_schedules
@@ -555,12 +562,13 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None) -> N
     from tvm_schedules.common import BSRShape
 
     kernels, cases = plan(quick, archs)
-    if only:
-        cases = [c for c in cases if selected(c, only)]
+    if only or ms:
+        cases = [c for c in cases if (not only or selected(c, only)) and (not ms or c["m"] in ms)]
         wanted = {c["kernel"] for c in cases} | {kernel_name("dense_int4", c["n"], c["k"], c["m"], 1) for c in cases}
         kernels = {name: spec for name, spec in kernels.items() if name in wanted}
         if not cases:
-            raise UsageError(f"--only {only!r} selects no case")
+            raise UsageError(" and ".join(([f"--only {only!r}"] if only else []) + (
+                [f"--m {', '.join(map(str, ms))}"] if ms else [])) + " selects no case")
     cuda_toolchain.setup(archs)
     target = tvm.target.Target({"kind": "cuda", "arch": archs[0], "max_shared_memory_per_block": 49152,
                                 "max_threads_per_block": 1024, "thread_warp_size": 32}, host="llvm")
@@ -1431,6 +1439,9 @@ def main(argv=None) -> int:
     b.add_argument("--quick", action="store_true", help="two shapes, fewer M (a smoke run)")
     b.add_argument("--only", default=None, help="build only these cases: comma-separated tags, kernel-name "
                    "substrings, or =name for one kernel exactly; !X for every case X does not select")
+    b.add_argument("--m", type=int, action="append", default=None,
+                   help="build only cases of this token count (repeatable); nvcc's time grows faster than the "
+                   "number of kernels in one build")
     r = sub.add_parser("run", help="on the GPU host: check every kernel, then time it")
     r.add_argument("bundle")
     r.add_argument("--json", default=None)
@@ -1444,7 +1455,7 @@ def main(argv=None) -> int:
     try:
         if a.cmd == "build":
             sys.path.insert(0, str(ROOT))
-            build(a.out, a.arch or ["sm_90"], a.quick, a.only)
+            build(a.out, a.arch or ["sm_90"], a.quick, a.only, a.m)
             return 0
         if a.cmd == "run":
             if not (Path(a.bundle) / "kernels" / "plan.json").is_file():

@@ -17,15 +17,18 @@ blocks per mma: 2.6x the instructions, 0.42-0.69x the row kernel at M = 1). Mma 
 2i + 1 of each lane's blocks and, as B, the same columns of the lane's column group for token g.
 Where a tile's block of row j sits comes from one 32-bit word per (tile, column group): the tile's blocks
 before the group (16 bits) and which of its 16 rows keep it (16 bits), so a lane finds its two blocks with
-two popcounts and every load of a step issues at once. Absent blocks are zeros, loaded by no one; the work per
-tile is its column groups, whatever its rows keep, so rows with unequal numbers of blocks cost about what
-equal ones do.
+two popcounts and every load of a step issues at once. A lane whose block is absent either skips its loads
+(predicated) or, with ``absent_loads``, loads the next kept block (or the zero block past the last) without a
+branch; either way a byte selector zeroes its scale. The work per tile is its column groups, whatever its rows
+keep, so rows with unequal numbers of blocks cost about what equal ones do.
 
 A thread block takes one tile; its warps split the tile's column groups into equal slices, each warp keeping
 its 16 x 8 fp32 partial sums in the mma's accumulators, and the thread block adds the warps' sums through
-shared memory. Loads go out ``look`` steps at a time, the next set's before this set's mma's; with programmatic
-dependent launch (``pdl``) the first set's weights go out before the wait for the previous kernel, its
-activations after.
+shared memory (``tiles`` > 1: a thread block takes that many tiles, and each warp's activation loads serve
+them all). Loads go out ``look`` steps at a time, ``ahead`` register sets before the set whose mma's run; with
+programmatic dependent launch (``pdl``) the first sets' weights go out before the wait for the previous kernel,
+their activations after. H100 (kernels_mma_decode_v4_h100.json): with PDL 3.0-3.9x cuBLAS fp16 at M = 2-8, and
+its time flat in M; at M = 1 the row kernel stays faster.
 """
 from __future__ import annotations
 
@@ -43,13 +46,16 @@ FULL = T.uint32(0xFFFFFFFF)
 class MmaConfig:
     warps: int = 8  # warps per thread block (one 16-row tile), each a slice of its column groups
     look: int = 1  # steps of 4 column groups (four mma's) whose loads issue together: one register set
-    ahead: bool = True  # the next set's loads before this set's mma's (two register sets)
+    ahead: int = 1  # register sets whose loads are out while a set's mma's run (ahead + 1 sets in registers)
+    tiles: int = 1  # 16-row tiles per thread block: each warp's activation loads serve them all (L2 traffic / tiles)
+    absent_loads: bool = False  # absent blocks loaded too (the next kept one's lines), branch-free; else predicated
     pdl: bool = False  # programmatic dependent launch: the first set's weights load before the wait, the
     # activations after it; the next launch triggered after the loop (sm_90; launch.PIPELINE flags the kernel)
 
     @property
     def key(self) -> str:
-        return f"mm_w{self.warps}l{self.look}" + ("a" if self.ahead else "") + ("g" if self.pdl else "")
+        depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
+        return f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "") + ("b" if self.absent_loads else "") + ("g" if self.pdl else "")
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad
@@ -58,6 +64,10 @@ QUAD = 4  # column groups a step takes: one per lane of a quad
 def supports(s: BSRShape, m: int) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.dtype == "float16" and 1 <= m <= 8
             and s.n % TILE == 0 and TILE * (s.k // 16) <= 1 << 16)
+
+
+def n_tiles(s: BSRShape) -> int:
+    return s.n // TILE
 
 
 def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:
@@ -69,67 +79,86 @@ def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:
 def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
     """The PrimFunc ``(x, tile_ptr, words, codes, meta, y)`` over layout.column_tiles' arrays."""
     assert supports(s, m), f"the mma GEMV takes 4-bit G16 R1 fp16 matrices of 16-row tiles at M <= 8, not {s}, M = {m}"
-    assert cfg.warps >= 4 and 32 % (QUAD * cfg.look) == 0, cfg
+    assert cfg.warps >= 4 and 32 % (QUAD * cfg.look) == 0 and n_tiles(s) % cfg.tiles == 0, cfg
     n, k = s.n, s.k
     groups, tiles = k // 16, n // TILE
-    warps, look = cfg.warps, cfg.look
+    warps, look, tpb = cfg.warps, cfg.look, cfg.tiles
     per = slice_groups(s, cfg)
     sets_n = per // (QUAD * look)  # register sets a warp loads
     windows = -(-per // 32)  # 32 words a load: lane l holds the word of the slice's group 32i + l
-    sets = 2 if cfg.ahead else 1
+    ahead = min(int(cfg.ahead), sets_n - 1)
+    sets = ahead + 1
 
     def popc(v):
         return T.call_extern("int32", "__popc", v)
 
     @T.macro
-    def issue(codes, meta, wd, wv, pos, cw, mt, base, st, g, q):
+    def issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st, g, q):
         """Register set ``st``'s weights into slot st % sets: per step, the lane's column group's word and the
-        blocks of rows g and g + 8 there (zero where absent)."""
+        blocks of rows g and g + 8 there. An absent block's position is that of the next kept one (at most the
+        zero block past the last), loaded all the same, without a branch; its byte selector for the scale picks
+        zeros instead (nothing here waits for a load: a select on the loaded word would stall the warp at once),
+        so its values dequantize to 0."""
         for l in T.unroll(look):
-            wv[0] = T.tvm_warp_shuffle(FULL, wd[(st * look + l) * QUAD // 32], (st * look + l) * QUAD % 32 + q, 32, 32)
-            for h in T.unroll(2):
-                pos[0] = base + T.Cast("int32", wv[0] >> T.uint32(16)) + popc(
-                    wv[0] & ((T.uint32(1) << T.Cast("uint32", g + 8 * h)) - T.uint32(1)))
-                for v in T.unroll(2):
-                    cw[st % sets, l, h, v] = T.uint32(0)
-                mt[st % sets, l, h] = T.uint32(0)
-                if (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1):
-                    for v in T.vectorized(2):
-                        cw[st % sets, l, h, v] = codes[pos[0], v]
-                    mt[st % sets, l, h] = meta[pos[0]]
+            for u in T.unroll(tpb):
+                wv[0] = T.tvm_warp_shuffle(FULL, wd[u, (st * look + l) * QUAD // 32], (st * look + l) * QUAD % 32 + q, 32,
+                                           32)
+                for h in T.unroll(2):
+                    pos[0] = bs[u] + T.Cast("int32", wv[0] >> T.uint32(16)) + popc(
+                        wv[0] & ((T.uint32(1) << T.Cast("uint32", g + 8 * h)) - T.uint32(1)))
+                    if cfg.absent_loads:
+                        for v in T.vectorized(2):
+                            cw[st % sets, l, u, h, v] = codes[pos[0], v]
+                        mt[st % sets, l, u, h] = meta[pos[0]]
+                    elif (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1):
+                        for v in T.vectorized(2):
+                            cw[st % sets, l, u, h, v] = codes[pos[0], v]
+                        mt[st % sets, l, u, h] = meta[pos[0]]
+                    sel[st % sets, l, u, h] = T.Select((wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1),
+                                                       T.uint32(0x3232), T.uint32(0x4444))
 
     @T.macro
     def stage(x32, xb, c0, st, g, q):
         """Register set ``st``'s activations into slot st % sets: per step, the lane's column group's 16 of token
-        g (zero past M)."""
+        g, or of token M - 1 past M (no branch; those columns of the result are never stored)."""
         for l in T.unroll(look):
-            for v in T.unroll(8):
-                xb[st % sets, l, v] = T.uint32(0)
-            if g < m:  # coherent loads (not ld.global.nc), which ptxas keeps after a grid-dependency wait
-                for u in T.unroll(2):
-                    T.ptx.ld.global_.v4.b32(
-                        xb[st % sets, l, u * 4], xb[st % sets, l, u * 4 + 1], xb[st % sets, l, u * 4 + 2],
-                        xb[st % sets, l, u * 4 + 3], x32.ptr_to([g * (k // 2) + T.min(
-                            c0 + (st * look + l) * QUAD + q, groups - 1) * 8 + u * 4]))
+            for u in T.unroll(2):  # coherent loads (not ld.global.nc), which ptxas keeps after a grid-dependency wait
+                T.ptx.ld.global_.v4.b32(
+                    xb[st % sets, l, u * 4], xb[st % sets, l, u * 4 + 1], xb[st % sets, l, u * 4 + 2],
+                    xb[st % sets, l, u * 4 + 3], x32.ptr_to([T.min(g, m - 1) * (k // 2) + T.min(
+                        c0 + (st * look + l) * QUAD + q, groups - 1) * 8 + u * 4]))
 
     @T.macro
-    def compute(cw, mt, xb, a32, acc, st):
+    def compute(cw, mt, sel, xb, a32, hz, acc, st):
         """Set ``st``'s mma's: mma i of a step takes value pairs 2i, 2i + 1 of the lane's two blocks (A registers
-        h and 2 + h: rows g + 8h), each (1024 + c) - (1024 + z) exactly, then * s once, in fp16 pairs (both
-        halves of the metadata word duplicated); B the same columns."""
+        h and 2 + h: rows g + 8h), B the same columns. Pair p sits in code word p // 4 at nibbles p % 4 and
+        p % 4 + 4 (interleave_codes); one shift by 8 serves pairs 2 and 3 of a word, and a mask of the upper
+        nibble of a byte (pairs 1 and 3) makes 1024 + 16c, which one fma by 1/16 less 64 + z turns into c - z,
+        the lower nibble's 1024 + c a subtraction of 1024 + z: exact either way, then * s once, in fp16 pairs
+        (the metadata word's halves duplicated by a byte permute each, the scale's zero for an absent block)."""
         for l in T.unroll(look):
-            for i in T.unroll(4):
+            for u in T.unroll(tpb):
                 for h in T.unroll(2):
-                    for e in T.unroll(2):  # pair p = 2i + e: word p // 4, nibbles p and p + 4 (interleave_codes)
-                        T.ptx.lop3.b32(a32[2 * e + h], cw[st % sets, l, h, (2 * i + e) // 4] >> T.uint32(
-                            (2 * i + e) % 4 * 4), T.uint32(0x000F000F), T.uint32(0x64006400), 0xEA)  # (a & b) | c
-                        T.ptx.sub.f16x2(a32[2 * e + h], a32[2 * e + h], (mt[st % sets, l, h] & T.uint32(0xFFFF)) | (
-                            mt[st % sets, l, h] << T.uint32(16)))
-                        T.ptx.mul.rn.f16x2(a32[2 * e + h], a32[2 * e + h],
-                                           (mt[st % sets, l, h] >> T.uint32(16)) | (mt[st % sets, l, h] & T.uint32(
-                                               0xFFFF0000)))
-                T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16", "float32", a32.data, 0, xb.data,
-                                 ((st % sets) * look + l) * 8 + 2 * i, acc.data, 0, False, dtype="float32")
+                    hz[u, h, 0] = T.call_extern("uint32", "__byte_perm", mt[st % sets, l, u, h], T.uint32(0),
+                                                T.uint32(0x1010))
+                    hz[u, h, 2] = T.call_extern("uint32", "__byte_perm", mt[st % sets, l, u, h], T.uint32(0),
+                                                sel[st % sets, l, u, h])
+                    T.ptx.sub.f16x2(hz[u, h, 1], T.uint32(0x63806380), hz[u, h, 0])  # 960 - (1024 + z) = -(64 + z)
+            for i in T.unroll(4):
+                for u in T.unroll(tpb):
+                    for h in T.unroll(2):
+                        for e in T.unroll(2):
+                            T.ptx.lop3.b32(a32[u * 4 + 2 * e + h], cw[st % sets, l, u, h, i // 2] >> T.uint32(
+                                i % 2 * 8), T.uint32(0x000F000F << 4 * e), T.uint32(0x64006400), 0xEA)  # (a & b) | c
+                            if e == 0:
+                                T.ptx.sub.f16x2(a32[u * 4 + 2 * e + h], a32[u * 4 + 2 * e + h], hz[u, h, 0])
+                            else:
+                                T.ptx.fma.rn.f16x2(a32[u * 4 + 2 * e + h], a32[u * 4 + 2 * e + h],
+                                                   T.uint32(0x2C002C00), hz[u, h, 1])
+                            T.ptx.mul.rn.f16x2(a32[u * 4 + 2 * e + h], a32[u * 4 + 2 * e + h], hz[u, h, 2])
+                    T.ptx_legacy.mma("m16n8k16", "row", "col", "float16", "float16", "float32", a32.data, u * 4,
+                                     xb.data, ((st % sets) * look + l) * 8 + 2 * i, acc.data, u * 4, False,
+                                     dtype="float32")
 
     @T.prim_func
     def bsr_mma(x_h: T.handle, tp_h: T.handle, w_h: T.handle, c_h: T.handle, mt_h: T.handle, y_h: T.handle):
@@ -142,55 +171,65 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
         meta = T.match_buffer(mt_h, (nnz,), "uint32")
         y = T.match_buffer(y_h, (m, n), "float16")
         x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)
-        for bx in T.thread_binding(tiles, thread="blockIdx.x"):
+        for bx in T.thread_binding(tiles // tpb, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    red = T.alloc_buffer((warps * 128,), "float32", scope="shared")
-                    wd = T.alloc_buffer((windows,), "uint32", scope="local")
+                    red = T.alloc_buffer((tpb, warps * 128), "float32", scope="shared")
+                    wd = T.alloc_buffer((tpb, windows), "uint32", scope="local")
+                    bs = T.alloc_buffer((tpb,), "int32", scope="local")
                     wv = T.alloc_buffer((1,), "uint32", scope="local")
                     pos = T.alloc_buffer((1,), "int32", scope="local")
-                    cw = T.alloc_buffer((sets, look, 2, 2), "uint32", scope="local")
-                    mt = T.alloc_buffer((sets, look, 2), "uint32", scope="local")
+                    cw = T.alloc_buffer((sets, look, tpb, 2, 2), "uint32", scope="local")
+                    mt = T.alloc_buffer((sets, look, tpb, 2), "uint32", scope="local")
+                    sel = T.alloc_buffer((sets, look, tpb, 2), "uint32", scope="local")
                     xb = T.alloc_buffer((sets, look, 8), "uint32", scope="local")
-                    a32 = T.alloc_buffer((4,), "uint32", scope="local")
-                    acc = T.alloc_buffer((4,), "float32", scope="local")
+                    a32 = T.alloc_buffer((tpb * 4,), "uint32", scope="local")
+                    hz = T.alloc_buffer((tpb, 2, 3), "uint32", scope="local")
+                    acc = T.alloc_buffer((tpb * 4,), "float32", scope="local")
                     sm = T.alloc_buffer((1,), "float32", scope="local")
-                    base = tile_ptr[bx]
-                    for i in T.unroll(windows):
-                        wd[i] = T.if_then_else(ty * per + i * 32 + tx < groups,
-                                               words[bx, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
-                    for e in T.unroll(4):
+                    for u in T.unroll(tpb):
+                        bs[u] = tile_ptr[bx * tpb + u]
+                        for i in T.unroll(windows):
+                            wd[u, i] = T.if_then_else(ty * per + i * 32 + tx < groups, words[
+                                bx * tpb + u, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
+                    for e in T.unroll(tpb * 4):
                         acc[e] = T.float32(0)
-                    if cfg.ahead:
-                        issue(codes, meta, wd, wv, pos, cw, mt, base, 0, tx // 4, tx % 4)
-                    if cfg.pdl:  # a branch on the loaded words keeps ptxas from hoisting the wait above the loads
-                        if cw[0, 0, 0, 0] ^ mt[0, 0, 0] != T.uint32(0x9E3779B9):
+                    if not cfg.absent_loads:  # an absent block's registers keep a finite earlier block (or these zeros)
+                        for st, l, u, h in T.grid(sets, look, tpb, 2):
+                            mt[st, l, u, h] = T.uint32(0)
+                            for v in T.unroll(2):
+                                cw[st, l, u, h, v] = T.uint32(0)
+                    for st in T.unroll(ahead):
+                        issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st, tx // 4, tx % 4)
+                    if cfg.pdl and ahead == 0:
+                        T.ptx.griddepcontrol.wait()
+                    elif cfg.pdl:  # a branch on the loaded words keeps ptxas from hoisting the wait above the loads
+                        if cw[0, 0, 0, 0, 0] ^ mt[0, 0, 0, 0] != T.uint32(0x9E3779B9):
                             T.ptx.griddepcontrol.wait()
                         else:
                             T.ptx.griddepcontrol.wait()
-                    if cfg.ahead:
-                        stage(x32, xb, ty * per, 0, tx // 4, tx % 4)
+                    for st in T.unroll(ahead):
+                        stage(x32, xb, ty * per, st, tx // 4, tx % 4)
                     for st in T.unroll(sets_n):
-                        if cfg.ahead:
-                            if st + 1 < sets_n:
-                                issue(codes, meta, wd, wv, pos, cw, mt, base, st + 1, tx // 4, tx % 4)
-                                stage(x32, xb, ty * per, st + 1, tx // 4, tx % 4)
-                        else:
-                            issue(codes, meta, wd, wv, pos, cw, mt, base, st, tx // 4, tx % 4)
-                            stage(x32, xb, ty * per, st, tx // 4, tx % 4)
-                        compute(cw, mt, xb, a32, acc, st)
+                        if st + ahead < sets_n:
+                            issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st + ahead, tx // 4, tx % 4)
+                            stage(x32, xb, ty * per, st + ahead, tx // 4, tx % 4)
+                        compute(cw, mt, sel, xb, a32, hz, acc, st)
                     if cfg.pdl:
                         T.ptx.griddepcontrol.launch_dependents()
-                    for e in T.unroll(4):
-                        red[ty * 128 + tx * 4 + e] = acc[e]
+                    for u in T.unroll(tpb):
+                        for e in T.unroll(4):
+                            red[u, ty * 128 + tx * 4 + e] = acc[u * 4 + e]
                     T.tvm_storage_sync("shared")
-                    # element tx * 4 + e of a warp's sums: row g + 8 (e // 2) of the tile, token 2q + e % 2
-                    if ty * 32 + tx < 128:
-                        sm[0] = T.float32(0)
-                        for w in T.unroll(warps):
-                            sm[0] = sm[0] + red[w * 128 + ty * 32 + tx]
-                        if (ty * 32 + tx) // 4 % 4 * 2 + tx % 2 < m:
-                            y[(ty * 32 + tx) // 4 % 4 * 2 + tx % 2, bx * TILE + (ty * 32 + tx) // 16 + tx % 4 // 2 * 8
-                              ] = T.Cast("float16", sm[0])
+                    # element r = tx * 4 + e of a warp's sums of a tile: row g + 8 (e // 2), token 2q + e % 2
+                    for o in T.unroll(-(-tpb * 128 // (warps * 32))):
+                        if o * warps * 32 + ty * 32 + tx < tpb * 128:
+                            sm[0] = T.float32(0)
+                            for w in T.unroll(warps):
+                                sm[0] = sm[0] + red[(o * warps * 32 + ty * 32 + tx) // 128,
+                                                    w * 128 + (o * warps * 32 + ty * 32 + tx) % 128]
+                            if (ty * 32 + tx) // 4 % 4 * 2 + tx % 2 < m:
+                                y[(ty * 32 + tx) // 4 % 4 * 2 + tx % 2, (bx * tpb + (o * warps * 32 + ty * 32 + tx) // 128)
+                                  * TILE + (ty * 32 + tx) % 128 // 16 + tx % 4 // 2 * 8] = T.Cast("float16", sm[0])
 
     return bsr_mma

@@ -82,6 +82,8 @@ def test_only_selects_by_tag_substring_or_exact_name(kernels, tmp_path, capsys):
     # a selection that matches nothing is a one-line error, before any compiler work, and writes nothing
     assert kernels.main(["build", str(tmp_path / "b"), "--only", "=no_such_kernel"]) == 2
     assert "selects no case" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert kernels.main(["build", str(tmp_path / "b"), "--only", "mma decode", "--m", "9"]) == 2  # no M = 9 there
+    assert "--m 9 selects no case" in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_run_selecting_no_case_is_a_one_line_error(kernels, tmp_path, capsys):

@@ -21,7 +21,7 @@ def _unequal_bsr(n, k, seed=0):
 
 def _read_as_lanes(tile_ptr, words, codes, meta, n, k):
     """The dense matrix as the kernel's lanes see it: the lane of row j's block in column group c finds it by the
-    word's offset plus a popcount, takes value pair p (columns 2p, 2p + 1) from bits 4 (p % 4) and 16 + 4 (p % 4)
+    word's offset plus a popcount (and loads there, in bounds, if the block is absent), takes value pair p (columns 2p, 2p + 1) from bits 4 (p % 4) and 16 + 4 (p % 4)
     of code word p // 4, and (c - z) * s with the block's metadata word's zero point (low half: 1024 + z as fp16)
     and fp16 scale (high half)."""
     w = np.zeros((n, k), np.float32)
@@ -30,9 +30,10 @@ def _read_as_lanes(tile_ptr, words, codes, meta, n, k):
             word = int(words[t, c])
             mask, offset = word & 0xFFFF, word >> 16
             for j in range(TILE):
+                p = tile_ptr[t] + offset + bin(mask & ((1 << j) - 1)).count("1")
+                assert p < len(codes)  # an absent block's lane loads there too
                 if not mask >> j & 1:
                     continue
-                p = tile_ptr[t] + offset + bin(mask & ((1 << j) - 1)).count("1")
                 zero = (int(meta[p]) & 0xFFFF) - 0x6400  # the fp16 bits of 1024 + z
                 scale = np.array([int(meta[p]) >> 16], np.uint16).view(np.float16)[0].astype(np.float32)
                 for pair in range(8):
@@ -46,7 +47,8 @@ def test_column_tiles_hold_the_same_weights():
     b = _unequal_bsr(48, 256)
     arrays = column_tiles(b.indptr, b.indices, b.qweight, b.scales, b.zeros, 256)
     tile_ptr, words, codes, meta = arrays
-    assert tile_ptr[-1] == b.nnzb == len(codes) == len(meta)
+    assert tile_ptr[-1] == b.nnzb == len(codes) - 1 == len(meta) - 1  # and the zero block absent lanes load
+    assert not codes[-1].any() and meta[-1] == 0
     assert words.shape == (48 // TILE, 256 // 16)
     np.testing.assert_array_equal(_read_as_lanes(*arrays, 48, 256), dequantize(b).numpy())
 
@@ -69,7 +71,8 @@ def test_slices_cover_every_column_group():
 
 
 def test_mma_decode_builds_with_tensor_cores(tmp_path):
-    """M = 1, 3 and 8 build to SASS holding HMMA for sm_80, sm_87, sm_89 and sm_90, in one library."""
+    """M = 1, 3 and 8 build to SASS holding HMMA for sm_80, sm_87, sm_89 and sm_90, in one library (M = 3 with
+    two tiles a thread block and absent blocks loaded too)."""
     from gqsa_compile import cuda_toolchain
     from gqsa_compile.cuda_toolchain import fatbin_archs, functions_with, has_device_code, sass_by_arch
 
@@ -77,11 +80,27 @@ def test_mma_decode_builds_with_tensor_cores(tmp_path):
     cuda_toolchain.setup([f"sm_{a}" for a in sorted(archs)])
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     s = BSRShape(64, 1536, 4, 16, 1)
-    funcs = {f"mma{m}": bsr_decode_mma.bsr_decode_mma(s, m, bsr_decode_mma.MmaConfig(4, 4, ahead=m > 1))
-             for m in (1, 3, 8)}
+    cfgs = {1: bsr_decode_mma.MmaConfig(4, 4, ahead=0), 3: bsr_decode_mma.MmaConfig(4, 2, tiles=2, absent_loads=True),
+            8: bsr_decode_mma.MmaConfig(4, 4, ahead=2)}
+    funcs = {f"mma{m}": bsr_decode_mma.bsr_decode_mma(s, m, cfg) for m, cfg in cfgs.items()}
     with target:
         lib = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), target=target)
     lib.export_library(tmp_path / "k.so")
     assert has_device_code(tmp_path / "k.so") == (True, False) and fatbin_archs(tmp_path / "k.so") == archs
     for arch, text in sass_by_arch(tmp_path / "k.so").items():
         assert {f"mma{m}_kernel" for m in (1, 3, 8)} <= set(functions_with(text, "HMMA")), arch
+
+
+def test_dequantization_arithmetic_is_exact_in_fp16():
+    """The kernel's two fp16 routes to c - z, for every code c and zero point z: the lower nibble's (1024 + c) -
+    (1024 + z), and the upper nibble's 1024 + 16c times 1/16 plus 960 - (1024 + z) (one rounding, of an exact
+    value); then times the scale once, as the reference (c - z) * s rounds it."""
+    c, z = (a.ravel() for a in np.meshgrid(np.arange(16), np.arange(16)))
+    h = np.float16
+    low = h(1024 + c) - h(1024 + z)
+    zero_term = h(960) - h(1024 + z)
+    high = (np.float32(h(1024 + 16 * c)) * np.float32(h(1 / 16)) + np.float32(zero_term)).astype(h)  # fma
+    np.testing.assert_array_equal(low, c - z)
+    np.testing.assert_array_equal(high, c - z)
+    s = h(0.0371)
+    np.testing.assert_array_equal(high * s, h(c - z) * s)

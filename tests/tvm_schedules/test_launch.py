@@ -238,13 +238,14 @@ def test_mma_decode_loads_only_weights_before_the_wait(tmp_path):
     cuda_toolchain.setup(["sm_90"])
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     funcs = {}
-    for m, cfg in ((1, mma.MmaConfig(8, 2, pdl=True)), (8, mma.MmaConfig(16, 1, pdl=True)), (4, mma.MmaConfig())):
+    for m, cfg in ((1, mma.MmaConfig(8, 2, pdl=True)), (8, mma.MmaConfig(16, 1, pdl=True)), (4, mma.MmaConfig()),
+                   (2, mma.MmaConfig(8, 1, 2, tiles=2, absent_loads=True, pdl=True))):
         name = f"mma{m}_{cfg.key}"
         funcs[name] = mma.bsr_decode_mma(BSRShape(4096, 4096, 4, 16, 1), m, cfg).with_attr("global_symbol", name)
     usage = _resources_sm90(funcs, target, tmp_path)
     assert all(res["STACK"] == res["LOCAL"] == 0 for res in usage.values()), usage
     loads = _global_loads_before_wait(tmp_path / "k.so")
-    assert set(loads) == {"mma1_mm_w8l2ag_kernel", "mma8_mm_w16l1ag_kernel"}
+    assert set(loads) == {"mma1_mm_w8l2ag_kernel", "mma8_mm_w16l1ag_kernel", "mma2_mm_w8l1a2t2bg_kernel"}
     assert all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
                and after == "LDG.E.128" for before, after in loads.values()), loads
-    assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == 2  # the two waiting kernels' launches
+    assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == 3  # the three waiting kernels' launches
