@@ -27,7 +27,7 @@ its 16 x 8 fp32 partial sums in the mma's accumulators, and the thread block add
 shared memory (``tiles`` > 1: a thread block takes that many tiles, and each warp's activation loads serve
 them all). Loads go out ``look`` steps at a time, ``ahead`` register sets before the set whose mma's run; with
 programmatic dependent launch (``pdl``) the first sets' weights go out before the wait for the previous kernel,
-their activations after. H100 (kernels_mma_decode_v4_h100.json): with PDL 3.0-3.9x cuBLAS fp16 at M = 2-8, and
+their activations after. H100 (kernels_mma_decode_v4_run{1,2}_h100.json): with PDL 3.0-3.9x cuBLAS fp16 at M = 2-8, and
 its time flat in M; at M = 1 the row kernel stays faster.
 """
 from __future__ import annotations
