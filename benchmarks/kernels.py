@@ -767,16 +767,17 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
         x = rng.standard_normal((m, k)).astype(np.float16)
         arrays = [w[f] for f in ("indptr", "indices", "qweight", "scales", "zeros")]
         spec = p["kernels"][c["kernel"]]
-        if spec.get("interleaved") and bits == 4:
-            arrays[2] = layout.interleave_codes(arrays[2])
-        if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
-            arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
-        if spec.get("stream_plan"):  # rows to thread blocks by kept blocks, appended to indptr
-            arrays[0] = warp_plan.stream(arrays[0], spec["stream_plan"])
         if spec.get("column_tiles"):  # 16-row tiles by column group (layout.column_tiles), checkpoint code order
-            arrays = layout.column_tiles(w["indptr"], w["indices"], w["qweight"], w["scales"], w["zeros"], k)
-        elif spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
-            arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
+            arrays = layout.column_tiles(*arrays, k)
+        else:
+            if spec.get("interleaved") and bits == 4:
+                arrays[2] = layout.interleave_codes(arrays[2])
+            if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
+                arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
+            if spec.get("stream_plan"):  # rows to thread blocks by kept blocks, appended to indptr
+                arrays[0] = warp_plan.stream(arrays[0], spec["stream_plan"])
+            if spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
+                arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]

@@ -36,10 +36,8 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .common import BSRShape
+from .common import FULL, BSRShape
 from .layout import TILE
-
-FULL = T.uint32(0xFFFFFFFF)
 
 
 @dataclass(frozen=True)

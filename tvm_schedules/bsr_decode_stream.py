@@ -35,11 +35,10 @@ import numpy as np
 from tvm.script import tirx as T
 
 from .bsr_decode import SMEM_BYTES
-from .common import BSRShape, bsr_func, word_column, word_scale_bits, word_zero
+from .common import FULL, BSRShape, bsr_func, word_column, word_scale_bits, word_zero
 from .launch import SMALL_GRID
 from .warp_plan import stream_len, stream_records_at, stream_slots
 
-FULL = T.uint32(0xFFFFFFFF)  # every lane: after a lane's own record walk the warp must meet again at a shuffle
 
 
 @dataclass(frozen=True)

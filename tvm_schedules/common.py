@@ -8,6 +8,8 @@ from tvm.script import tirx as T
 from .layout import nibble
 from .warp_plan import stream_len
 
+FULL = T.uint32(0xFFFFFFFF)  # every lane of a warp: the mask of a shuffle all 32 lanes meet at
+
 
 @dataclass(frozen=True)
 class BSRShape:
