@@ -53,7 +53,8 @@ class MmaConfig:
     @property
     def key(self) -> str:
         depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
-        return f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "") + ("b" if self.absent_loads else "") + ("g" if self.pdl else "")
+        return (f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "")
+                + ("b" if self.absent_loads else "") + ("g" if self.pdl else ""))
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad
@@ -62,10 +63,6 @@ QUAD = 4  # column groups a step takes: one per lane of a quad
 def supports(s: BSRShape, m: int) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.dtype == "float16" and 1 <= m <= 8
             and s.n % TILE == 0 and TILE * (s.k // 16) <= 1 << 16)
-
-
-def n_tiles(s: BSRShape) -> int:
-    return s.n // TILE
 
 
 def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:
@@ -77,7 +74,7 @@ def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:
 def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
     """The PrimFunc ``(x, tile_ptr, words, codes, meta, y)`` over layout.column_tiles' arrays."""
     assert supports(s, m), f"the mma GEMV takes 4-bit G16 R1 fp16 matrices of 16-row tiles at M <= 8, not {s}, M = {m}"
-    assert cfg.warps >= 4 and 32 % (QUAD * cfg.look) == 0 and n_tiles(s) % cfg.tiles == 0, cfg
+    assert cfg.warps >= 4 and 32 % (QUAD * cfg.look) == 0 and s.n // TILE % cfg.tiles == 0, cfg
     n, k = s.n, s.k
     groups, tiles = k // 16, n // TILE
     warps, look, tpb = cfg.warps, cfg.look, cfg.tiles
@@ -93,14 +90,14 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
     @T.macro
     def issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st, g, q):
         """Register set ``st``'s weights into slot st % sets: per step, the lane's column group's word and the
-        blocks of rows g and g + 8 there. An absent block's position is that of the next kept one (at most the
-        zero block past the last), loaded all the same, without a branch; its byte selector for the scale picks
-        zeros instead (nothing here waits for a load: a select on the loaded word would stall the warp at once),
-        so its values dequantize to 0."""
+        blocks of rows g and g + 8 there. An absent block's loads are predicated off, or with ``absent_loads`` go
+        to where it would sit (the next kept block, at most the zero block past the last) without a branch;
+        either way its byte selector for the scale picks zeros, so its values dequantize to 0 (nothing here waits
+        for a load: a select on the loaded word would stall the warp at once)."""
         for l in T.unroll(look):
             for u in T.unroll(tpb):
-                wv[0] = T.tvm_warp_shuffle(FULL, wd[u, (st * look + l) * QUAD // 32], (st * look + l) * QUAD % 32 + q, 32,
-                                           32)
+                wv[0] = T.tvm_warp_shuffle(FULL, wd[u, (st * look + l) * QUAD // 32],
+                                           (st * look + l) * QUAD % 32 + q, 32, 32)
                 for h in T.unroll(2):
                     pos[0] = bs[u] + T.Cast("int32", wv[0] >> T.uint32(16)) + popc(
                         wv[0] & ((T.uint32(1) << T.Cast("uint32", g + 8 * h)) - T.uint32(1)))
@@ -112,8 +109,9 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                         for v in T.vectorized(2):
                             cw[st % sets, l, u, h, v] = codes[pos[0], v]
                         mt[st % sets, l, u, h] = meta[pos[0]]
-                    sel[st % sets, l, u, h] = T.Select((wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1),
-                                                       T.uint32(0x3232), T.uint32(0x4444))
+                    sel[st % sets, l, u, h] = T.Select(
+                        (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1), T.uint32(0x3232),
+                        T.uint32(0x4444))
 
     @T.macro
     def stage(x32, xb, c0, st, g, q):
@@ -226,8 +224,10 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                             for w in T.unroll(warps):
                                 sm[0] = sm[0] + red[(o * warps * 32 + ty * 32 + tx) // 128,
                                                     w * 128 + (o * warps * 32 + ty * 32 + tx) % 128]
-                            if (ty * 32 + tx) // 4 % 4 * 2 + tx % 2 < m:
-                                y[(ty * 32 + tx) // 4 % 4 * 2 + tx % 2, (bx * tpb + (o * warps * 32 + ty * 32 + tx) // 128)
-                                  * TILE + (ty * 32 + tx) % 128 // 16 + tx % 4 // 2 * 8] = T.Cast("float16", sm[0])
+                            if (o * warps * 32 + ty * 32 + tx) // 4 % 4 * 2 + tx % 2 < m:
+                                y[(o * warps * 32 + ty * 32 + tx) // 4 % 4 * 2 + tx % 2,
+                                  (bx * tpb + (o * warps * 32 + ty * 32 + tx) // 128) * TILE
+                                  + (o * warps * 32 + ty * 32 + tx) % 128 // 16 + tx % 4 // 2 * 8] = T.Cast(
+                                      "float16", sm[0])
 
     return bsr_mma
