@@ -486,6 +486,13 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                         cfg=bsr_decode.for_shape(shape, m, pdl))
                     for c in mma_pdl if pdl else mma_plain:
                         add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma decode", cfg=replace(c, pdl=pdl))
+    # the tensor-core GEMV on the two wide shapes, closest to 4x cuBLAS: deeper sets, more warps (PDL)
+    for n, k in [(4096, 11008), (4096, 14336)] if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in (2, 4, 8):
+            add("bsr_decode", n, k, m, 1, tag="mma sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
+            for w, look, ahead in ((16, 2, 1), (16, 2, 2), (16, 4, 1), (16, 1, 3), (32, 1, 1), (32, 2, 1)):
+                add("bsr_decode_mma", n, k, m, 1, tag="mma sweep", cfg=Mma(w, look, ahead, 1, True, pdl=True))
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):
