@@ -465,7 +465,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for v in (dict(), dict(unroll=4), dict(unroll=4, ahead=min(base.ahead, 1))):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="unequal u4", packed=True, cfg=replace(base, **v))
     # M = 1-8 on tensor cores (tvm_schedules.bsr_decode_mma: 16-row tiles stored by column group, one mma per
-    # group), beside the row kernel as gqsa-compile launches it, balanced and unequal rows, plain launches
+    # group), beside the row kernel as gqsa-compile launches it, balanced and unequal rows, plain and PDL launches
     # (kernels_mma_decode_v1_h100.json: the first version, each lane 4 values of two blocks per mma, keys
     # mm_w{warps}l{column groups per register set}; kernels_mma_decode_v2_h100.json: lanes owning whole blocks,
     # before the LOP3 and the metadata halves ready to use; kernels_mma_decode_run{1,2}_h100.json: v3, before

@@ -40,7 +40,6 @@ from .launch import SMALL_GRID
 from .warp_plan import stream_len, stream_records_at, stream_slots
 
 
-
 @dataclass(frozen=True)
 class StreamConfig:
     warps: int = 16  # warps per thread block

@@ -42,12 +42,12 @@ def column_tiles(indptr: np.ndarray, indices: np.ndarray, qweight: np.ndarray, s
     rows in tiles of 16, a tile's blocks by column group, then row. ``[tile_ptr, words, codes, meta]``:
     tile_ptr[t] is tile t's first block; words[t, c] = offset << 16 | mask, bit j of the mask set where row
     16t + j keeps column group c, offset the tile's blocks before column group c; codes the blocks' two words
-    in the interleaved order (interleave_codes), then one zero block (the kernel loads where an absent block
-    would sit, without a branch, which past a tile's last kept block is the next tile's first or that zero
-    block); meta the fp16 scale's bits << 16 | the fp16 bits of 1024 + the
-    zero point (0x6400 + z), each half a byte permute from the half2 the dequantization subtracts or multiplies
-    by. Row j of a (tile, column group) is at block tile_ptr[t] + offset + popcount(mask & ((1 << j) - 1)): no
-    index walk, and a column group's activations serve all 16 rows' blocks at once."""
+    in the interleaved order (interleave_codes), then one zero block (with ``absent_loads`` the kernel loads
+    where an absent block would sit, which past a tile's last kept block is the next tile's first or that zero
+    block); meta the fp16 scale's bits << 16 | the fp16 bits of 1024 + the zero point (0x6400 + z), each half a
+    byte permute from the half2 the dequantization subtracts or multiplies by. Row j of a (tile, column group)
+    is at block tile_ptr[t] + offset + popcount(mask & ((1 << j) - 1)): no index walk, and a column group's
+    activations serve all 16 rows' blocks at once."""
     n, groups = len(indptr) - 1, k // group
     assert n % TILE == 0 and group == 16 and qweight.shape[1:] == (1, 2), "4-bit G16 R = 1, rows a multiple of 16"
     assert TILE * groups <= 1 << 16, f"{groups} column groups: a tile's offsets need more than 16 bits"

@@ -22,8 +22,9 @@ def _unequal_bsr(n, k, seed=0):
 def _read_as_lanes(tile_ptr, words, codes, meta, n, k):
     """The dense matrix as the kernel's lanes see it: the lane of row j's block in column group c finds it by the
     word's offset plus a popcount (an in-bounds position even where the block is absent, for ``absent_loads``),
-    takes value pair p (columns 2p, 2p + 1) from bits 4 (p % 4) and 16 + 4 (p % 4) of code word p // 4, and (c - z) * s with the block's metadata word's zero point (low half: 1024 + z as fp16)
-    and fp16 scale (high half)."""
+    takes value pair p (columns 2p, 2p + 1) from bits 4 (p % 4) and 16 + 4 (p % 4) of code word p // 4, and
+    (c - z) * s with the block's metadata word's zero point (low half: 1024 + z as fp16) and fp16 scale (high
+    half)."""
     w = np.zeros((n, k), np.float32)
     for t in range(n // TILE):
         for c in range(k // 16):
