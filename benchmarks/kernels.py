@@ -493,24 +493,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_decode", n, k, m, 1, tag="mma sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
             for w, look, ahead in ((16, 2, 1), (16, 2, 2), (16, 4, 1), (16, 1, 3), (32, 1, 1), (32, 2, 1)):
                 add("bsr_decode_mma", n, k, m, 1, tag="mma sweep", cfg=Mma(w, look, ahead, 1, True, pdl=True))
-    # thread blocks that walk several tiles a grid apart (MmaConfig.per_block), the next tile's first loads out
-    # during the last mma's: per (warps, look, ahead), thread blocks resident per SM of an H100 (132 SMs), from
-    # which the tiles a thread block walks; beside the row kernel and the 'mma decode' PDL configurations (PDL).
-    # kernels_mma_walk_run{1,2}_h100.json (M = 1 and 8): 0.79-0.99x the speed of a thread block per tile
-    walks = {(8, 1, 1): (2, 3, 4), (8, 2, 1): (1, 2), (16, 1, 1): (1, 2), (16, 2, 1): (1,), (8, 1, 3): (1, 2),
-             (16, 1, 3): (1,), (4, 1, 1): (4, 8), (4, 2, 1): (4,)}
-    for n, k in [(6144, 4096), (12288, 4096), (22016, 4096), (28672, 4096)] if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            for alloc in ("row", "layer"):
-                add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma walk", packed=True,
-                    cfg=bsr_decode.for_shape(shape, m, True))
-                for c in mma_pdl:
-                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma walk", cfg=replace(c, pdl=True))
-                for (w, look, ahead), per_sm in walks.items():
-                    for per_block in {-(-n // bsr_decode_mma.TILE // (132 * r)) for r in per_sm} - {1}:
-                        add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma walk",
-                            cfg=Mma(w, look, ahead, 1, True, pdl=True, per_block=per_block))
+    # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
+    # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:
         for m, cfgs in ((1, [dict(), dict(unroll=1), dict(unroll=4), dict(warps=4), dict(warps=16)]),
                         (2, [dict(), dict(unroll=2), dict(unroll=8)])):

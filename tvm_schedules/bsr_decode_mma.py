@@ -49,16 +49,12 @@ class MmaConfig:
     absent_loads: bool = False  # absent blocks loaded too (the next kept one's lines), branch-free; else predicated
     pdl: bool = False  # programmatic dependent launch: the first set's weights load before the wait, the
     # activations after it; the next launch triggered after the loop (sm_90; launch.PIPELINE flags the kernel)
-    per_block: int = 0  # > 0: a grid of ceil(units / per_block) thread blocks, each walking that many units (of
-    # ``tiles`` tiles) a grid apart, the loads of the next unit's first sets out while the last ones' mma's run;
-    # 0: a thread block per unit
 
     @property
     def key(self) -> str:
         depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
         return (f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "")
-                + (f"p{self.per_block}" if self.per_block else "") + ("b" if self.absent_loads else "")
-                + ("g" if self.pdl else ""))
+                + ("b" if self.absent_loads else "") + ("g" if self.pdl else ""))
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad
@@ -87,10 +83,6 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
     windows = -(-per // 32)  # 32 words a load: lane l holds the word of the slice's group 32i + l
     ahead = min(int(cfg.ahead), sets_n - 1)
     sets = ahead + 1
-    units = tiles // tpb
-    walk = cfg.per_block > 0  # thread blocks walking several units
-    grid = -(-units // cfg.per_block) if walk else units
-    assert not walk or sets_n % sets == 0, f"a unit's {sets_n} register sets must fill the {sets} slots evenly: {cfg}"
 
     def popc(v):
         return T.call_extern("int32", "__popc", v)
@@ -164,15 +156,6 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                                      xb.data, ((st % sets) * look + l) * 8 + 2 * i, acc.data, u * 4, False,
                                      dtype="float32")
 
-    @T.macro
-    def load_words(words, tile_ptr, wd, bs, unit, ty, tx):
-        """Unit ``unit``'s first block per tile, and the words of the warp's slice (lane l: group 32i + l)."""
-        for u in T.unroll(tpb):
-            bs[u] = tile_ptr[unit * tpb + u]
-            for i in T.unroll(windows):
-                wd[u, i] = T.if_then_else(ty * per + i * 32 + tx < groups, words[
-                    unit * tpb + u, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
-
     @T.prim_func
     def bsr_mma(x_h: T.handle, tp_h: T.handle, w_h: T.handle, c_h: T.handle, mt_h: T.handle, y_h: T.handle):
         T.func_attr({"tirx.noalias": True})
@@ -184,14 +167,12 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
         meta = T.match_buffer(mt_h, (nnz,), "uint32")
         y = T.match_buffer(y_h, (m, n), "float16")
         x32 = T.decl_buffer((m * k // 2,), "uint32", data=x.data)
-        for bx in T.thread_binding(grid, thread="blockIdx.x"):
+        for bx in T.thread_binding(tiles // tpb, thread="blockIdx.x"):
             for ty in T.thread_binding(warps, thread="threadIdx.y"):
                 for tx in T.thread_binding(32, thread="threadIdx.x"):
-                    red = T.alloc_buffer((2 if walk else 1, tpb, warps * 128), "float32", scope="shared")
+                    red = T.alloc_buffer((tpb, warps * 128), "float32", scope="shared")
                     wd = T.alloc_buffer((tpb, windows), "uint32", scope="local")
                     bs = T.alloc_buffer((tpb,), "int32", scope="local")
-                    wn = T.alloc_buffer((tpb, windows), "uint32", scope="local")  # the next unit's
-                    bn = T.alloc_buffer((tpb,), "int32", scope="local")
                     wv = T.alloc_buffer((1,), "uint32", scope="local")
                     pos = T.alloc_buffer((1,), "int32", scope="local")
                     cw = T.alloc_buffer((sets, look, tpb, 2, 2), "uint32", scope="local")
@@ -202,9 +183,13 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                     hz = T.alloc_buffer((tpb, 2, 3), "uint32", scope="local")
                     acc = T.alloc_buffer((tpb * 4,), "float32", scope="local")
                     sm = T.alloc_buffer((1,), "float32", scope="local")
-                    load_words(words, tile_ptr, wd, bs, bx, ty, tx)
-                    if walk:
-                        load_words(words, tile_ptr, wn, bn, T.min(bx + grid, units - 1), ty, tx)
+                    for u in T.unroll(tpb):
+                        bs[u] = tile_ptr[bx * tpb + u]
+                        for i in T.unroll(windows):
+                            wd[u, i] = T.if_then_else(ty * per + i * 32 + tx < groups, words[
+                                bx * tpb + u, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
+                    for e in T.unroll(tpb * 4):
+                        acc[e] = T.float32(0)
                     if not cfg.absent_loads:  # an absent block's registers keep a finite earlier block (or these zeros)
                         for st, l, u, h in T.grid(sets, look, tpb, 2):
                             mt[st, l, u, h] = T.uint32(0)
@@ -221,46 +206,28 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                             T.ptx.griddepcontrol.wait()
                     for st in T.unroll(ahead):
                         stage(x32, xb, ty * per, st, tx // 4, tx % 4)
-                    # a unit's loop; with per_block, one pass per unit of the thread block (units bx, bx + grid, ...)
-                    for it in T.serial((units - bx + grid - 1) // grid if walk else 1):
-                        for e in T.unroll(tpb * 4):
-                            acc[e] = T.float32(0)
-                        for st in T.unroll(sets_n):
-                            if st + ahead < sets_n:
-                                issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st + ahead, tx // 4, tx % 4)
-                                stage(x32, xb, ty * per, st + ahead, tx // 4, tx % 4)
-                            elif walk:  # the next unit's first sets, into the slots its pass will read
-                                if (it + 1) * grid + bx < units:
-                                    issue(codes, meta, wn, wv, pos, cw, mt, sel, bn, st + ahead - sets_n, tx // 4,
-                                          tx % 4)
-                                    stage(x32, xb, ty * per, st + ahead - sets_n, tx // 4, tx % 4)
-                            compute(cw, mt, sel, xb, a32, hz, acc, st)
-                        if walk:  # the unit after next's words go out now, a pass before they are needed
-                            for u in T.unroll(tpb):
-                                bs[u] = bn[u]
-                                for i in T.unroll(windows):
-                                    wd[u, i] = wn[u, i]
-                            load_words(words, tile_ptr, wn, bn, T.min(bx + (it + 2) * grid, units - 1), ty, tx)
-                        elif cfg.pdl:
-                            T.ptx.griddepcontrol.launch_dependents()
-                        for u in T.unroll(tpb):
-                            for e in T.unroll(4):
-                                red[it % 2, u, ty * 128 + tx * 4 + e] = acc[u * 4 + e]
-                        T.tvm_storage_sync("shared")  # with per_block, the sums alternate between two buffers: one
-                        # barrier a unit, as the other buffer's last readers passed the barrier before this one
-                        # element r = tx * 4 + e of a warp's sums of a tile: row g + 8 (e // 2), token 2q + e % 2
-                        for o in T.unroll(-(-tpb * 128 // (warps * 32))):
-                            if o * warps * 32 + ty * 32 + tx < tpb * 128:
-                                sm[0] = T.float32(0)
-                                for w in T.unroll(warps):
-                                    sm[0] = sm[0] + red[it % 2, (o * warps * 32 + ty * 32 + tx) // 128,
-                                                        w * 128 + (o * warps * 32 + ty * 32 + tx) % 128]
-                                if (o * warps * 32 + ty * 32 + tx) // 4 % 4 * 2 + tx % 2 < m:
-                                    y[(o * warps * 32 + ty * 32 + tx) // 4 % 4 * 2 + tx % 2,
-                                      ((bx + it * grid) * tpb + (o * warps * 32 + ty * 32 + tx) // 128) * TILE
-                                      + (o * warps * 32 + ty * 32 + tx) % 128 // 16 + tx % 4 // 2 * 8] = T.Cast(
-                                          "float16", sm[0])
-                    if walk and cfg.pdl:
+                    for st in T.unroll(sets_n):
+                        if st + ahead < sets_n:
+                            issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st + ahead, tx // 4, tx % 4)
+                            stage(x32, xb, ty * per, st + ahead, tx // 4, tx % 4)
+                        compute(cw, mt, sel, xb, a32, hz, acc, st)
+                    if cfg.pdl:
                         T.ptx.griddepcontrol.launch_dependents()
+                    for u in T.unroll(tpb):
+                        for e in T.unroll(4):
+                            red[u, ty * 128 + tx * 4 + e] = acc[u * 4 + e]
+                    T.tvm_storage_sync("shared")
+                    # element r = tx * 4 + e of a warp's sums of a tile: row g + 8 (e // 2), token 2q + e % 2
+                    for o in T.unroll(-(-tpb * 128 // (warps * 32))):
+                        if o * warps * 32 + ty * 32 + tx < tpb * 128:
+                            sm[0] = T.float32(0)
+                            for w in T.unroll(warps):
+                                sm[0] = sm[0] + red[(o * warps * 32 + ty * 32 + tx) // 128,
+                                                    w * 128 + (o * warps * 32 + ty * 32 + tx) % 128]
+                            if (o * warps * 32 + ty * 32 + tx) // 4 % 4 * 2 + tx % 2 < m:
+                                y[(o * warps * 32 + ty * 32 + tx) // 4 % 4 * 2 + tx % 2,
+                                  (bx * tpb + (o * warps * 32 + ty * 32 + tx) // 128) * TILE
+                                  + (o * warps * 32 + ty * 32 + tx) % 128 // 16 + tx % 4 // 2 * 8] = T.Cast(
+                                      "float16", sm[0])
 
     return bsr_mma

@@ -71,21 +71,9 @@ def test_slices_cover_every_column_group():
             assert per % step == 0 and share <= per < share + step
 
 
-def test_walking_thread_blocks_take_whole_sets_a_tile():
-    """Thread blocks that walk tiles issue the next tile's first register sets into the slots the current tile's
-    last ones free, so a tile's sets must fill the slots evenly; the key names the tiles each walks."""
-    s = BSRShape(64, 1536, 4, 16, 1)  # 96 column groups: 4 warps take 24 each, 6 sets of one step
-    with pytest.raises(AssertionError, match="fill the 4 slots"):
-        bsr_decode_mma.bsr_decode_mma(s, 1, bsr_decode_mma.MmaConfig(4, 1, ahead=3, per_block=2))
-    cfg = bsr_decode_mma.MmaConfig(4, 1, ahead=2, per_block=2, absent_loads=True, pdl=True)
-    assert cfg.key == "mm_w4l1a2p2bg"
-    bsr_decode_mma.bsr_decode_mma(s, 1, cfg)
-
-
 def test_mma_decode_builds_with_tensor_cores(tmp_path):
-    """M = 1, 2, 3 and 8 build to SASS holding HMMA for sm_80, sm_87, sm_89 and sm_90, in one library (M = 2 with
-    thread blocks walking 3 of the 4 tiles, and 1; M = 3 with two tiles a thread block and absent blocks loaded
-    too)."""
+    """M = 1, 3 and 8 build to SASS holding HMMA for sm_80, sm_87, sm_89 and sm_90, in one library (M = 3 with
+    two tiles a thread block and absent blocks loaded too)."""
     from gqsa_compile import cuda_toolchain
     from gqsa_compile.cuda_toolchain import fatbin_archs, functions_with, has_device_code, sass_by_arch
 
@@ -94,14 +82,14 @@ def test_mma_decode_builds_with_tensor_cores(tmp_path):
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
     s = BSRShape(64, 1536, 4, 16, 1)
     cfgs = {1: bsr_decode_mma.MmaConfig(4, 4, ahead=0), 3: bsr_decode_mma.MmaConfig(4, 2, tiles=2, absent_loads=True),
-            8: bsr_decode_mma.MmaConfig(4, 4, ahead=2), 2: bsr_decode_mma.MmaConfig(4, 1, per_block=3)}
+            8: bsr_decode_mma.MmaConfig(4, 4, ahead=2)}
     funcs = {f"mma{m}": bsr_decode_mma.bsr_decode_mma(s, m, cfg) for m, cfg in cfgs.items()}
     with target:
         lib = tvm.compile(tvm.IRModule({n: f.with_attr("global_symbol", n) for n, f in funcs.items()}), target=target)
     lib.export_library(tmp_path / "k.so")
     assert has_device_code(tmp_path / "k.so") == (True, False) and fatbin_archs(tmp_path / "k.so") == archs
     for arch, text in sass_by_arch(tmp_path / "k.so").items():
-        assert {f"mma{m}_kernel" for m in (1, 2, 3, 8)} <= set(functions_with(text, "HMMA")), arch
+        assert {f"mma{m}_kernel" for m in (1, 3, 8)} <= set(functions_with(text, "HMMA")), arch
 
 
 def test_dequantization_arithmetic_is_exact_in_fp16():
