@@ -493,6 +493,24 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_decode", n, k, m, 1, tag="mma sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
             for w, look, ahead in ((16, 2, 1), (16, 2, 2), (16, 4, 1), (16, 1, 3), (32, 1, 1), (32, 2, 1)):
                 add("bsr_decode_mma", n, k, m, 1, tag="mma sweep", cfg=Mma(w, look, ahead, 1, True, pdl=True))
+    # registers capped so that more thread blocks fit an SM (MmaConfig.min_blocks: __launch_bounds__' second
+    # argument; 48 registers hold 5 thread blocks of 8 warps, 40 six, 32 eight), beside the uncapped ones (PDL).
+    # kernels_mma_occupancy_run1_h100.json: 1.05-1.08x where the cap makes the grid one wave (12288 x 4096, and
+    # 6144 x 4096 at M = 1), slower where it does not (0.66-0.89x; spills)
+    capped = [Mma(8, 2, 1, 1, True, min_blocks=6), Mma(8, 2, 1, 1, True, min_blocks=8),
+              Mma(8, 1, 2, 1, True, min_blocks=6), Mma(8, 1, 2, 1, True, min_blocks=8),
+              Mma(8, 1, 2, 1, False, min_blocks=6), Mma(16, 1, 1, 1, False, min_blocks=3),
+              Mma(16, 1, 1, 1, False, min_blocks=4), Mma(16, 2, 1, 1, True, min_blocks=3),
+              Mma(16, 2, 1, 1, True, min_blocks=4), Mma(16, 1, 2, 1, True, min_blocks=3),
+              Mma(4, 2, 1, 1, True, min_blocks=12)]
+    for n, k in shapes if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M:
+            for alloc in ("row", "layer"):
+                add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma occupancy", packed=True,
+                    cfg=bsr_decode.for_shape(shape, m, True))
+                for c in mma_pdl + capped:
+                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma occupancy", cfg=replace(c, pdl=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:

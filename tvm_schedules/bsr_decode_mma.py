@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from tvm.script import tirx as T
 
 from .common import FULL, BSRShape
+from .launch import MIN_BLOCKS_HINT
 from .layout import TILE
 
 
@@ -49,12 +50,14 @@ class MmaConfig:
     absent_loads: bool = False  # absent blocks loaded too (the next kept one's lines), branch-free; else predicated
     pdl: bool = False  # programmatic dependent launch: the first set's weights load before the wait, the
     # activations after it; the next launch triggered after the loop (sm_90; launch.PIPELINE flags the kernel)
+    min_blocks: int = 0  # > 0: thread blocks an SM must hold (__launch_bounds__; ptxas caps registers to fit)
 
     @property
     def key(self) -> str:
         depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
         return (f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "")
-                + ("b" if self.absent_loads else "") + ("g" if self.pdl else ""))
+                + (f"o{self.min_blocks}" if self.min_blocks else "") + ("b" if self.absent_loads else "")
+                + ("g" if self.pdl else ""))
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad
@@ -188,8 +191,9 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                         for i in T.unroll(windows):
                             wd[u, i] = T.if_then_else(ty * per + i * 32 + tx < groups, words[
                                 bx * tpb + u, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
-                    for e in T.unroll(tpb * 4):
-                        acc[e] = T.float32(0)
+                    with T.attr(0, MIN_BLOCKS_HINT, cfg.min_blocks):  # read by launch.PIPELINE (0: none)
+                        for e in T.unroll(tpb * 4):
+                            acc[e] = T.float32(0)
                     if not cfg.absent_loads:  # an absent block's registers keep a finite earlier block (or these zeros)
                         for st, l, u, h in T.grid(sets, look, tpb, 2):
                             mt[st, l, u, h] = T.uint32(0)

@@ -28,6 +28,8 @@ SMALL_GRID = 132  # thread blocks: at most one wave on an H100, so an early trig
 PDL_TAG = "tirx.use_programtic_dependent_launch"  # (sic) TVM's spelling
 DYN_SMEM_TAG = "tirx.use_dyn_shared_memory"  # must stay the last launch parameter
 LAUNCH_PARAMS = "tirx.kernel_launch_params"
+MIN_BLOCKS_HINT = "gqsa.min_blocks_per_sm"  # an AttrStmt a kernel's body may carry: thread blocks an SM must hold
+MIN_BLOCKS_TAG = "tirx.launch_bounds_min_blocks_per_sm"  # what TVM's CUDA codegen puts in __launch_bounds__
 MIN_ARCH = 90
 
 
@@ -58,6 +60,20 @@ def flag_dependent_launch(mod, _ctx):
         if params is None or PDL_TAG in params or not waits_on_grid(func):
             continue
         mod.update_func(gv, _flagged(func))
+    return mod
+
+
+@tvm.transform.module_pass(opt_level=0, name="gqsa.MinBlocksPerSM")
+def min_blocks_per_sm(mod, _ctx):
+    """A device kernel whose body carries the attribute MIN_BLOCKS_HINT (a schedule's register budget: ptxas
+    allots registers so that that many thread blocks fit an SM) gets it as __launch_bounds__' second argument.
+    The hint has to travel in the body: a PrimFunc's own attributes do not reach the kernels split from it."""
+    for gv, func in list(mod.functions_items()):
+        if (func.attrs or {}).get(LAUNCH_PARAMS) is None:
+            continue
+        hint = re.findall(rf'"{re.escape(MIN_BLOCKS_HINT)}": (\d+)', func.script())
+        if hint and int(hint[0]) > 0:
+            mod.update_func(gv, func.with_attr(MIN_BLOCKS_TAG, int(hint[0])))
     return mod
 
 
@@ -105,7 +121,7 @@ def wait_on_grid_everywhere(mod, _ctx):
 
 def _pipeline(everywhere: bool = False):
     lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
-    device = [finalize_device()] + [wait_on_grid_everywhere] * everywhere + [flag_dependent_launch]
+    device = [finalize_device()] + [wait_on_grid_everywhere] * everywhere + [flag_dependent_launch, min_blocks_per_sm]
     return lower, finalize_host, lambda: tvm.ir.transform.Sequential(device)
 
 

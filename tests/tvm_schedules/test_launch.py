@@ -249,3 +249,22 @@ def test_mma_decode_loads_only_weights_before_the_wait(tmp_path):
     assert all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
                and after == "LDG.E.128" for before, after in loads.values()), loads
     assert (tmp_path / "k.so").read_bytes().count(launch.PDL_TAG.encode()) == 3  # the three waiting kernels' launches
+
+
+def test_min_blocks_hint_caps_registers(tmp_path):
+    """A kernel body carrying launch.MIN_BLOCKS_HINT gets it as __launch_bounds__' second argument, so ptxas
+    allots at most 65536 / (threads x that many) registers; the same kernel without it takes more."""
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_decode_mma as mma
+    from tvm_schedules.common import BSRShape
+
+    cuda_toolchain.setup(["sm_90"])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    cfgs = {"free": mma.MmaConfig(8, 2, absent_loads=True), "six": mma.MmaConfig(8, 2, absent_loads=True, min_blocks=6),
+            "eight": mma.MmaConfig(8, 2, absent_loads=True, min_blocks=8)}
+    funcs = {name: mma.bsr_decode_mma(BSRShape(4096, 4096, 4, 16, 1), 8, c).with_attr("global_symbol", name)
+             for name, c in cfgs.items()}
+    regs = {name[:-len("_kernel")]: res["REG"] for name, res in _resources_sm90(funcs, target, tmp_path).items()}
+    assert regs["six"] <= 65536 // (256 * 6) and regs["eight"] <= 65536 // (256 * 8) < regs["free"], regs
