@@ -511,6 +511,17 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     cfg=bsr_decode.for_shape(shape, m, True))
                 for c in mma_pdl + capped:
                     add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma occupancy", cfg=replace(c, pdl=True))
+    # the tall shapes in one wave: two or four tiles a thread block, 4-warp thread blocks, registers capped (PDL).
+    # kernels_mma_one_wave_run{1,2}_h100.json: 22016 x 4096 at M = 8 1.08x with mm_w4l1a2t2bg, the rest 0.68-1.03x
+    one_wave = [Mma(8, 2, 1, 1, True), Mma(8, 2, 1, 1, True, min_blocks=6), Mma(8, 1, 1, 2, True, min_blocks=6),
+                Mma(4, 1, 1, 2, True), Mma(4, 2, 1, 2, True, min_blocks=7), Mma(4, 2, 1, 1, True, min_blocks=11),
+                Mma(4, 1, 1, 4, True), Mma(4, 1, 2, 2, True)]
+    for n, k in [(12288, 4096), (22016, 4096), (28672, 4096)] if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M:
+            add("bsr_decode", n, k, m, 1, tag="mma one wave", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
+            for c in one_wave:
+                add("bsr_decode_mma", n, k, m, 1, tag="mma one wave", cfg=replace(c, pdl=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:

@@ -1,4 +1,4 @@
-"""SASS instructions and registers of tensor-core decode GEMVs (tvm_schedules.bsr_decode_mma), built here for
+"""SASS instructions, registers and spill stores of tensor-core decode GEMVs (tvm_schedules.bsr_decode_mma), built here for
 sm_90a with nvcc (no GPU needed): what a kernel change costs before any GPU time is spent on it.
 
     python benchmarks/probes/mma_sass.py N K M KEY [KEY ...]      # KEY as MmaConfig.key spells it, e.g. mm_w8l2abg
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
         name = chunk[:chunk.index("\n")].strip()
         count = len(re.findall(r"^\s+/\*[0-9a-f]{4}\*/", chunk, re.M))
         print(f"{name:28s} {count:5d} instructions  {res[name].get('REG')} registers  "
-              f"{res[name].get('SHARED')} B shared")
+              f"{len(re.findall(r'STL', chunk))} spill stores  {res[name].get('SHARED')} B shared")
 
 
 if __name__ == "__main__":
