@@ -522,6 +522,22 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_decode", n, k, m, 1, tag="mma one wave", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
             for c in one_wave:
                 add("bsr_decode_mma", n, k, m, 1, tag="mma one wave", cfg=replace(c, pdl=True))
+    # the next launch triggered right after the wait (MmaConfig.early), beside the trigger after the loop, in each
+    # shape's fastest one-wave configurations of the runs above (PDL). kernels_mma_early_run{1,2,3}_h100.json:
+    # 1.06-1.11x where the grid leaves SM slots free (4096 and 6144 rows), 0.99-1.03x on 12288 and 22016, 0.95-0.97x
+    # on 28672 x 4096 at M >= 2
+    resident = {(4096, 4096): [Mma(16, 1, 1)], (4096, 11008): [Mma(16, 1, 1), Mma(16, 1, 3, 1, True)],
+                (4096, 14336): [Mma(16, 2, 1, 1, True), Mma(16, 1, 3, 1, True)],
+                (6144, 4096): [Mma(16, 1, 1, min_blocks=3), Mma(8, 1, 2)],
+                (12288, 4096): [Mma(8, 2, 1, 1, True, min_blocks=6), Mma(8, 1, 2, 1, True, min_blocks=6)],
+                (22016, 4096): [Mma(4, 1, 2, 2, True)], (28672, 4096): [Mma(4, 2, 1, 2, True, min_blocks=7)]}
+    for (n, k), cfgs in resident.items() if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M:
+            add("bsr_decode", n, k, m, 1, tag="mma early", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
+            for c in cfgs:
+                for early in (False, True):
+                    add("bsr_decode_mma", n, k, m, 1, tag="mma early", cfg=replace(c, pdl=True, early=early))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:

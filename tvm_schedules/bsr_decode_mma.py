@@ -28,7 +28,9 @@ shared memory (``tiles`` > 1: a thread block takes that many tiles, and each war
 them all). Loads go out ``look`` steps at a time, ``ahead`` register sets before the set whose mma's run; with
 programmatic dependent launch (``pdl``) the first sets' weights go out before the wait for the previous kernel,
 their activations after. H100 (kernels_mma_decode_v4_run{1,2}_h100.json): with PDL 3.0-3.9x cuBLAS fp16 at M = 2-8, and
-its time flat in M; at M = 1 the row kernel stays faster.
+its time flat in M; at M = 1 the row kernel stays faster but on 4096 x 4096. Where the grid leaves SM slots free,
+triggering the next launch right after the wait (``early``) makes it 6-11% faster (kernels_mma_early_run{1,2,3}_h100.json:
+4096 x 14336 4.05-4.09x cuBLAS at M = 2-8); where it is one wave only with fewer registers, ``min_blocks`` caps them.
 """
 from __future__ import annotations
 
@@ -51,13 +53,15 @@ class MmaConfig:
     pdl: bool = False  # programmatic dependent launch: the first set's weights load before the wait, the
     # activations after it; the next launch triggered after the loop (sm_90; launch.PIPELINE flags the kernel)
     min_blocks: int = 0  # > 0: thread blocks an SM must hold (__launch_bounds__; ptxas caps registers to fit)
+    early: bool = False  # with pdl, trigger the next launch right after the wait, not after the loop: for grids
+    # all resident at once, whose next launch's thread blocks then take SM slots only as this one's leave
 
     @property
     def key(self) -> str:
         depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
         return (f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "")
                 + (f"o{self.min_blocks}" if self.min_blocks else "") + ("b" if self.absent_loads else "")
-                + ("g" if self.pdl else ""))
+                + ("g" if self.pdl else "") + ("e" if self.pdl and self.early else ""))
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad
@@ -208,6 +212,8 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                             T.ptx.griddepcontrol.wait()
                         else:
                             T.ptx.griddepcontrol.wait()
+                    if cfg.pdl and cfg.early:
+                        T.ptx.griddepcontrol.launch_dependents()
                     for st in T.unroll(ahead):
                         stage(x32, xb, ty * per, st, tx // 4, tx % 4)
                     for st in T.unroll(sets_n):
@@ -215,7 +221,7 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                             issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st + ahead, tx // 4, tx % 4)
                             stage(x32, xb, ty * per, st + ahead, tx // 4, tx % 4)
                         compute(cw, mt, sel, xb, a32, hz, acc, st)
-                    if cfg.pdl:
+                    if cfg.pdl and not cfg.early:
                         T.ptx.griddepcontrol.launch_dependents()
                     for u in T.unroll(tpb):
                         for e in T.unroll(4):

@@ -268,3 +268,28 @@ def test_min_blocks_hint_caps_registers(tmp_path):
              for name, c in cfgs.items()}
     regs = {name[:-len("_kernel")]: res["REG"] for name, res in _resources_sm90(funcs, target, tmp_path).items()}
     assert regs["six"] <= 65536 // (256 * 6) and regs["eight"] <= 65536 // (256 * 8) < regs["free"], regs
+
+
+def test_mma_decode_early_trigger_follows_the_wait(tmp_path):
+    """bsr_decode_mma with ``early``: the next launch's trigger (PREEXIT in the SASS) comes right after the grid
+    wait (ACQBULK), before any mma; without it, after the last mma."""
+    import tvm
+
+    from gqsa_compile import cuda_toolchain
+    from tvm_schedules import bsr_decode_mma as mma
+    from tvm_schedules.common import BSRShape
+
+    cuda_toolchain.setup(["sm_90"])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+    funcs = {name: mma.bsr_decode_mma(BSRShape(4096, 4096, 4, 16, 1), 8, mma.MmaConfig(16, 1, pdl=True, early=e))
+             .with_attr("global_symbol", name) for name, e in (("late", False), ("early", True))}
+    _resources_sm90(funcs, target, tmp_path)
+    order = {}
+    for chunk in cuda_toolchain.sass_by_arch(tmp_path / "k.so")[90].split("Function : ")[1:]:
+        ops = re.findall(r"^\s+/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z]+)", chunk, re.M)
+        order[chunk[:chunk.index("_kernel")]] = {op: [i for i, o in enumerate(ops) if o == op]
+                                                 for op in ("ACQBULK", "PREEXIT", "HMMA")}
+    early, late = order["early"], order["late"]
+    assert len(early["PREEXIT"]) == len(late["PREEXIT"]) == 1, order
+    assert max(early["ACQBULK"]) < early["PREEXIT"][0] < min(early["HMMA"]), early
+    assert late["PREEXIT"][0] > max(late["HMMA"]), late
