@@ -538,6 +538,21 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for c in cfgs:
                 for early in (False, True):
                     add("bsr_decode_mma", n, k, m, 1, tag="mma early", cfg=replace(c, pdl=True, early=early))
+    # the early trigger's configurations swept on the shapes closest to 4x (PDL; M = 1 on 4096 x 4096 only).
+    # kernels_mma_early_sweep_run{1,2}_h100.json: mm_w16l1a3bge fastest on the 4096-row shapes (4096 x 14336
+    # 4.04-4.11x cuBLAS at M = 2-8, 4096 x 4096 4.15-4.16x at M = 1)
+    wide = [Mma(16, 1, 1), Mma(16, 1, 1, 1, True), Mma(16, 1, 2, 1, True), Mma(16, 1, 3, 1, True), Mma(16, 2, 1),
+            Mma(16, 2, 1, 1, True), Mma(16, 2, 2, 1, True), Mma(8, 1, 2), Mma(8, 2, 1, 1, True), Mma(8, 1, 3, 1, True),
+            Mma(32, 1, 1, 1, True)]
+    paired = [Mma(4, 1, 2, 2, True), Mma(4, 2, 1, 2, True), Mma(4, 1, 3, 2, True), Mma(4, 2, 2, 2, True),
+              Mma(4, 1, 2, 2)]
+    for n, k, cfgs in [(4096, 4096, wide), (4096, 11008, wide), (4096, 14336, wide), (6144, 4096, wide),
+                       (22016, 4096, paired)] if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M if (n, k) == (4096, 4096) else DECODE_M[1:]:
+            add("bsr_decode", n, k, m, 1, tag="mma early sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
+            for c in cfgs:
+                add("bsr_decode_mma", n, k, m, 1, tag="mma early sweep", cfg=replace(c, pdl=True, early=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:
