@@ -553,6 +553,18 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_decode", n, k, m, 1, tag="mma early sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
             for c in cfgs:
                 add("bsr_decode_mma", n, k, m, 1, tag="mma early sweep", cfg=replace(c, pdl=True, early=True))
+    # unequal rows at M = 1 on the two shapes the row and stream kernels leave short of 10%: the early-trigger
+    # tensor-core GEMV beside the row kernel, balanced and unequal rows (PDL). kernels_mma_early_rows_run{1,2,3}_h100.json:
+    # 4096 x 4096 unequal rows on it 6.6-8.8% faster than balanced ones on the row kernel; 6144 x 4096 +19.5-21.0%
+    for n, k, cfgs in [(4096, 4096, [Mma(16, 1, 3, 1, True), Mma(16, 2, 1)]),
+                       (6144, 4096, [Mma(16, 1, 1, min_blocks=3), Mma(8, 1, 2), Mma(16, 1, 3, 1, True, min_blocks=3)])
+                       ] if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for alloc in ("row", "layer"):
+            add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="mma early rows", packed=True,
+                cfg=bsr_decode.for_shape(shape, 1, True))
+            for c in cfgs:
+                add("bsr_decode_mma", n, k, 1, 1, alloc=alloc, tag="mma early rows", cfg=replace(c, pdl=True, early=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:
