@@ -565,6 +565,27 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 cfg=bsr_decode.for_shape(shape, 1, True))
             for c in cfgs:
                 add("bsr_decode_mma", n, k, 1, 1, alloc=alloc, tag="mma early rows", cfg=replace(c, pdl=True, early=True))
+    # the tall shapes with the early trigger in grids that leave more SM slots free: two tiles a thread block,
+    # registers capped (PDL, M = 2-8). kernels_mma_early_tall{,2,3}_run*_h100.json: 12288 x 4096 9.3-9.6 us with
+    # mm_w8l2at2o3bge (4.00-4.06x cuBLAS), 28672 x 4096 20.7-21.4 with mm_w4l1at2bge (3.89-4.00x); capped 22016 slower
+    tall = {(12288, 4096): [Mma(8, 1, 1, 2, True), Mma(8, 2, 1, 2, True), Mma(8, 1, 2, 2, True, min_blocks=4)],
+            (22016, 4096): [Mma(4, 1, 2, 2, True, min_blocks=7), Mma(4, 1, 2, 2, True, min_blocks=8),
+                            Mma(4, 1, 1, 2, True, min_blocks=8), Mma(4, 2, 1, 2, True, min_blocks=7)],
+            (28672, 4096): [Mma(4, 2, 1, 2, True, min_blocks=8), Mma(4, 1, 1, 2, True), Mma(4, 1, 2, 2, True, min_blocks=8)]}
+    # and again, two register sets of 2 steps for two tiles in 3 thread blocks an SM (88 registers at M = 8 hold 2)
+    tall2 = {(12288, 4096): [Mma(8, 2, 1, 2, True), Mma(8, 2, 1, 2, True, min_blocks=3)],
+             (6144, 4096): [Mma(8, 2, 1, 2, True), Mma(16, 2, 1, 2, True, min_blocks=2), Mma(16, 1, 1, 2, True, min_blocks=2)]}
+    # and on the shapes still short of 4x: two tiles a thread block on 22016 x 4096 and 4096 x 4096 (M = 8 there)
+    tall3 = {(22016, 4096): [Mma(4, 1, 1, 2, True), Mma(4, 1, 2, 2, True)],
+             (28672, 4096): [Mma(4, 1, 1, 2, True), Mma(4, 1, 2, 2, True, min_blocks=7)],
+             (4096, 4096): [Mma(16, 1, 3, 1, True), Mma(16, 1, 3, 2, True), Mma(8, 2, 1, 2, True), Mma(16, 2, 1, 2, True)]}
+    for tag, runs in (("mma early tall", tall), ("mma early tall 2", tall2), ("mma early tall 3", tall3)):
+        for (n, k), cfgs in runs.items() if launch.supported(archs) else []:
+            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+            for m in DECODE_M[1:]:
+                add("bsr_decode", n, k, m, 1, tag=tag, packed=True, cfg=bsr_decode.for_shape(shape, m, True))
+                for c in cfgs:
+                    add("bsr_decode_mma", n, k, m, 1, tag=tag, cfg=replace(c, pdl=True, early=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:
