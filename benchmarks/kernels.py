@@ -586,6 +586,20 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 add("bsr_decode", n, k, m, 1, tag=tag, packed=True, cfg=bsr_decode.for_shape(shape, m, True))
                 for c in cfgs:
                     add("bsr_decode_mma", n, k, m, 1, tag=tag, cfg=replace(c, pdl=True, early=True))
+    # 10 and 12 warps a thread block: 3 of them an SM at 64 registers, so 6144 x 4096's 384 tiles fit one wave
+    # uncapped (PDL, early trigger; balanced rows, and unequal ones at M = 1). kernels_mma_ten_warps_run{1,2}_h100.json:
+    # 6144 x 4096 1.03x at M = 1 (10 warps), 1.14x at M = 8 (12 warps), still under 4x cuBLAS; 4096 x 4096 slower
+    odd = [Mma(10, 1, 1), Mma(10, 2, 1, 1, True), Mma(10, 1, 3, 1, True, min_blocks=3),
+           Mma(12, 1, 3, 1, True, min_blocks=3), Mma(16, 1, 1, min_blocks=3), Mma(16, 1, 3, 1, True)]
+    for n, k in [(6144, 4096), (4096, 4096)] if launch.supported(archs) else []:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M:
+            for alloc in ("row", "layer") if m == 1 else ("row",):
+                add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma ten warps", packed=True,
+                    cfg=bsr_decode.for_shape(shape, m, True))
+                for c in odd:
+                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma ten warps",
+                        cfg=replace(c, pdl=True, early=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:
