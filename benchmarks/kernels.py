@@ -600,6 +600,20 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for c in odd:
                     add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma ten warps",
                         cfg=replace(c, pdl=True, early=True))
+    # the launch bsr_decode_mma.for_shape picks, beside the row kernel's (bsr_decode.for_shape), every shape and M,
+    # balanced and unequal rows, plain and PDL launches; at M = 1 also the capped one-tile launches of 12288 and
+    # 28672 rows (tag "mma early": measured at M = 1 there, where for_shape's two-tile launches were not)
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for m in DECODE_M:
+            for alloc in ("row", "layer"):
+                for pdl in (False, True) if launch.supported(archs) else (False,):
+                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma plan", packed=True,
+                        cfg=bsr_decode.for_shape(shape, m, pdl))
+                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma plan", cfg=bsr_decode_mma.for_shape(shape, m, pdl))
+            if m == 1 and launch.supported(archs) and n in (12288, 28672):
+                alt = Mma(8, 2, 1, 1, True, min_blocks=6) if n == 12288 else Mma(4, 2, 1, 2, True, min_blocks=7)
+                add("bsr_decode_mma", n, k, m, 1, tag="mma plan", cfg=replace(alt, pdl=True, early=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:

@@ -34,7 +34,7 @@ triggering the next launch right after the wait (``early``) makes it 6-11% faste
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
@@ -70,6 +70,37 @@ QUAD = 4  # column groups a step takes: one per lane of a quad
 def supports(s: BSRShape, m: int) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.dtype == "float16" and 1 <= m <= 8
             and s.n % TILE == 0 and TILE * (s.k // 16) <= 1 << 16)
+
+
+def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
+    """The launch for a shape: the grid made one wave of thread blocks all resident on an H100's 132 SMs, whose
+    size and registers decide how many fit (docs/perf.md, "Decode on tensor cores"; kernels_mma_early*,
+    kernels_mma_ten_warps*). With PDL such a grid triggers the next launch right after its wait: on the 4096-row
+    shapes 1.06-1.09x faster, and where a grid fills every slot, the same. Tiles per SM of the grid, and the
+    launch measured fastest there:
+    - up to 2 (4096 rows): 16 warps, one step a set, three sets ahead (64 registers, 2 thread blocks an SM);
+    - up to 3 (6144 rows): 16 warps capped to 3 thread blocks an SM at M = 2 and 4, 10 warps at M = 1, 12 at M = 8;
+    - up to 6 (12288 rows): two tiles a thread block of 8 warps, two steps a set, capped to 3 an SM;
+    - up to 12 (22016 rows): two tiles a thread block of 4 warps, two sets ahead (78 registers, 6 an SM);
+    - up to 14 (28672 rows): two tiles a thread block of 4 warps, one set ahead (72 registers, 7 an SM);
+    - past that, or with an odd number of tiles where two share a thread block: 8 warps, two steps a set, a
+      thread block per tile, the trigger after the loop (more than one wave)."""
+    per_sm = -(-(s.n // TILE) // 132)
+    even = s.n // TILE % 2 == 0
+    if per_sm <= 2:
+        cfg = MmaConfig(16, 1, 3, 1, True)
+    elif per_sm <= 3:
+        cfg = {1: MmaConfig(10, 1, 3, 1, True, min_blocks=3), 8: MmaConfig(12, 1, 3, 1, True, min_blocks=3)}.get(
+            m, MmaConfig(16, 1, 1, min_blocks=3))
+    elif per_sm <= 6 and even:
+        cfg = MmaConfig(8, 2, 1, 2, True, min_blocks=3)
+    elif per_sm <= 12 and even:
+        cfg = MmaConfig(4, 1, 2, 2, True)
+    elif per_sm <= 14 and even:
+        cfg = MmaConfig(4, 1, 1, 2, True)
+    else:
+        return MmaConfig(8, 2, 1, 1, True, pdl=pdl)
+    return replace(cfg, pdl=pdl, early=pdl)
 
 
 def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:

@@ -105,3 +105,22 @@ def test_dequantization_arithmetic_is_exact_in_fp16():
     np.testing.assert_array_equal(high, c - z)
     s = h(0.0371)
     np.testing.assert_array_equal(high * s, h(c - z) * s)
+
+
+def test_for_shape_launches_one_wave_with_the_early_trigger():
+    """for_shape: on the seven LLaMA shapes a launch the kernel accepts, whose grid is at most one wave of the
+    thread blocks an H100 SM holds at the registers ptxas gave it for sm_90a (benchmarks/probes/mma_sass.py),
+    triggering early only with PDL; past 14 tiles an SM, a thread block per tile triggering after its loop."""
+    per_sm = {"mm_w16l1a3b": 2, "mm_w10l1a3o3b": 3, "mm_w16l1ao3": 3, "mm_w12l1a3o3b": 3, "mm_w8l2at2o3b": 3,
+              "mm_w4l1a2t2b": 6, "mm_w4l1at2b": 7}  # 64, 64, 40, 56, 80, 78 and 70-72 registers
+    for n, k in ((4096, 4096), (4096, 11008), (4096, 14336), (6144, 4096), (12288, 4096), (22016, 4096),
+                 (28672, 4096)):
+        s = BSRShape(n, k, 4, 16, 1)
+        for m in (1, 2, 4, 8):
+            for pdl in (False, True):
+                cfg = bsr_decode_mma.for_shape(s, m, pdl)
+                assert cfg.pdl == cfg.early == pdl, cfg
+                assert n // TILE // cfg.tiles <= 132 * per_sm[cfg.key.rstrip("ge")], (n, m, cfg.key)
+        bsr_decode_mma.bsr_decode_mma(s, 8, bsr_decode_mma.for_shape(s, 8, True))  # builds as TensorIR
+    wide = bsr_decode_mma.for_shape(BSRShape(16 * 132 * 15, 4096, 4, 16, 1), 1, True)
+    assert wide.tiles == 1 and wide.pdl and not wide.early
