@@ -477,15 +477,19 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     mma_plain = [Mma(8, 2, 1, 1, True), Mma(16, 2, 1, 1, True), Mma(4, 2, 1, 1, False), Mma(8, 1, 1, 2, True)]
     mma_pdl = [Mma(8, 2, 1, 1, True), Mma(16, 1, 1, 1, False), Mma(16, 2, 1, 1, True), Mma(8, 1, 2, 1, False),
                Mma(8, 1, 1, 2, True), Mma(16, 1, 1, 2, True)]
-    for n, k in shapes:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            for alloc in ("row", "layer"):
-                for pdl in (False, True) if launch.supported(archs) else (False,):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma decode", packed=True,
-                        cfg=bsr_decode.for_shape(shape, m, pdl))
-                    for c in mma_pdl if pdl else mma_plain:
-                        add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma decode", cfg=replace(c, pdl=pdl))
+    # and (tag "mma plan") the launch bsr_decode_mma.for_shape picks
+    for tag, launches in (("mma decode", lambda shape, m, pdl: [replace(c, pdl=pdl)
+                                                                for c in (mma_pdl if pdl else mma_plain)]),
+                          ("mma plan", lambda shape, m, pdl: [bsr_decode_mma.for_shape(shape, m, pdl)])):
+        for n, k in shapes:
+            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+            for m in DECODE_M:
+                for alloc in ("row", "layer"):
+                    for pdl in (False, True) if launch.supported(archs) else (False,):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True,
+                            cfg=bsr_decode.for_shape(shape, m, pdl))
+                        for c in launches(shape, m, pdl):
+                            add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag=tag, cfg=c)
     # the tensor-core GEMV on the two wide shapes, closest to 4x cuBLAS: deeper sets, more warps (PDL)
     for n, k in [(4096, 11008), (4096, 14336)] if launch.supported(archs) else []:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
@@ -554,8 +558,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for c in cfgs:
                 add("bsr_decode_mma", n, k, m, 1, tag="mma early sweep", cfg=replace(c, pdl=True, early=True))
     # unequal rows at M = 1 on the two shapes the row and stream kernels leave short of 10%: the early-trigger
-    # tensor-core GEMV beside the row kernel, balanced and unequal rows (PDL). kernels_mma_early_rows_run{1,2,3}_h100.json:
-    # 4096 x 4096 unequal rows on it 6.6-8.8% faster than balanced ones on the row kernel; 6144 x 4096 +19.5-21.0%
+    # tensor-core GEMV beside the row kernel, balanced and unequal rows (PDL).
+    # kernels_mma_early_rows_run{1,2,3}_h100.json: 4096 x 4096 unequal rows on it 6.6-8.8% faster than balanced
+    # ones on the row kernel; 6144 x 4096 +19.5-21.0%
     for n, k, cfgs in [(4096, 4096, [Mma(16, 1, 3, 1, True), Mma(16, 2, 1)]),
                        (6144, 4096, [Mma(16, 1, 1, min_blocks=3), Mma(8, 1, 2), Mma(16, 1, 3, 1, True, min_blocks=3)])
                        ] if launch.supported(archs) else []:
@@ -564,21 +569,25 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="mma early rows", packed=True,
                 cfg=bsr_decode.for_shape(shape, 1, True))
             for c in cfgs:
-                add("bsr_decode_mma", n, k, 1, 1, alloc=alloc, tag="mma early rows", cfg=replace(c, pdl=True, early=True))
+                add("bsr_decode_mma", n, k, 1, 1, alloc=alloc, tag="mma early rows",
+                    cfg=replace(c, pdl=True, early=True))
     # the tall shapes with the early trigger in grids that leave more SM slots free: two tiles a thread block,
     # registers capped (PDL, M = 2-8). kernels_mma_early_tall{,2,3}_run*_h100.json: 12288 x 4096 9.3-9.6 us with
     # mm_w8l2at2o3bge (4.00-4.06x cuBLAS), 28672 x 4096 20.7-21.4 with mm_w4l1at2bge (3.89-4.00x); capped 22016 slower
     tall = {(12288, 4096): [Mma(8, 1, 1, 2, True), Mma(8, 2, 1, 2, True), Mma(8, 1, 2, 2, True, min_blocks=4)],
             (22016, 4096): [Mma(4, 1, 2, 2, True, min_blocks=7), Mma(4, 1, 2, 2, True, min_blocks=8),
                             Mma(4, 1, 1, 2, True, min_blocks=8), Mma(4, 2, 1, 2, True, min_blocks=7)],
-            (28672, 4096): [Mma(4, 2, 1, 2, True, min_blocks=8), Mma(4, 1, 1, 2, True), Mma(4, 1, 2, 2, True, min_blocks=8)]}
+            (28672, 4096): [Mma(4, 2, 1, 2, True, min_blocks=8), Mma(4, 1, 1, 2, True),
+                            Mma(4, 1, 2, 2, True, min_blocks=8)]}
     # and again, two register sets of 2 steps for two tiles in 3 thread blocks an SM (88 registers at M = 8 hold 2)
     tall2 = {(12288, 4096): [Mma(8, 2, 1, 2, True), Mma(8, 2, 1, 2, True, min_blocks=3)],
-             (6144, 4096): [Mma(8, 2, 1, 2, True), Mma(16, 2, 1, 2, True, min_blocks=2), Mma(16, 1, 1, 2, True, min_blocks=2)]}
+             (6144, 4096): [Mma(8, 2, 1, 2, True), Mma(16, 2, 1, 2, True, min_blocks=2),
+                            Mma(16, 1, 1, 2, True, min_blocks=2)]}
     # and on the shapes still short of 4x: two tiles a thread block on 22016 x 4096 and 4096 x 4096 (M = 8 there)
     tall3 = {(22016, 4096): [Mma(4, 1, 1, 2, True), Mma(4, 1, 2, 2, True)],
              (28672, 4096): [Mma(4, 1, 1, 2, True), Mma(4, 1, 2, 2, True, min_blocks=7)],
-             (4096, 4096): [Mma(16, 1, 3, 1, True), Mma(16, 1, 3, 2, True), Mma(8, 2, 1, 2, True), Mma(16, 2, 1, 2, True)]}
+             (4096, 4096): [Mma(16, 1, 3, 1, True), Mma(16, 1, 3, 2, True), Mma(8, 2, 1, 2, True),
+                            Mma(16, 2, 1, 2, True)]}
     for tag, runs in (("mma early tall", tall), ("mma early tall 2", tall2), ("mma early tall 3", tall3)):
         for (n, k), cfgs in runs.items() if launch.supported(archs) else []:
             shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
@@ -600,20 +609,12 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for c in odd:
                     add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma ten warps",
                         cfg=replace(c, pdl=True, early=True))
-    # the launch bsr_decode_mma.for_shape picks, beside the row kernel's (bsr_decode.for_shape), every shape and M,
-    # balanced and unequal rows, plain and PDL launches; at M = 1 also the capped one-tile launches of 12288 and
-    # 28672 rows (tag "mma early": measured at M = 1 there, where for_shape's two-tile launches were not)
-    for n, k in shapes:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            for alloc in ("row", "layer"):
-                for pdl in (False, True) if launch.supported(archs) else (False,):
-                    add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma plan", packed=True,
-                        cfg=bsr_decode.for_shape(shape, m, pdl))
-                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma plan", cfg=bsr_decode_mma.for_shape(shape, m, pdl))
-            if m == 1 and launch.supported(archs) and n in (12288, 28672):
-                alt = Mma(8, 2, 1, 1, True, min_blocks=6) if n == 12288 else Mma(4, 2, 1, 2, True, min_blocks=7)
-                add("bsr_decode_mma", n, k, m, 1, tag="mma plan", cfg=replace(alt, pdl=True, early=True))
+    # tag "mma plan" (with "mma decode" above): at M = 1 also the capped one-tile launches of 12288 and 28672 rows,
+    # measured at M = 1 in tag "mma early", where for_shape's two-tile launches were not.
+    # kernels_mma_plan_run{1,2}_h100.json: with PDL 4x cuBLAS on 9 of the 21 (shape, M >= 2), 3.93-4.01x on 7
+    for n, k, alt in [(12288, 4096, Mma(8, 2, 1, 1, True, min_blocks=6)),
+                      (28672, 4096, Mma(4, 2, 1, 2, True, min_blocks=7))] if launch.supported(archs) else []:
+        add("bsr_decode_mma", n, k, 1, 1, tag="mma plan", cfg=replace(alt, pdl=True, early=True))
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:
