@@ -27,10 +27,11 @@ its 16 x 8 fp32 partial sums in the mma's accumulators, and the thread block add
 shared memory (``tiles`` > 1: a thread block takes that many tiles, and each warp's activation loads serve
 them all). Loads go out ``look`` steps at a time, ``ahead`` register sets before the set whose mma's run; with
 programmatic dependent launch (``pdl``) the first sets' weights go out before the wait for the previous kernel,
-their activations after. H100 (kernels_mma_decode_v4_run{1,2}_h100.json): with PDL 3.0-3.9x cuBLAS fp16 at M = 2-8, and
-its time flat in M; at M = 1 the row kernel stays faster but on 4096 x 4096. Where the grid leaves SM slots free,
-triggering the next launch right after the wait (``early``) makes it 6-11% faster (kernels_mma_early_run{1,2,3}_h100.json:
-4096 x 14336 4.05-4.09x cuBLAS at M = 2-8); where it is one wave only with fewer registers, ``min_blocks`` caps them.
+their activations after. Its time is flat in M. for_shape makes the grid one wave of resident thread blocks (two
+tiles a thread block on tall matrices, registers capped with ``min_blocks`` where that fits one more) that with PDL
+triggers the next launch right after its wait (``early``). H100, with PDL (kernels_mma_plan_run{1,2}_h100.json):
+3.4-4.2x cuBLAS fp16 at M = 2-8, 4x or more on 9 of the 21 (shape, M) pairs of the LLaMA shapes; at M = 1 the row
+kernel stays faster but on 4096 x 4096.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
-from .common import FULL, BSRShape
+from .common import FULL, SMS, BSRShape
 from .launch import MIN_BLOCKS_HINT
 from .layout import TILE
 
@@ -73,11 +74,11 @@ def supports(s: BSRShape, m: int) -> bool:
 
 
 def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
-    """The launch for a shape: the grid made one wave of thread blocks all resident on an H100's 132 SMs, whose
+    """The launch for a shape: the grid made one wave of thread blocks all resident on an H100's SMS SMs, whose
     size and registers decide how many fit (docs/perf.md, "Decode on tensor cores"; kernels_mma_early*,
-    kernels_mma_ten_warps*). With PDL such a grid triggers the next launch right after its wait: on the 4096-row
-    shapes 1.06-1.09x faster, and where a grid fills every slot, the same. Tiles per SM of the grid, and the
-    launch measured fastest there:
+    kernels_mma_ten_warps*, kernels_mma_plan*). With PDL such a grid triggers the next launch right after its wait:
+    on the 4096-row shapes 1.01-1.09x faster, and where a grid fills every slot, the same. Tiles per SM of the
+    grid, and the launch measured fastest there:
     - up to 2 (4096 rows): 16 warps, one step a set, three sets ahead (64 registers, 2 thread blocks an SM);
     - up to 3 (6144 rows): 16 warps capped to 3 thread blocks an SM at M = 2 and 4, 10 warps at M = 1, 12 at M = 8;
     - up to 6 (12288 rows): two tiles a thread block of 8 warps, two steps a set, capped to 3 an SM;
@@ -85,7 +86,7 @@ def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
     - up to 14 (28672 rows): two tiles a thread block of 4 warps, one set ahead (72 registers, 7 an SM);
     - past that, or with an odd number of tiles where two share a thread block: 8 warps, two steps a set, a
       thread block per tile, the trigger after the loop (more than one wave)."""
-    per_sm = -(-(s.n // TILE) // 132)
+    per_sm = -(-(s.n // TILE) // SMS)
     even = s.n // TILE % 2 == 0
     if per_sm <= 2:
         cfg = MmaConfig(16, 1, 3, 1, True)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from tvm.script import tirx as T
 
-from .common import BSRShape, column, scale_bits, zero_bits
+from .common import SMS, BSRShape, column, scale_bits, zero_bits
 
 CHUNK = 64  # input columns per stage: one 128-byte swizzled line of fp16 per row
 WG_TOKENS = 64  # tokens per warpgroup (wgmma's M)
@@ -67,7 +67,6 @@ class WgmmaConfig:
 # 1.06-1.15x faster on SmolLM2's matrices, 1.01-1.03x (geometric means by M) on LLaMA's (tag "wgmma pdl")
 BEST = WgmmaConfig(256, 2, 4)
 SMALL = WgmmaConfig(128, 2, 4)  # half the rows: twice the thread blocks (by_tokens)
-SMS = 132  # SMs of an H100 / H200 SXM, the sm_90a parts this kernel is tuned on
 TILE_GAIN = 1.2  # BEST's speed per unit of work over SMALL's at M = 4096 (H100: 1.20-1.27x, docs/perf.md)
 
 

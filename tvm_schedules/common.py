@@ -9,6 +9,7 @@ from .layout import nibble
 from .warp_plan import stream_len
 
 FULL = T.uint32(0xFFFFFFFF)  # every lane of a warp: the mask of a shuffle all 32 lanes meet at
+SMS = 132  # SMs of an H100 / H200 SXM, the parts the CUDA kernels are tuned on
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""SASS instructions, registers and spill stores of tensor-core decode GEMVs (tvm_schedules.bsr_decode_mma), built here for
-sm_90a with nvcc (no GPU needed): what a kernel change costs before any GPU time is spent on it.
+"""SASS instructions, registers and spill stores of tensor-core decode GEMVs (tvm_schedules.bsr_decode_mma), built
+here for sm_90a with nvcc (no GPU needed): what a kernel change costs before any GPU time is spent on it.
 
     python benchmarks/probes/mma_sass.py N K M KEY [KEY ...]      # KEY as MmaConfig.key spells it, e.g. mm_w8l2abg
 """
@@ -19,8 +19,8 @@ def parse_key(key: str):
     if not f:
         raise SystemExit(f"not an mma key: {key}")
     ahead = 0 if f[3] is None else int(f[4] or 1)
-    return MmaConfig(int(f[1]), int(f[2]), ahead, int(f[6] or 1), bool(f[9]), bool(f[10]), min_blocks=int(f[8] or 0),
-                     early=bool(f[11]))
+    return MmaConfig(int(f[1]), int(f[2]), ahead, int(f[6] or 1), bool(f[9]), bool(f[10]),
+                     min_blocks=int(f[8] or 0), early=bool(f[11]))
 
 
 def main(argv: list[str]) -> None:

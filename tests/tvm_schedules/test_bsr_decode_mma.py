@@ -7,7 +7,7 @@ import tvm
 
 from training.bsr import compress_matrix, dequantize
 from tvm_schedules import bsr_decode_mma
-from tvm_schedules.common import BSRShape
+from tvm_schedules.common import SMS, BSRShape
 from tvm_schedules.layout import TILE, column_tiles
 
 
@@ -120,7 +120,7 @@ def test_for_shape_launches_one_wave_with_the_early_trigger():
             for pdl in (False, True):
                 cfg = bsr_decode_mma.for_shape(s, m, pdl)
                 assert cfg.pdl == cfg.early == pdl, cfg
-                assert n // TILE // cfg.tiles <= 132 * per_sm[cfg.key.rstrip("ge")], (n, m, cfg.key)
+                assert n // TILE // cfg.tiles <= SMS * per_sm[cfg.key.rstrip("ge")], (n, m, cfg.key)
         bsr_decode_mma.bsr_decode_mma(s, 8, bsr_decode_mma.for_shape(s, 8, True))  # builds as TensorIR
-    wide = bsr_decode_mma.for_shape(BSRShape(16 * 132 * 15, 4096, 4, 16, 1), 1, True)
+    wide = bsr_decode_mma.for_shape(BSRShape(TILE * SMS * 15, 4096, 4, 16, 1), 1, True)
     assert wide.tiles == 1 and wide.pdl and not wide.early
