@@ -1321,12 +1321,12 @@ def _rule_table(pick, tag: str, title: str) -> list[str]:
 
 
 def _beside_row_kernel(rows: list[dict], family: str, value) -> dict:
-    """Decode rows of the row kernel and of ``family`` (whose PDL keys end in g) by (n, k, M, PDL):
+    """Decode rows of the row kernel and of ``family`` (whose PDL keys end in g, or ge) by (n, k, M, PDL):
     {(its configuration, or "rows" for the row kernel; allocation): value(row)}."""
     t: dict = {}
     for r in rows:
         other = r["family"] == family
-        pdl = r["cfg"].endswith("g") if other else _row_kernel_pdl(r["cfg"])
+        pdl = r["cfg"].removesuffix("e").endswith("g") if other else _row_kernel_pdl(r["cfg"])  # "ge": PDL, early
         t.setdefault((r["n"], r["k"], r["m"], pdl), {})[r["cfg"] if other else "rows", r["alloc"]] = value(r)
     return t
 
@@ -1364,18 +1364,20 @@ def _stream_table(pick) -> list[str]:
     return out
 
 
-def _mma_table(pick) -> list[str]:
-    """Tag "mma decode": per shape, M and launch (plain, PDL), the row kernel as bsr_decode.for_shape launches it
-    beside the tensor-core GEMV (tvm_schedules.bsr_decode_mma) in its configuration fastest on balanced rows; time
-    (us) balanced / unequal rows, the speed-up, the ratio to cuBLAS fp16 and the unequal rows' loss against
-    balanced rows on the row kernel."""
-    rows = pick(tag="mma decode")
+def _mma_table(pick, tag: str) -> list[str]:
+    """Tags "mma decode" and "mma plan": per shape, M and launch (plain, PDL), the row kernel as
+    bsr_decode.for_shape launches it beside the tensor-core GEMV (tvm_schedules.bsr_decode_mma) in its configuration
+    fastest on balanced rows (the one bsr_decode_mma.for_shape picks, in "mma plan"); time (us) balanced / unequal
+    rows, the speed-up, the ratio to cuBLAS fp16 and the unequal rows' loss against balanced rows on the row kernel."""
+    rows = [r for r in pick(tag=tag) if r["alloc"] in ("row", "layer")]
     if not rows:
         return []
     t = _beside_row_kernel(rows, "bsr_decode_mma", lambda r: (r["time_us"], r["vs_fp16"]))
-    out = ["", "Decode, the row kernel (`bsr_decode.for_shape`) beside the tensor-core GEMV (`bsr_decode_mma`: 16-row "
-           "tiles by column group, four mma.sync per 4 column groups) in its configuration fastest on balanced rows; "
-           "time (us) balanced / unequal rows:", "",
+    which = ("as `bsr_decode_mma.for_shape` launches it" if tag == "mma plan"
+             else "in its configuration fastest on balanced rows")
+    out = ["", f"Decode (tag `{tag}`), the row kernel (`bsr_decode.for_shape`) beside the tensor-core GEMV "
+           f"(`bsr_decode_mma`: 16-row tiles by column group, four mma.sync per 4 column groups) {which}; time (us) "
+           "balanced / unequal rows:", "",
            "| shape N x K | M | launch | row kernel | mma kernel | its configuration | speed-up, balanced / unequal | "
            "x cuBLAS fp16, row kernel / mma kernel | unequal rows against balanced rows on the row kernel, "
            "row kernel / mma kernel |", "| --- | ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
@@ -1536,7 +1538,7 @@ def summary(doc: dict) -> str:
     out += _small_blocks_table(pick)
     out += _ahead_batch_table(pick)
     out += _stream_table(pick)
-    out += _mma_table(pick)
+    out += _mma_table(pick, "mma decode") + _mma_table(pick, "mma plan")
     out += ["", "Speed versus block height R (50% pruned; geometric mean over the seven shapes):", "",
             "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
             "| ---: | ---: | ---: | ---: | ---: |"] * main

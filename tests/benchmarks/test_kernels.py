@@ -106,3 +106,15 @@ def test_report_of_a_partial_run_shows_packed_speedups_and_no_empty_tables(kerne
     text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": [sep, packed]})
     assert "| bsr_decode | 1 | row | 1.100 | 1.100-1.100 | 0.36-0.36 |" in text
     assert "nan" not in text and "Speed versus block height" not in text
+
+
+def test_report_puts_early_trigger_mma_launches_with_pdl(kernels):
+    """Tag "mma plan": a tensor-core key ending in ``ge`` (PDL, early trigger) sits on the PDL line beside the row
+    kernel's PDL launch, balanced and unequal rows."""
+    base = {"tag": "mma plan", "kind": "decode", "n": 4096, "k": 4096, "m": 2, "rows": 1, "sparsity": 0.5}
+    rows = [dict(base, family=f, kernel=f, cfg=c, alloc=a, time_us=t, vs_fp16=16.6 / t)
+            for f, c, times in (("bsr_decode", "w16u4l2hs256fd92gtea3", (4.6, 6.0)),
+                                ("bsr_decode_mma", "mm_w16l1a3bge", (4.1, 4.1)))
+            for a, t in zip(("row", "layer"), times)]
+    text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": rows})
+    assert "| 4096 x 4096 | 2 | PDL | 4.6 / 6.0 | 4.1 / 4.1 | mm_w16l1a3bge | 1.12x / 1.46x |" in text
