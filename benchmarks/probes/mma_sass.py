@@ -28,12 +28,16 @@ def main(argv: list[str]) -> None:
 
     from gqsa_compile import cuda_toolchain
     from tvm_schedules import launch
-    from tvm_schedules.bsr_decode_mma import bsr_decode_mma
+    from tvm_schedules.bsr_decode_mma import bsr_decode_mma, supports
     from tvm_schedules.common import BSRShape
 
+    if len(argv) < 4 or not all(a.isdigit() for a in argv[:3]):
+        raise SystemExit("usage: mma_sass.py N K M KEY [KEY ...]  (e.g. 4096 4096 8 mm_w16l1a3bge)")
     n, k, m, keys = int(argv[0]), int(argv[1]), int(argv[2]), argv[3:]
     cuda_toolchain.setup(["sm_90a"])
     s = BSRShape(n, k, 4, 16, 1)
+    if not supports(s, m):
+        raise SystemExit(f"the mma GEMV takes rows in 16-row tiles and M <= 8, not {n} x {k} at M = {m}")
     funcs = {key: bsr_decode_mma(s, m, parse_key(key)).with_attr("global_symbol", key) for key in keys}
     target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"}, host="llvm")
     with tempfile.TemporaryDirectory() as tmp, target:
