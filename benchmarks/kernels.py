@@ -490,13 +490,29 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                             cfg=bsr_decode.for_shape(shape, m, pdl))
                         for c in launches(shape, m, pdl):
                             add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag=tag, cfg=c)
-    # the tensor-core GEMV on the two wide shapes, closest to 4x cuBLAS: deeper sets, more warps (PDL)
-    for n, k in [(4096, 11008), (4096, 14336)] if launch.supported(archs) else []:
+    def beside_row_kernel(tag, n, k, ms, cfgs, allocs=lambda m: ("row",)):
+        """The row kernel as bsr_decode.for_shape launches it with PDL, then tensor-core configurations ``cfgs``, per
+        M of ``ms`` and allocation of ``allocs(M)`` (the tags below, all PDL; sm_90+ builds only)."""
+        if not launch.supported(archs):
+            return
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in (2, 4, 8):
-            add("bsr_decode", n, k, m, 1, tag="mma sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
-            for w, look, ahead in ((16, 2, 1), (16, 2, 2), (16, 4, 1), (16, 1, 3), (32, 1, 1), (32, 2, 1)):
-                add("bsr_decode_mma", n, k, m, 1, tag="mma sweep", cfg=Mma(w, look, ahead, 1, True, pdl=True))
+        for m in ms:
+            for alloc in allocs(m):
+                add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True,
+                    cfg=bsr_decode.for_shape(shape, m, True))
+                for c in cfgs:
+                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag=tag, cfg=c)
+
+    def as_pdl(cfgs, early=(False,)):
+        """``cfgs`` as PDL launches, each with the trigger of every ``early`` flag in turn."""
+        return [replace(c, pdl=True, early=e) for c in cfgs for e in early]
+
+    def both(m):
+        return "row", "layer"  # balanced and unequal rows
+    # the tensor-core GEMV on the two wide shapes, closest to 4x cuBLAS: deeper sets, more warps (PDL)
+    for n, k in [(4096, 11008), (4096, 14336)]:
+        beside_row_kernel("mma sweep", n, k, (2, 4, 8), [Mma(w, look, ahead, 1, True, pdl=True) for w, look, ahead in (
+            (16, 2, 1), (16, 2, 2), (16, 4, 1), (16, 1, 3), (32, 1, 1), (32, 2, 1))])
     # registers capped so that more thread blocks fit an SM (MmaConfig.min_blocks: __launch_bounds__' second
     # argument; 48 registers hold 5 thread blocks of 8 warps, 40 six, 32 eight), beside the uncapped ones (PDL).
     # kernels_mma_occupancy_run1_h100.json: 1.05-1.08x where the cap makes the grid one wave (12288 x 4096, and
@@ -507,25 +523,15 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
               Mma(16, 1, 1, 1, False, min_blocks=4), Mma(16, 2, 1, 1, True, min_blocks=3),
               Mma(16, 2, 1, 1, True, min_blocks=4), Mma(16, 1, 2, 1, True, min_blocks=3),
               Mma(4, 2, 1, 1, True, min_blocks=12)]
-    for n, k in shapes if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            for alloc in ("row", "layer"):
-                add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma occupancy", packed=True,
-                    cfg=bsr_decode.for_shape(shape, m, True))
-                for c in mma_pdl + capped:
-                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma occupancy", cfg=replace(c, pdl=True))
+    for n, k in shapes:
+        beside_row_kernel("mma occupancy", n, k, DECODE_M, as_pdl(mma_pdl + capped), both)
     # the tall shapes in one wave: two or four tiles a thread block, 4-warp thread blocks, registers capped (PDL).
     # kernels_mma_one_wave_run{1,2}_h100.json: 22016 x 4096 at M = 8 1.08x with mm_w4l1a2t2bg, the rest 0.68-1.03x
     one_wave = [Mma(8, 2, 1, 1, True), Mma(8, 2, 1, 1, True, min_blocks=6), Mma(8, 1, 1, 2, True, min_blocks=6),
                 Mma(4, 1, 1, 2, True), Mma(4, 2, 1, 2, True, min_blocks=7), Mma(4, 2, 1, 1, True, min_blocks=11),
                 Mma(4, 1, 1, 4, True), Mma(4, 1, 2, 2, True)]
-    for n, k in [(12288, 4096), (22016, 4096), (28672, 4096)] if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            add("bsr_decode", n, k, m, 1, tag="mma one wave", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
-            for c in one_wave:
-                add("bsr_decode_mma", n, k, m, 1, tag="mma one wave", cfg=replace(c, pdl=True))
+    for n, k in [(12288, 4096), (22016, 4096), (28672, 4096)]:
+        beside_row_kernel("mma one wave", n, k, DECODE_M, as_pdl(one_wave))
     # the next launch triggered right after the wait (MmaConfig.early), beside the trigger after the loop, in each
     # shape's fastest one-wave configurations of the runs above (PDL). kernels_mma_early_run{1,2,3}_h100.json:
     # 1.06-1.11x where the grid leaves SM slots free (4096 and 6144 rows), 0.99-1.03x on 12288 and 22016, 0.95-0.97x
@@ -535,13 +541,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 (6144, 4096): [Mma(16, 1, 1, min_blocks=3), Mma(8, 1, 2)],
                 (12288, 4096): [Mma(8, 2, 1, 1, True, min_blocks=6), Mma(8, 1, 2, 1, True, min_blocks=6)],
                 (22016, 4096): [Mma(4, 1, 2, 2, True)], (28672, 4096): [Mma(4, 2, 1, 2, True, min_blocks=7)]}
-    for (n, k), cfgs in resident.items() if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            add("bsr_decode", n, k, m, 1, tag="mma early", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
-            for c in cfgs:
-                for early in (False, True):
-                    add("bsr_decode_mma", n, k, m, 1, tag="mma early", cfg=replace(c, pdl=True, early=early))
+    for (n, k), cfgs in resident.items():
+        beside_row_kernel("mma early", n, k, DECODE_M, as_pdl(cfgs, early=(False, True)))
     # the early trigger's configurations swept on the shapes closest to 4x (PDL; M = 1 on 4096 x 4096 only).
     # kernels_mma_early_sweep_run{1,2}_h100.json: mm_w16l1a3bge fastest on the 4096-row shapes (4096 x 14336
     # 4.04-4.11x cuBLAS at M = 2-8, 4096 x 4096 4.15-4.16x at M = 1)
@@ -551,26 +552,16 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     paired = [Mma(4, 1, 2, 2, True), Mma(4, 2, 1, 2, True), Mma(4, 1, 3, 2, True), Mma(4, 2, 2, 2, True),
               Mma(4, 1, 2, 2)]
     for n, k, cfgs in [(4096, 4096, wide), (4096, 11008, wide), (4096, 14336, wide), (6144, 4096, wide),
-                       (22016, 4096, paired)] if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M if (n, k) == (4096, 4096) else DECODE_M[1:]:
-            add("bsr_decode", n, k, m, 1, tag="mma early sweep", packed=True, cfg=bsr_decode.for_shape(shape, m, True))
-            for c in cfgs:
-                add("bsr_decode_mma", n, k, m, 1, tag="mma early sweep", cfg=replace(c, pdl=True, early=True))
+                       (22016, 4096, paired)]:
+        beside_row_kernel("mma early sweep", n, k, DECODE_M if (n, k) == (4096, 4096) else DECODE_M[1:],
+                          as_pdl(cfgs, early=(True,)))
     # unequal rows at M = 1 on the two shapes the row and stream kernels leave short of 10%: the early-trigger
     # tensor-core GEMV beside the row kernel, balanced and unequal rows (PDL).
     # kernels_mma_early_rows_run{1,2,3}_h100.json: 4096 x 4096 unequal rows on it 6.6-8.8% faster than balanced
     # ones on the row kernel; 6144 x 4096 +19.5-21.0%
     for n, k, cfgs in [(4096, 4096, [Mma(16, 1, 3, 1, True), Mma(16, 2, 1)]),
-                       (6144, 4096, [Mma(16, 1, 1, min_blocks=3), Mma(8, 1, 2), Mma(16, 1, 3, 1, True, min_blocks=3)])
-                       ] if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for alloc in ("row", "layer"):
-            add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="mma early rows", packed=True,
-                cfg=bsr_decode.for_shape(shape, 1, True))
-            for c in cfgs:
-                add("bsr_decode_mma", n, k, 1, 1, alloc=alloc, tag="mma early rows",
-                    cfg=replace(c, pdl=True, early=True))
+                       (6144, 4096, [Mma(16, 1, 1, min_blocks=3), Mma(8, 1, 2), Mma(16, 1, 3, 1, True, min_blocks=3)])]:
+        beside_row_kernel("mma early rows", n, k, (1,), as_pdl(cfgs, early=(True,)), both)
     # the tall shapes with the early trigger in grids that leave more SM slots free: two tiles a thread block,
     # registers capped (PDL, M = 2-8). kernels_mma_early_tall{,2,3}_run*_h100.json: 12288 x 4096 9.3-9.6 us with
     # mm_w8l2at2o3bge (4.00-4.06x cuBLAS), 28672 x 4096 20.7-21.4 with mm_w4l1at2bge (3.89-4.00x); capped 22016 slower
@@ -589,26 +580,16 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
              (4096, 4096): [Mma(16, 1, 3, 1, True), Mma(16, 1, 3, 2, True), Mma(8, 2, 1, 2, True),
                             Mma(16, 2, 1, 2, True)]}
     for tag, runs in (("mma early tall", tall), ("mma early tall 2", tall2), ("mma early tall 3", tall3)):
-        for (n, k), cfgs in runs.items() if launch.supported(archs) else []:
-            shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-            for m in DECODE_M[1:]:
-                add("bsr_decode", n, k, m, 1, tag=tag, packed=True, cfg=bsr_decode.for_shape(shape, m, True))
-                for c in cfgs:
-                    add("bsr_decode_mma", n, k, m, 1, tag=tag, cfg=replace(c, pdl=True, early=True))
+        for (n, k), cfgs in runs.items():
+            beside_row_kernel(tag, n, k, DECODE_M[1:], as_pdl(cfgs, early=(True,)))
     # 10 and 12 warps a thread block: 3 of them an SM at 64 registers, so 6144 x 4096's 384 tiles fit one wave
     # uncapped (PDL, early trigger; balanced rows, and unequal ones at M = 1). kernels_mma_ten_warps_run{1,2}_h100.json:
     # 6144 x 4096 1.03x at M = 1 (10 warps), 1.14x at M = 8 (12 warps), still under 4x cuBLAS; 4096 x 4096 slower
     odd = [Mma(10, 1, 1), Mma(10, 2, 1, 1, True), Mma(10, 1, 3, 1, True, min_blocks=3),
            Mma(12, 1, 3, 1, True, min_blocks=3), Mma(16, 1, 1, min_blocks=3), Mma(16, 1, 3, 1, True)]
-    for n, k in [(6144, 4096), (4096, 4096)] if launch.supported(archs) else []:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in DECODE_M:
-            for alloc in ("row", "layer") if m == 1 else ("row",):
-                add("bsr_decode", n, k, m, 1, alloc=alloc, tag="mma ten warps", packed=True,
-                    cfg=bsr_decode.for_shape(shape, m, True))
-                for c in odd:
-                    add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="mma ten warps",
-                        cfg=replace(c, pdl=True, early=True))
+    for n, k in [(6144, 4096), (4096, 4096)]:
+        beside_row_kernel("mma ten warps", n, k, DECODE_M, as_pdl(odd, early=(True,)),
+                          lambda m: ("row", "layer") if m == 1 else ("row",))
     # tag "mma plan" (with "mma decode" above): at M = 1 also the capped one-tile launches of 12288 and 28672 rows,
     # measured at M = 1 in tag "mma early", where for_shape's two-tile launches were not.
     # kernels_mma_plan_run{1,2}_h100.json: with PDL 4x cuBLAS on 9 of the 21 (shape, M >= 2), 3.93-4.01x on 7
