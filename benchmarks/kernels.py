@@ -596,16 +596,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     for n, k, alt in [(12288, 4096, Mma(8, 2, 1, 1, True, min_blocks=6)),
                       (28672, 4096, Mma(4, 2, 1, 2, True, min_blocks=7))] if launch.supported(archs) else []:
         add("bsr_decode_mma", n, k, 1, 1, tag="mma plan", cfg=replace(alt, pdl=True, early=True))
-    # the thread block's tiles staged whole in shared memory by bulk copies before the grid wait (MmaConfig.staged;
-    # 50 KB a tile of 4096 columns, so 4 thread blocks an SM), beside for_shape's launch (PDL, early trigger)
-    staged = [Mma(8, 1, 2, 1, True, staged=True), Mma(8, 1, 3, 1, True, staged=True, min_blocks=4),
-              Mma(8, 2, 1, 1, True, staged=True, min_blocks=4), Mma(4, 1, 3, 1, True, staged=True),
-              Mma(16, 1, 2, 1, True, staged=True, min_blocks=3), Mma(8, 1, 2, 2, True, staged=True)]
-    for n, k in [(4096, 4096), (6144, 4096), (12288, 4096), (22016, 4096), (28672, 4096)]:
-        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-        for m in (1, 2, 8):
-            beside_row_kernel("mma staged", n, k, (m,), as_pdl([bsr_decode_mma.for_shape(shape, m, True)] + staged,
-                                                               early=(True,)), both if m == 1 else lambda m: ("row",))
+    # (tag "mma staged", the thread block's tiles bulk-copied whole into shared memory before the grid wait,
+    # MmaConfig.staged: builds at commit d48a138, the only one with it; kernels_mma_staged_h100.json: 0.79-0.98x
+    # for_shape's launch on 4096-12288 rows, 1.00-1.04x on 22016 and 28672 rows at M = 1 and 2)
     # (tag "mma walk", thread blocks walking several tiles a grid apart, MmaConfig.per_block: builds at commit
     # aea77c1, the last with it; kernels_mma_walk_run{1,2}_h100.json: 0.79-0.99x the speed of a thread block per tile)
     for n, k in shapes if not quick else shapes[:1]:

@@ -56,16 +56,12 @@ class MmaConfig:
     min_blocks: int = 0  # > 0: thread blocks an SM must hold (__launch_bounds__; ptxas caps registers to fit)
     early: bool = False  # with pdl, trigger the next launch right after the wait, not after the loop: for grids
     # all resident at once, whose next launch's thread blocks then take SM slots only as this one's leave
-    staged: bool = False  # the thread block's tiles copied whole into shared memory by bulk copies (one thread,
-    # one mbarrier) before the grid wait, the lanes reading words, codes and metadata from there: no registers
-    # hold weights in flight, so a grid that leaves room lets the next launch's copies run beside its math
 
     @property
     def key(self) -> str:
         depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
         return (f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "")
-                + (f"o{self.min_blocks}" if self.min_blocks else "") + ("s" if self.staged else "")
-                + ("b" if self.absent_loads else "")
+                + (f"o{self.min_blocks}" if self.min_blocks else "") + ("b" if self.absent_loads else "")
                 + ("g" if self.pdl else "") + ("e" if self.pdl and self.early else ""))
 
 
@@ -75,22 +71,6 @@ QUAD = 4  # column groups a step takes: one per lane of a quad
 def supports(s: BSRShape, m: int) -> bool:
     return (s.rows == 1 and s.bits == 4 and s.group == 16 and s.dtype == "float16" and 1 <= m <= 8
             and s.n % TILE == 0 and TILE * (s.k // 16) <= 1 << 16)
-
-
-MAX_SMEM = 227 * 1024  # dynamic shared memory a thread block may have on sm_90
-
-
-def stage_words(k: int) -> tuple[int, int, int]:
-    """A staged tile's piece of shared memory, in 32-bit words: (where its codes start, where its metadata starts,
-    its size). Its column groups' words, then room for every block of the tile kept plus the 16-byte pieces the
-    copies round out to (3 blocks before the first, up to 4 after the last): codes 2 words a block, metadata 1."""
-    groups = k // 16
-    cap = TILE * groups + 8
-    return groups, groups + 2 * cap, groups + 3 * cap
-
-
-def staged_bytes(s: BSRShape, cfg: MmaConfig) -> int:
-    return 4 * stage_words(s.k)[2] * cfg.tiles
 
 
 def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
@@ -134,7 +114,6 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
     """The PrimFunc ``(x, tile_ptr, words, codes, meta, y)`` over layout.column_tiles' arrays."""
     assert supports(s, m), f"the mma GEMV takes 4-bit G16 R1 fp16 matrices of 16-row tiles at M <= 8, not {s}, M = {m}"
     assert cfg.warps >= 4 and 32 % (QUAD * cfg.look) == 0 and s.n // TILE % cfg.tiles == 0, cfg
-    assert not cfg.staged or (s.k % 64 == 0 and staged_bytes(s, cfg) <= MAX_SMEM), (s, cfg)
     n, k = s.n, s.k
     groups, tiles = k // 16, n // TILE
     warps, look, tpb = cfg.warps, cfg.look, cfg.tiles
@@ -172,57 +151,6 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                     sel[st % sets, l, u, h] = T.Select(
                         (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1), T.uint32(0x3232),
                         T.uint32(0x4444))
-
-    codes_at, meta_at, slot = stage_words(k)
-
-    @T.macro
-    def issue_staged(ring, delta, wv, pos, cw, mt, sel, st, c0, g, q):
-        """``issue`` from the tiles' copies in shared memory (``staged``): the same positions, less the copy's
-        start, read by ordinary shared loads; past the last column group a word of no blocks."""
-        for l in T.unroll(look):
-            for u in T.unroll(tpb):
-                wv[0] = T.if_then_else(c0 + (st * look + l) * QUAD + q < groups, ring[u * slot + T.min(
-                    c0 + (st * look + l) * QUAD + q, groups - 1)], T.uint32(0))
-                for h in T.unroll(2):
-                    pos[0] = delta[u] + T.Cast("int32", wv[0] >> T.uint32(16)) + popc(
-                        wv[0] & ((T.uint32(1) << T.Cast("uint32", g + 8 * h)) - T.uint32(1)))
-                    if cfg.absent_loads:
-                        for v in T.vectorized(2):
-                            cw[st % sets, l, u, h, v] = ring[u * slot + codes_at + pos[0] * 2 + v]
-                        mt[st % sets, l, u, h] = ring[u * slot + meta_at + pos[0]]
-                    elif (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1):
-                        for v in T.vectorized(2):
-                            cw[st % sets, l, u, h, v] = ring[u * slot + codes_at + pos[0] * 2 + v]
-                        mt[st % sets, l, u, h] = ring[u * slot + meta_at + pos[0]]
-                    sel[st % sets, l, u, h] = T.Select(
-                        (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1), T.uint32(0x3232),
-                        T.uint32(0x4444))
-
-    @T.macro
-    def copy_tiles(tile_ptr, words, codes, meta, ring, bar, delta, bx):
-        """One thread: each of the block's tiles' column-group words, and its blocks' codes and metadata in whole
-        16-byte pieces (from the multiple of 4 blocks at or before its first, to the one past the block after its
-        last, which layout.column_tiles' padding keeps in bounds), into its piece of ``ring``, all completing on
-        ``bar``; ``delta[u]``: where tile u's first block sits in its piece (written before the arrive, whose
-        release the lanes' wait on ``bar`` acquires)."""
-        nbytes = T.alloc_buffer((1,), "uint32", scope="local")
-        nbytes[0] = T.uint32(0)
-        for u in T.unroll(tpb):
-            delta[u] = tile_ptr[bx * tpb + u] % 4
-            nbytes[0] = nbytes[0] + T.Cast("uint32", groups * 4 + 12 * (
-                (tile_ptr[bx * tpb + u + 1] + 4) // 4 * 4 - tile_ptr[bx * tpb + u] // 4 * 4))
-        T.ptx.mbarrier.arrive.expect_tx.shared__cta.b64(bar.ptr_to([0]), nbytes[0])
-        for u in T.unroll(tpb):
-            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                ring.ptr_to([u * slot]), words.ptr_to([bx * tpb + u, 0]), T.uint32(groups * 4), bar.ptr_to([0]))
-            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                ring.ptr_to([u * slot + codes_at]), codes.ptr_to([tile_ptr[bx * tpb + u] // 4 * 4, 0]),
-                T.Cast("uint32", 8 * ((tile_ptr[bx * tpb + u + 1] + 4) // 4 * 4 - tile_ptr[bx * tpb + u] // 4 * 4)),
-                bar.ptr_to([0]))
-            T.ptx["cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes"](
-                ring.ptr_to([u * slot + meta_at]), meta.ptr_to([tile_ptr[bx * tpb + u] // 4 * 4]),
-                T.Cast("uint32", 4 * ((tile_ptr[bx * tpb + u + 1] + 4) // 4 * 4 - tile_ptr[bx * tpb + u] // 4 * 4)),
-                bar.ptr_to([0]))
 
     @T.macro
     def stage(x32, xb, c0, st, g, q):
@@ -294,24 +222,11 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                     hz = T.alloc_buffer((tpb, 2, 3), "uint32", scope="local")
                     acc = T.alloc_buffer((tpb * 4,), "float32", scope="local")
                     sm = T.alloc_buffer((1,), "float32", scope="local")
-                    if cfg.staged:
-                        ring = T.alloc_buffer((tpb * slot,), "uint32", scope="shared.dyn")
-                        bar = T.alloc_buffer((1,), "uint64", scope="shared")
-                        delta = T.alloc_buffer((tpb,), "int32", scope="shared")
-                        ready = T.alloc_buffer((1,), "uint32", scope="local")
-                        if ty == 0 and tx == 0:
-                            T.ptx.mbarrier.init.shared__cta.b64(bar.ptr_to([0]), T.uint32(1))
-                            T.ptx.fence.mbarrier_init.release.cluster()
-                            ring[tpb * slot - 1] = T.uint32(0)  # TVM sizes shared memory by the highest element
-                        T.tvm_storage_sync("shared")  # named (no copy reaches it); the barrier is ready
-                        if ty == 0 and tx == 0:
-                            copy_tiles(tile_ptr, words, codes, meta, ring, bar, delta, bx)
-                    else:
-                        for u in T.unroll(tpb):
-                            bs[u] = tile_ptr[bx * tpb + u]
-                            for i in T.unroll(windows):
-                                wd[u, i] = T.if_then_else(ty * per + i * 32 + tx < groups, words[
-                                    bx * tpb + u, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
+                    for u in T.unroll(tpb):
+                        bs[u] = tile_ptr[bx * tpb + u]
+                        for i in T.unroll(windows):
+                            wd[u, i] = T.if_then_else(ty * per + i * 32 + tx < groups, words[
+                                bx * tpb + u, T.min(ty * per + i * 32 + tx, groups - 1)], T.uint32(0))
                     with T.attr(0, MIN_BLOCKS_HINT, cfg.min_blocks):  # read by launch.PIPELINE (0: none)
                         for e in T.unroll(tpb * 4):
                             acc[e] = T.float32(0)
@@ -320,38 +235,22 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                             mt[st, l, u, h] = T.uint32(0)
                             for v in T.unroll(2):
                                 cw[st, l, u, h, v] = T.uint32(0)
-                    if cfg.staged:  # the copies are out: wait for the grid before, stage activations, then the copies
-                        if cfg.pdl:
+                    for st in T.unroll(ahead):
+                        issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st, tx // 4, tx % 4)
+                    if cfg.pdl and ahead == 0:
+                        T.ptx.griddepcontrol.wait()
+                    elif cfg.pdl:  # a branch on the loaded words keeps ptxas from hoisting the wait above the loads
+                        if cw[0, 0, 0, 0, 0] ^ mt[0, 0, 0, 0] != T.uint32(0x9E3779B9):
                             T.ptx.griddepcontrol.wait()
-                            if cfg.early:
-                                T.ptx.griddepcontrol.launch_dependents()
-                        for st in T.unroll(ahead):
-                            stage(x32, xb, ty * per, st, tx // 4, tx % 4)
-                        ready[0] = T.uint32(0)
-                        while ready[0] == T.uint32(0):
-                            T.ptx.mbarrier.try_wait.parity.shared__cta.b64(ready[0], bar.ptr_to([0]), T.uint32(0))
-                        for st in T.unroll(ahead):
-                            issue_staged(ring, delta, wv, pos, cw, mt, sel, st, ty * per, tx // 4, tx % 4)
-                    else:
-                        for st in T.unroll(ahead):
-                            issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st, tx // 4, tx % 4)
-                        if cfg.pdl and ahead == 0:
+                        else:
                             T.ptx.griddepcontrol.wait()
-                        elif cfg.pdl:  # a branch on the loaded words keeps ptxas from hoisting the wait above the loads
-                            if cw[0, 0, 0, 0, 0] ^ mt[0, 0, 0, 0] != T.uint32(0x9E3779B9):
-                                T.ptx.griddepcontrol.wait()
-                            else:
-                                T.ptx.griddepcontrol.wait()
-                        if cfg.pdl and cfg.early:
-                            T.ptx.griddepcontrol.launch_dependents()
-                        for st in T.unroll(ahead):
-                            stage(x32, xb, ty * per, st, tx // 4, tx % 4)
+                    if cfg.pdl and cfg.early:
+                        T.ptx.griddepcontrol.launch_dependents()
+                    for st in T.unroll(ahead):
+                        stage(x32, xb, ty * per, st, tx // 4, tx % 4)
                     for st in T.unroll(sets_n):
                         if st + ahead < sets_n:
-                            if cfg.staged:
-                                issue_staged(ring, delta, wv, pos, cw, mt, sel, st + ahead, ty * per, tx // 4, tx % 4)
-                            else:
-                                issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st + ahead, tx // 4, tx % 4)
+                            issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st + ahead, tx // 4, tx % 4)
                             stage(x32, xb, ty * per, st + ahead, tx // 4, tx % 4)
                         compute(cw, mt, sel, xb, a32, hz, acc, st)
                     if cfg.pdl and not cfg.early:

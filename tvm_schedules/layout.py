@@ -42,10 +42,9 @@ def column_tiles(indptr: np.ndarray, indices: np.ndarray, qweight: np.ndarray, s
     rows in tiles of 16, a tile's blocks by column group, then row. ``[tile_ptr, words, codes, meta]``:
     tile_ptr[t] is tile t's first block; words[t, c] = offset << 16 | mask, bit j of the mask set where row
     16t + j keeps column group c, offset the tile's blocks before column group c; codes the blocks' two words
-    in the interleaved order (interleave_codes), then 1-4 zero blocks, to a multiple of 4 (with ``absent_loads``
-    the kernel loads where an absent block would sit, which past a tile's last kept block is the next tile's first
-    or the first zero block; ``staged`` copies whole 16-byte pieces of codes and meta, up to the block past the
-    tile's last); meta the fp16 scale's bits << 16 | the fp16 bits of 1024 + the zero point (0x6400 + z), each half a
+    in the interleaved order (interleave_codes), then one zero block (with ``absent_loads`` the kernel loads
+    where an absent block would sit, which past a tile's last kept block is the next tile's first or that zero
+    block); meta the fp16 scale's bits << 16 | the fp16 bits of 1024 + the zero point (0x6400 + z), each half a
     byte permute from the half2 the dequantization subtracts or multiplies by. Row j of a (tile, column group)
     is at block tile_ptr[t] + offset + popcount(mask & ((1 << j) - 1)): no index walk, and a column group's
     activations serve all 16 rows' blocks at once."""
@@ -64,6 +63,5 @@ def column_tiles(indptr: np.ndarray, indices: np.ndarray, qweight: np.ndarray, s
     tile_ptr = np.concatenate([[0], np.cumsum(count.sum(1))]).astype(np.int32)
     assert zeros.shape[1] == 1 and zeros.max(initial=0) < 16
     meta = scales[:, 0].view(np.uint16).astype(np.uint32) << np.uint32(16) | (0x6400 + zeros[:, 0].astype(np.uint32))
-    pad = 4 - len(order) % 4  # zero blocks: at least one, to a multiple of 4 blocks (16-byte pieces of meta)
-    codes = np.concatenate([interleave_codes(qweight[:, 0, :])[order], np.zeros((pad, 2), np.uint32)])
-    return [tile_ptr, words, codes, np.concatenate([meta[order], np.zeros(pad, np.uint32)])]
+    codes = np.concatenate([interleave_codes(qweight[:, 0, :])[order], np.zeros((1, 2), np.uint32)])
+    return [tile_ptr, words, codes, np.concatenate([meta[order], np.zeros(1, np.uint32)])]
