@@ -596,6 +596,37 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     for n, k, alt in [(12288, 4096, Mma(8, 2, 1, 1, True, min_blocks=6)),
                       (28672, 4096, Mma(4, 2, 1, 2, True, min_blocks=7))] if launch.supported(archs) else []:
         add("bsr_decode_mma", n, k, 1, 1, tag="mma plan", cfg=replace(alt, pdl=True, early=True))
+    # cache hints on the weight loads (common.weight_load: L1::no_allocate, the L2::256B prefetch size, both): the
+    # row kernel at M = 1 as gqsa-compile launches it (plain and PDL, balanced and unequal rows), and the tensor-core
+    # GEMV at M = 2 and 8 as for_shape launches it (PDL)
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for hint in ("", "p", "n", "np"):
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="cache hints", packed=True,
+                        cfg=replace(bsr_decode.for_shape(shape, 1, pdl), hint=hint))
+            for m in (2, 8) if launch.supported(archs) else ():
+                add("bsr_decode_mma", n, k, m, 1, tag="cache hints",
+                    cfg=replace(bsr_decode_mma.for_shape(shape, m, True), hint=hint))
+    # L1::no_allocate on the weight loads as gqsa-compile would launch each kernel, beside no hint: the row kernel
+    # at M = 1 and 2 (plain and PDL, balanced and unequal rows; LLaMA's and SmolLM2's shapes), the stream kernel at
+    # M = 1 on unequal rows where bsr_decode_stream.pays picks it, the tensor-core GEMV on the tall shapes (PDL)
+    for n, k in shapes + [(960, 576), (576, 576), (3072, 576), (576, 1536)]:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for hint in ("", "n"):
+            for pdl in (False, True) if launch.supported(archs) else (False,):
+                for m in (1, 2):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="cache hints 2", packed=True,
+                            cfg=replace(bsr_decode.for_shape(shape, m, pdl), hint=hint))
+                if bsr_decode_stream.supports(shape, 1) and (n > bsr_decode_stream.BIG_ROWS
+                                                             or k >= bsr_decode_stream.WIDE[pdl]):
+                    add("bsr_decode_stream", n, k, 1, 1, alloc="layer", tag="cache hints 2", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=hint))
+            for m in (2, 4, 8) if launch.supported(archs) and n >= 12288 else ():
+                add("bsr_decode_mma", n, k, m, 1, tag="cache hints 2",
+                    cfg=replace(bsr_decode_mma.for_shape(shape, m, True), hint=hint))
     # (tag "mma staged", the thread block's tiles bulk-copied whole into shared memory before the grid wait,
     # MmaConfig.staged: builds at commit d48a138, the only one with it; kernels_mma_staged_h100.json: 0.79-0.98x
     # for_shape's launch on 4096-12288 rows, 1.00-1.04x on 22016 and 28672 rows at M = 1 and 2)
@@ -1267,9 +1298,14 @@ def _small_blocks_table(pick) -> list[str]:
     return out
 
 
+def _unhinted(cfg: str) -> str:
+    """A decode key without its cache-hint suffix (``c`` and the hint's letters, common.weight_load)."""
+    return re.sub(r"c[nfp]+$", "", cfg)
+
+
 def _row_kernel_pdl(cfg: str) -> bool:
     """Whether a row-kernel key (DecodeConfig.key) is a PDL launch: ``g``, then at most the trigger and ``ahead``."""
-    return bool(re.search(r"g(te)?(a\d)?$", cfg))
+    return bool(re.search(r"g(te)?(a\d)?$", _unhinted(cfg)))
 
 
 def _rule_table(pick, tag: str, title: str) -> list[str]:
@@ -1310,7 +1346,8 @@ def _beside_row_kernel(rows: list[dict], family: str, value) -> dict:
     t: dict = {}
     for r in rows:
         other = r["family"] == family
-        pdl = r["cfg"].removesuffix("e").endswith("g") if other else _row_kernel_pdl(r["cfg"])  # "ge": PDL, early
+        pdl = (_unhinted(r["cfg"]).removesuffix("e").endswith("g") if other  # "ge": PDL, early
+               else _row_kernel_pdl(r["cfg"]))
         t.setdefault((r["n"], r["k"], r["m"], pdl), {})[r["cfg"] if other else "rows", r["alloc"]] = value(r)
     return t
 

@@ -16,7 +16,7 @@ from .bsr_decode import for_shape as decode_for_shape
 from .bsr_decode import bsr_decode_cuda
 from . import bsr_decode_stream, bsr_prefill, bsr_prefill_tiled
 from .bsr_prefill_simt import bsr_prefill_simt
-from .common import BSRShape, is_gpu, packable
+from .common import WEIGHT_HINT, BSRShape, is_gpu, packable
 from .embedding import embedding
 from .kv_cache import kv_append
 from .launch import PIPELINE  # noqa: F401  (registers the TIR pipeline that flags dependent launches)
@@ -38,7 +38,7 @@ def bsr_matmul(s: BSRShape, m: int | None, target, decode_cfg=None, prefill_cfg=
     if not is_gpu(target):
         return _finish(bsr_matmul_cpu(s), f"bsr_matmul_{s.key}")
     if m == 1 and s.stream:  # a per-matrix plan appended to indptr (gqsa-compile: bsr_decode_stream.pays)
-        cfg = bsr_decode_stream.StreamConfig(ctas=s.stream, pdl=pdl)
+        cfg = bsr_decode_stream.StreamConfig(ctas=s.stream, pdl=pdl, hint=WEIGHT_HINT)
         return _finish(bsr_decode_stream.bsr_decode_stream(s, m, cfg), f"bsr_decode_m{m}_{s.key}", cfg.key)
     if m is not None and m <= DECODE_MAX_M:
         cfg = decode_cfg or decode_for_shape(s, m, pdl)

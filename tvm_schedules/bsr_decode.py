@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
-from .common import BSRShape, bsr_func, nibble, word_column, word_scale_bits, word_zero
+from .common import WEIGHT_HINT, BSRShape, bsr_func, nibble, weight_load, word_column, word_scale_bits, word_zero
 from .launch import SMALL_GRID
 from .warp_plan import records_at
 
@@ -74,6 +74,7 @@ class DecodeConfig:
     # -> 1.60 us), larger ones lose (28672 x 4096: 0.74-0.81x); 3 pays only at M = 2 with PDL (for_shape())
     ablate: str = ""  # measurement only, wrong results: "math" keeps every load (and the fence) but no arithmetic;
     # "meta" loads only the codes (indices, scales and zero points become constants), arithmetic unchanged
+    hint: str = ""  # cache hints on the weight loads (common.weight_load): "n", "f", "p" or several
 
     def stages(self, m: int, k: int) -> bool:
         """Whether this configuration stages the M x K fp16 activations in shared memory."""
@@ -87,7 +88,7 @@ class DecodeConfig:
             f"d{self.smem_kb}" if self.smem_kb != 48 else "") + ("r" if self.rotate else "") + (
             "p" if self.plan else "") + ("g" if self.pdl else "") + (
             f"t{self.trigger[0]}" if self.trigger != "exit" else "") + (f"a{self.ahead}" if self.ahead else "") + (
-            f"_no_{self.ablate}" if self.ablate else "")
+            f"c{self.hint}" if self.hint else "") + (f"_no_{self.ablate}" if self.ablate else "")
 
 
 DEFAULT = DecodeConfig(lanes=1)
@@ -160,8 +161,9 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
       trips in flight), and up to 6336, 3 per SM (``ahead = 1``);
     - M = 4 up to 4224 rows, tuned()'s 132 thread blocks of 32 warps, a warp per row (``ahead = 2``; with PDL
       1.16x, plain 1.01-1.02x);
-    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M = 8."""
-    cfg = replace(tuned(m, s.rows, s.k), pdl=pdl)
+    measured on an H100 in docs/perf.md. Larger grids keep tuned(): loading ahead lost on them, as on M = 8. Every
+    launch loads its weights past L1 (common.WEIGHT_HINT)."""
+    cfg = replace(tuned(m, s.rows, s.k), pdl=pdl, hint=WEIGHT_HINT)
     if m > 4 or s.rows != 1 or not (half2_path(s, cfg, lanes_per_block(s, cfg.lanes)) and cfg.stages(m, s.k)):
         return cfg
 
@@ -264,6 +266,7 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
     turns = min(4, m) if rot else 1  # distinct rotations: a quarter-warp's blocks at 2 lanes per block
     xwords = m * k // 2 if smem else 4
     stage = -(-xwords // 4 // (warps * 32))  # 16-byte copies per thread
+    ld = weight_load(cfg.hint)
 
     def staged(chunk):
         """Where the 16-byte chunk ``chunk`` of the row-major M x K activations sits in shared memory."""
@@ -307,16 +310,16 @@ def bsr_decode_cuda(s: BSRShape, m: int, cfg: DecodeConfig = DEFAULT):
         instead of sinking each to its use); ``now``: settle each row's scale and zero point right after."""
         b = start + T.min(position(it, u, lane_blk), count - 1)
         if word:
-            T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([b]))
+            ld.b32(mw[slot, u], indices.ptr_to([b]))
         elif meta:
             T.ptx.ld.global_.nc.b16(ix[slot, u], indices.ptr_to([b]))
         else:  # ablation: a column spread like real ones, no index load
             ix[slot, u] = T.Cast("uint16", b % (k // group))
         for r in T.unroll(rw):
             if wpl == 1:
-                T.ptx.ld.global_.nc.b32(wq[slot, u, r, 0], qw.ptr_to([b, r0 + r, sub]))
+                ld.b32(wq[slot, u, r, 0], qw.ptr_to([b, r0 + r, sub]))
             elif wpl == 2:
-                T.ptx.ld.global_.nc.v2.b32(wq[slot, u, r, 0], wq[slot, u, r, 1], qw.ptr_to([b, r0 + r, sub * 2]))
+                ld.v2.b32(wq[slot, u, r, 0], wq[slot, u, r, 1], qw.ptr_to([b, r0 + r, sub * 2]))
             else:
                 for w in T.vectorized(wpl):
                     wq[slot, u, r, w] = qw[b, r0 + r, sub * wpl + w]

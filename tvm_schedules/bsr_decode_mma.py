@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
 
-from .common import FULL, SMS, BSRShape
+from .common import FULL, SMS, WEIGHT_HINT, BSRShape, weight_load
 from .launch import MIN_BLOCKS_HINT
 from .layout import TILE
 
@@ -56,13 +56,15 @@ class MmaConfig:
     min_blocks: int = 0  # > 0: thread blocks an SM must hold (__launch_bounds__; ptxas caps registers to fit)
     early: bool = False  # with pdl, trigger the next launch right after the wait, not after the loop: for grids
     # all resident at once, whose next launch's thread blocks then take SM slots only as this one's leave
+    hint: str = ""  # cache hints on the weight loads (common.weight_load): "n", "f", "p" or several
 
     @property
     def key(self) -> str:
         depth = "" if self.ahead < 1 else "a" if self.ahead == 1 else f"a{self.ahead}"
         return (f"mm_w{self.warps}l{self.look}{depth}" + (f"t{self.tiles}" if self.tiles > 1 else "")
                 + (f"o{self.min_blocks}" if self.min_blocks else "") + ("b" if self.absent_loads else "")
-                + ("g" if self.pdl else "") + ("e" if self.pdl and self.early else ""))
+                + ("g" if self.pdl else "") + ("e" if self.pdl and self.early else "")
+                + (f"c{self.hint}" if self.hint else ""))
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad
@@ -85,7 +87,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
     - up to 12 (22016 rows): two tiles a thread block of 4 warps, two sets ahead (78 registers, 6 an SM);
     - up to 14 (28672 rows): two tiles a thread block of 4 warps, one set ahead (72 registers, 7 an SM);
     - past that, or with an odd number of tiles where two share a thread block: 8 warps, two steps a set, a
-      thread block per tile, the trigger after the loop (more than one wave)."""
+      thread block per tile, the trigger after the loop (more than one wave).
+    Past 3 tiles an SM the weight loads skip L1 (common.WEIGHT_HINT: 1.00-1.04x there, 0.97-1.01x on fewer)."""
     per_sm = -(-(s.n // TILE) // SMS)
     even = s.n // TILE % 2 == 0
     if per_sm <= 2:
@@ -100,8 +103,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
     elif per_sm <= 14 and even:
         cfg = MmaConfig(4, 1, 1, 2, True)
     else:
-        return MmaConfig(8, 2, 1, 1, True, pdl=pdl)
-    return replace(cfg, pdl=pdl, early=pdl)
+        return MmaConfig(8, 2, 1, 1, True, pdl=pdl, hint=WEIGHT_HINT)
+    return replace(cfg, pdl=pdl, early=pdl, hint=WEIGHT_HINT if per_sm > 3 else "")
 
 
 def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:
@@ -126,6 +129,20 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
     def popc(v):
         return T.call_extern("int32", "__popc", v)
 
+    ld, hinted = weight_load(cfg.hint), bool(cfg.hint)
+
+    @T.macro
+    def load(codes, meta, cw, mt, pos, st, l, u, h):
+        """One block's two code words and its metadata word into register set ``st``: plain loads the compiler
+        places, or with cache hints (``hint``) inline PTX."""
+        if hinted:
+            ld.v2.b32(cw[st % sets, l, u, h, 0], cw[st % sets, l, u, h, 1], codes.ptr_to([pos[0], 0]))
+            ld.b32(mt[st % sets, l, u, h], meta.ptr_to([pos[0]]))
+        else:
+            for v in T.vectorized(2):
+                cw[st % sets, l, u, h, v] = codes[pos[0], v]
+            mt[st % sets, l, u, h] = meta[pos[0]]
+
     @T.macro
     def issue(codes, meta, wd, wv, pos, cw, mt, sel, bs, st, g, q):
         """Register set ``st``'s weights into slot st % sets: per step, the lane's column group's word and the
@@ -141,13 +158,9 @@ def bsr_decode_mma(s: BSRShape, m: int, cfg: MmaConfig = MmaConfig()):
                     pos[0] = bs[u] + T.Cast("int32", wv[0] >> T.uint32(16)) + popc(
                         wv[0] & ((T.uint32(1) << T.Cast("uint32", g + 8 * h)) - T.uint32(1)))
                     if cfg.absent_loads:
-                        for v in T.vectorized(2):
-                            cw[st % sets, l, u, h, v] = codes[pos[0], v]
-                        mt[st % sets, l, u, h] = meta[pos[0]]
+                        load(codes, meta, cw, mt, pos, st, l, u, h)
                     elif (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1):
-                        for v in T.vectorized(2):
-                            cw[st % sets, l, u, h, v] = codes[pos[0], v]
-                        mt[st % sets, l, u, h] = meta[pos[0]]
+                        load(codes, meta, cw, mt, pos, st, l, u, h)
                     sel[st % sets, l, u, h] = T.Select(
                         (wv[0] >> T.Cast("uint32", g + 8 * h)) & T.uint32(1) == T.uint32(1), T.uint32(0x3232),
                         T.uint32(0x4444))

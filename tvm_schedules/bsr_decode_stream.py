@@ -35,7 +35,7 @@ import numpy as np
 from tvm.script import tirx as T
 
 from .bsr_decode import SMEM_BYTES
-from .common import FULL, BSRShape, bsr_func, word_column, word_scale_bits, word_zero
+from .common import FULL, BSRShape, bsr_func, weight_load, word_column, word_scale_bits, word_zero
 from .launch import SMALL_GRID
 from .warp_plan import stream_len, stream_records_at, stream_slots
 
@@ -53,12 +53,13 @@ class StreamConfig:
     lanes: int = 1  # lanes a block: 2 split its two code words (and the M dot products) between them (M >= 2)
     one_boundary: bool = True  # a trip in which one row ends: each lane's record from that row's end (no walk),
     # and the two rows' sums without the loop over the trip's rows (unequal rows 1.02x at M = 1, 1.04x at M = 2)
+    hint: str = ""  # cache hints on the weight loads (common.weight_load): "n", "f", "p" or several
 
     @property
     def key(self) -> str:
         return f"st_w{self.warps}c{self.ctas}u{self.unroll}" + ("a" if self.ahead else "") + (
             "t" if self.trip_cut else "") + (f"l{self.lanes}" if self.lanes > 1 else "") + (
-            "b" if self.one_boundary else "") + ("g" if self.pdl else "")
+            "b" if self.one_boundary else "") + ("g" if self.pdl else "") + (f"c{self.hint}" if self.hint else "")
 
 
 def supports(s: BSRShape, m: int) -> bool:
@@ -110,6 +111,7 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     dyn = m * k * 2 + slots * 4 * 4 + slots * m * 4 > SMEM_BYTES
     sets = 2 if ahead else 1
     steps = max(1, (slots - 1).bit_length())  # binary search over the records
+    ld = weight_load(cfg.hint)
 
     def lane_block(ws, we, it, u, tx):
         """The stream position of the lane's block ``u`` of trip ``it``, clamped to the piece's last."""
@@ -119,11 +121,11 @@ def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):
     def load(indices, qw, mw, wq, slot, u, at, delta, tx):
         """Lane block ``at`` of the stream (clamped to the piece's last) at global block ``at + delta``: its word,
         and its code words (with 2 lanes a block, the lane's one)."""
-        T.ptx.ld.global_.nc.b32(mw[slot, u], indices.ptr_to([at + delta]))
+        ld.b32(mw[slot, u], indices.ptr_to([at + delta]))
         if lanes == 1:
-            T.ptx.ld.global_.nc.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([at + delta, 0, 0]))
+            ld.v2.b32(wq[slot, u, 0], wq[slot, u, 1], qw.ptr_to([at + delta, 0, 0]))
         else:
-            T.ptx.ld.global_.nc.b32(wq[slot, u, 0], qw.ptr_to([at + delta, 0, tx % lanes]))
+            ld.b32(wq[slot, u, 0], qw.ptr_to([at + delta, 0, tx % lanes]))
 
     @T.macro
     def walk(indices, qw, rs, mw, wq, jl, cur, lc, probe, slot, it, ws, we, tx):

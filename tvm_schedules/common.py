@@ -12,6 +12,25 @@ FULL = T.uint32(0xFFFFFFFF)  # every lane of a warp: the mask of a shuffle all 3
 SMS = 132  # SMs of an H100 / H200 SXM, the parts the CUDA kernels are tuned on
 
 
+WEIGHT_HINT = "n"  # the decode GEMVs' weight loads skip L1 (H100, tags "cache hints" and "cache hints 2" in
+# docs/perf.md: the row kernel at M = 1 1.03-1.16x faster plain, 0.99-1.16x with PDL; the stream kernel 1.02-1.06x;
+# the tensor-core GEMV 1.00-1.04x past 3 tiles an SM and 0.97-1.01x below, where for_shape leaves it out)
+
+
+def weight_load(hint: str = ""):
+    """``ld.global.nc`` (add ``.v2.b32`` etc.) for weights, which every call reads once: with ``hint`` "n" not kept
+    in L1 (``.L1::no_allocate``), "f" evicted from L1 first (``.L1::evict_first``), "p" fetched into L2 256 bytes at
+    a time (``.L2::256B``, the prefetch-size hint)."""
+    op = T.ptx.ld.global_.nc
+    if "n" in hint:
+        op = op.L1__no_allocate
+    if "f" in hint:
+        op = op.L1__evict_first
+    if "p" in hint:
+        op = op.L2__256B
+    return op
+
+
 @dataclass(frozen=True)
 class BSRShape:
     """A compressed Linear's static description: y[M, n] = x[M, k] @ W^T, W in R x G blocks of ``bits``."""

@@ -118,3 +118,8 @@ def test_report_puts_early_trigger_mma_launches_with_pdl(kernels):
             for a, t in zip(("row", "layer"), times)]
     text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": rows})
     assert "| 4096 x 4096 | 2 | PDL | 4.6 / 6.0 | 4.1 / 4.1 | mm_w16l1a3bge | 1.12x / 1.46x |" in text
+    # the same with the weight loads' cache hint (key suffix c + letters) on both kernels
+    hinted = [dict(r, cfg=r["cfg"] + "cn") for r in rows]
+    text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": hinted})
+    assert "| 4096 x 4096 | 2 | PDL | 4.6 / 6.0 | 4.1 / 4.1 | mm_w16l1a3bgecn | 1.12x / 1.46x |" in text
+    assert "| plain |" not in text

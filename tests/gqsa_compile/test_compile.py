@@ -98,6 +98,7 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     from training.checkpoint import read_checkpoint
     from tvm_schedules import bsr_prefill_tiled
     from tvm_schedules.bsr_decode import tuned
+    from tvm_schedules.common import WEIGHT_HINT
     from tvm_schedules.layout import interleave_codes
 
     assert manifest["artifact_version"] == 5 and manifest["code_order"] == "interleaved4"
@@ -112,7 +113,8 @@ def test_cuda_artifact_holds_device_code_not_source(tiny_ckpt, tmp_path):
     assert "layers.0.self_attn.q_proj.qweight" not in stored
     kernels = manifest["kernels"]
     # a tiny model's matrices are one-wave grids: their GEMVs load ahead of the staging (bsr_decode.for_shape)
-    assert any(k.startswith("bsr_decode_m1_") and v == replace(tuned(1), ahead=2).key for k, v in kernels.items())
+    assert any(k.startswith("bsr_decode_m1_") and v == replace(tuned(1), ahead=2, hint=WEIGHT_HINT).key
+               for k, v in kernels.items())
     assert any(k.startswith("bsr_prefill_") and v.startswith("m<=32:t64x32") and v.endswith(
         bsr_prefill_tiled.DEFAULT.key) for k, v in kernels.items())
 
@@ -159,11 +161,12 @@ def test_stream_decode_kernel_reads_a_plan_stored_after_indptr(tiny_ckpt, tmp_pa
     from runtime.model import read_safetensors
     from training.checkpoint import read_checkpoint
     from tvm_schedules import bsr_decode_stream, warp_plan
+    from tvm_schedules.common import WEIGHT_HINT
 
     out = compile_model(tiny_ckpt, tmp_path / "st", "cuda", ["sm_90"], log=lambda *a: None, decode_kernel="stream")
     manifest = json.loads((out / "manifest.json").read_text())
     decode = {k: v for k, v in manifest["kernels"].items() if k.startswith("bsr_decode_m1_") and "_pm" in k}
-    cfg = bsr_decode_stream.StreamConfig(pdl=True)
+    cfg = bsr_decode_stream.StreamConfig(pdl=True, hint=WEIGHT_HINT)
     assert decode and all(k.endswith(f"_st{cfg.ctas}") and v == cfg.key for k, v in decode.items())
     o = "layers.0.self_attn.o_proj"
     indptr = read_checkpoint(tiny_ckpt)[3][o].indptr

@@ -1,5 +1,7 @@
 """The tensor-core decode GEMV (tvm_schedules.bsr_decode_mma): its weight layout, read back the way its lanes
 read it, and its CUDA build. Correctness on a GPU is checked by benchmarks/kernels.py before it times a case."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -120,7 +122,8 @@ def test_for_shape_launches_one_wave_with_the_early_trigger():
             for pdl in (False, True):
                 cfg = bsr_decode_mma.for_shape(s, m, pdl)
                 assert cfg.pdl == cfg.early == pdl, cfg
-                assert n // TILE // cfg.tiles <= SMS * per_sm[cfg.key.rstrip("ge")], (n, m, cfg.key)
+                assert cfg.hint == ("n" if n // TILE > 3 * SMS else ""), cfg  # weight loads past L1 on tall grids
+                assert n // TILE // cfg.tiles <= SMS * per_sm[replace(cfg, hint="").key.rstrip("ge")], (n, m, cfg.key)
         bsr_decode_mma.bsr_decode_mma(s, 8, bsr_decode_mma.for_shape(s, 8, True))  # builds as TensorIR
     wide = bsr_decode_mma.for_shape(BSRShape(TILE * SMS * 15, 4096, 4, 16, 1), 1, True)
     assert wide.tiles == 1 and wide.pdl and not wide.early

@@ -7,7 +7,7 @@ import torch
 import tvm
 
 import tvm_schedules
-from tvm_schedules.common import BSRShape
+from tvm_schedules.common import WEIGHT_HINT, BSRShape
 from training.bsr import compress_matrix, dequantize
 
 
@@ -326,16 +326,17 @@ def test_resident_decode_grids_load_ahead():
     assert all(cfg(n, 4096, m, pdl=True).pdl for n in (576, 28672) for m in (1, 2, 8))
     assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
     assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
-    assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == d.TUNED[1]
+    tuned = lambda m, k=4096: replace(d.tuned(m, 1, k), hint=WEIGHT_HINT)  # noqa: E731  (and weights past L1)
+    assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == tuned(1)
     assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=8)[1] == pick(576, 576, rows=4)[1] == 0
     # M = 2: thread blocks of 16 warps, 2 per SM loading two trips ahead, or 3 loading one
     assert pick(4224, 14336, m=2) == (16, 2) and pick(4225, 4096, m=2) == pick(6336, 4096, m=2) == (16, 1)
     assert cfg(4096, 4096, m=2).ctas == 256 and cfg(6336, 4096, m=2).trigger == "early"
     assert cfg(4224, 4096, m=2, pdl=True).ahead == 3 and cfg(6336, 4096, m=2, pdl=True).ahead == 1  # two trips in flight
-    assert cfg(6337, 4096, m=2) == d.tuned(2, 1, 4096) and cfg(4096, 28672, m=2) == d.tuned(2, 1, 28672)  # unstaged
+    assert cfg(6337, 4096, m=2) == tuned(2) and cfg(4096, 28672, m=2) == tuned(2, 28672)  # unstaged
     # M = 4: the tuned one-wave grid, loading ahead where it gives each row a warp
     assert pick(576, 576, m=4) == pick(4224, 11008, m=4) == (32, 2) and cfg(4096, 4096, m=4).ctas == 132
-    assert cfg(4225, 4096, m=4) == d.tuned(4, 1, 4096) and cfg(4096, 14336, m=4) == d.tuned(4, 1, 14336)
+    assert cfg(4225, 4096, m=4) == tuned(4) and cfg(4096, 14336, m=4) == tuned(4, 14336)
 
 
 def test_rotated_staging_is_a_permutation_and_a_quarter_warp_never_shares_a_bank():

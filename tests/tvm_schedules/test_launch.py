@@ -131,7 +131,7 @@ def test_resident_decode_grids_fit_their_registers(tmp_path):
     registers bsr_decode.AHEAD_REGISTERS says their kernels take (M = 1: 6 thread blocks of 8 warps per SM at 40,
     or 3 of 16 with PDL; M = 2: 2 of 16 warps at 56, 3 at 40; M = 4: 1 of 32 at 64): the built kernels take no more,
     and spill nothing.
-    With PDL only weight loads come before the wait, the activations' after it."""
+    With PDL only weight loads come before the wait, the activations' after it; the weight loads skip L1."""
     import tvm
 
     from gqsa_compile import cuda_toolchain
@@ -158,6 +158,8 @@ def test_resident_decode_grids_fit_their_registers(tmp_path):
     loads = _global_loads_before_wait(tmp_path / "k.so")
     assert len(loads) == 5 and all(before and all(op.endswith("CONSTANT") and ".128" not in op for op in before)
                                    and after == "LDG.E.128" for before, after in loads.values())
+    # the weights past L1 (common.WEIGHT_HINT): the loads' no-allocate flag
+    assert all(any(op.startswith("LDG.E.NA.") for op in before) for before, _ in loads.values())
 
 
 def test_stream_decode_grids_are_resident_and_load_only_weights_before_the_wait(tmp_path):
