@@ -627,6 +627,16 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (2, 4, 8) if launch.supported(archs) and n >= 12288 else ():
                 add("bsr_decode_mma", n, k, m, 1, tag="cache hints 2",
                     cfg=replace(bsr_decode_mma.for_shape(shape, m, True), hint=hint))
+    # the M = 1 launch of the tall and wide shapes retuned with the weight loads past L1 (the hint changes how long a
+    # load waits): more blocks a lane per trip, more warps, fewer thread blocks, the first trip ahead (plain and PDL)
+    for n, k in [(12288, 4096), (22016, 4096), (28672, 4096), (4096, 14336)]:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            base = bsr_decode.for_shape(shape, 1, pdl)
+            for v in (dict(), dict(unroll=4), dict(warps=16, ctas=528), dict(ctas=528), dict(unroll=4, ctas=528),
+                      dict(ahead=1), dict(unroll=1)):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="hint sweep", packed=True, cfg=replace(base, **v))
     # (tag "mma staged", the thread block's tiles bulk-copied whole into shared memory before the grid wait,
     # MmaConfig.staged: builds at commit d48a138, the only one with it; kernels_mma_staged_h100.json: 0.79-0.98x
     # for_shape's launch on 4096-12288 rows, 1.00-1.04x on 22016 and 28672 rows at M = 1 and 2)
