@@ -35,6 +35,7 @@ kernel stays faster but on 4096 x 4096.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 
 from tvm.script import tirx as T
@@ -65,6 +66,15 @@ class MmaConfig:
                 + (f"o{self.min_blocks}" if self.min_blocks else "") + ("b" if self.absent_loads else "")
                 + ("g" if self.pdl else "") + ("e" if self.pdl and self.early else "")
                 + (f"c{self.hint}" if self.hint else ""))
+
+    @classmethod
+    def from_key(cls, key: str) -> "MmaConfig":
+        """The configuration a key spells (the inverse of ``key``; ValueError for anything else)."""
+        f = re.fullmatch(r"mm_w(\d+)l(\d+)(a(\d*))?(t(\d+))?(o(\d+))?(b)?(g)?(e)?(c([nfp]+))?", key)
+        if not f or (f[11] and not f[10]):
+            raise ValueError(f"not a tensor-core GEMV key: {key}")
+        return cls(int(f[1]), int(f[2]), 0 if f[3] is None else int(f[4] or 1), int(f[6] or 1), bool(f[9]),
+                   bool(f[10]), int(f[8] or 0), bool(f[11]), f[13] or "")
 
 
 QUAD = 4  # column groups a step takes: one per lane of a quad

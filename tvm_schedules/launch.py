@@ -8,7 +8,8 @@ next one may launch (``griddepcontrol.launch_dependents``); the launch itself mu
 (``cuLaunchKernelEx`` with programmatic stream serialization), which TVM's CUDA runtime does for kernels
 whose launch parameters carry its flag. TVM 0.27 computes those parameters itself and never adds the flag,
 so kernels are built with the TIR pipeline ``PIPELINE``: TVM's default plus one device pass that flags every
-kernel that waits on the grid dependency, and only those. ``PIPELINE_ALL`` (gqsa-compile's default where every
+kernel that waits on the grid dependency, and only those (and gives __launch_bounds__ the thread blocks per SM a
+kernel's body asks for). ``PIPELINE_ALL`` (gqsa-compile's default where every
 arch is sm_90+) first makes every other kernel wait too, so that all of a model's kernels take part: the
 GEMVs alone gained nothing end to end, between norms, RoPE and attention launched the plain way.
 ``griddepcontrol`` exists from sm_90 on.
@@ -41,10 +42,6 @@ def supported(archs: list[str]) -> bool:
 WAIT_CALL = 'griddepcontrol("wait"'  # how a kernel's script shows the call
 
 
-def waits_on_grid(func) -> bool:
-    return WAIT_CALL in func.script()
-
-
 def _flagged(func):
     """``func`` with the PDL flag in its launch parameters (before the dynamic shared memory tag, the last)."""
     tags = [str(t) for t in func.attrs[LAUNCH_PARAMS]]
@@ -52,34 +49,31 @@ def _flagged(func):
     return func.with_attr(LAUNCH_PARAMS, tags[:at] + [PDL_TAG] + tags[at:])
 
 
-@tvm.transform.module_pass(opt_level=0, name="gqsa.FlagDependentLaunch")
-def flag_dependent_launch(mod, _ctx):
-    """Add the PDL flag to the launch parameters of each device kernel that calls griddepcontrol.wait."""
+@tvm.transform.module_pass(opt_level=0, name="gqsa.LaunchAttributes")
+def launch_attributes(mod, _ctx):
+    """What each device kernel's body asks of its launch, from one read of its script (2.6 ms for the 4096 x 4096
+    decode kernel here; two passes read it twice):
+    - the PDL flag in its launch parameters where it calls griddepcontrol.wait, and only there;
+    - __launch_bounds__' second argument where its body carries the attribute MIN_BLOCKS_HINT (a schedule's
+      register budget: ptxas allots registers so that that many thread blocks fit an SM). The hint has to travel
+      in the body: a PrimFunc's own attributes do not reach the kernels split from it."""
     for gv, func in list(mod.functions_items()):
         params = (func.attrs or {}).get(LAUNCH_PARAMS)
-        if params is None or PDL_TAG in params or not waits_on_grid(func):
+        if params is None:
             continue
-        mod.update_func(gv, _flagged(func))
-    return mod
-
-
-@tvm.transform.module_pass(opt_level=0, name="gqsa.MinBlocksPerSM")
-def min_blocks_per_sm(mod, _ctx):
-    """A device kernel whose body carries the attribute MIN_BLOCKS_HINT (a schedule's register budget: ptxas
-    allots registers so that that many thread blocks fit an SM) gets it as __launch_bounds__' second argument.
-    The hint has to travel in the body: a PrimFunc's own attributes do not reach the kernels split from it."""
-    for gv, func in list(mod.functions_items()):
-        if (func.attrs or {}).get(LAUNCH_PARAMS) is None:
-            continue
-        hint = re.findall(rf'"{re.escape(MIN_BLOCKS_HINT)}": (\d+)', func.script())
+        script = func.script()
+        if PDL_TAG not in params and WAIT_CALL in script:
+            func = _flagged(func)
+        hint = re.findall(rf'"{re.escape(MIN_BLOCKS_HINT)}": (\d+)', script)
         if hint and int(hint[0]) > 0:
-            mod.update_func(gv, func.with_attr(MIN_BLOCKS_TAG, int(hint[0])))
+            func = func.with_attr(MIN_BLOCKS_TAG, int(hint[0]))
+        mod.update_func(gv, func)
     return mod
 
 
 def _grid_size(script: str) -> int | None:
     """Thread blocks of a device kernel (the product of its blockIdx extents), None where one is not a constant
-    (TVM 0.27's Python side has no statement visitor; its script is what waits_on_grid reads too)."""
+    (TVM 0.27's Python side has no statement visitor; its script is what launch_attributes reads too)."""
     size = 1
     for extent in re.findall(r'T\.launch_thread\("blockIdx\.[xyz]", (.*)\) as blockIdx', script):
         if not extent.strip().isdigit():
@@ -114,14 +108,14 @@ def wait_on_grid_everywhere(mod, _ctx):
         first = [tvm.tirx.Evaluate(T.ptx.griddepcontrol.wait())]
         if size is None or size <= SMALL_GRID:
             first.append(tvm.tirx.Evaluate(T.ptx.griddepcontrol.launch_dependents()))
-        # flagged here, as this pass knows it waits now: the flag pass then skips it without reading its script
+        # flagged here, as this pass knows it waits now (launch_attributes leaves the flag as it is)
         mod.update_func(gv, _flagged(func.with_body(_prepend(func.body, first))))
     return mod
 
 
 def _pipeline(everywhere: bool = False):
     lower, finalize_host, finalize_device = s_tir_pipeline.default_s_tir_pipeline()
-    device = [finalize_device()] + [wait_on_grid_everywhere] * everywhere + [flag_dependent_launch, min_blocks_per_sm]
+    device = [finalize_device()] + [wait_on_grid_everywhere] * everywhere + [launch_attributes]
     return lower, finalize_host, lambda: tvm.ir.transform.Sequential(device)
 
 

@@ -12,15 +12,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def parse_key(key: str):
-    """MmaConfig from its key (the inverse of MmaConfig.key)."""
+    """MmaConfig from its key, or a one-line exit for anything else."""
     from tvm_schedules.bsr_decode_mma import MmaConfig
 
-    f = re.fullmatch(r"mm_w(\d+)l(\d+)(a(\d*))?(t(\d+))?(o(\d+))?(b)?(g)?(e)?(c([nfp]+))?", key)
-    if not f:
-        raise SystemExit(f"not an mma key: {key}")
-    ahead = 0 if f[3] is None else int(f[4] or 1)
-    return MmaConfig(int(f[1]), int(f[2]), ahead, int(f[6] or 1), bool(f[9]), bool(f[10]),
-                     min_blocks=int(f[8] or 0), early=bool(f[11]), hint=f[13] or "")
+    try:
+        return MmaConfig.from_key(key)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def main(argv: list[str]) -> None:

@@ -127,3 +127,18 @@ def test_for_shape_launches_one_wave_with_the_early_trigger():
         bsr_decode_mma.bsr_decode_mma(s, 8, bsr_decode_mma.for_shape(s, 8, True))  # builds as TensorIR
     wide = bsr_decode_mma.for_shape(BSRShape(TILE * SMS * 15, 4096, 4, 16, 1), 1, True)
     assert wide.tiles == 1 and wide.pdl and not wide.early
+
+
+def test_keys_spell_their_configurations():
+    """MmaConfig.from_key inverts MmaConfig.key (benchmarks/probes/mma_sass.py builds any key it is given), and
+    refuses what no configuration spells."""
+    import itertools
+
+    cfgs = [bsr_decode_mma.MmaConfig(w, look, ahead, tiles, absent, pdl, blocks, pdl and early, hint)
+            for w, look, ahead, tiles, absent, pdl, blocks, early, hint in itertools.product(
+                (4, 16), (1, 2), (0, 1, 3), (1, 2), (False, True), (False, True), (0, 3), (False, True), ("", "np"))]
+    assert len({c.key for c in cfgs}) == len(set(cfgs)) > 100
+    assert all(bsr_decode_mma.MmaConfig.from_key(c.key) == c for c in cfgs)
+    for bad in ("mm_w8l2ae", "w8u2l1hs1056f", "mm_w8l2abgcx"):
+        with pytest.raises(ValueError, match="not a tensor-core GEMV key"):
+            bsr_decode_mma.MmaConfig.from_key(bad)
