@@ -101,6 +101,7 @@ def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
     Past 3 tiles an SM the weight loads skip L1 (common.WEIGHT_HINT: 1.00-1.04x there, 0.97-1.01x on fewer)."""
     per_sm = -(-(s.n // TILE) // SMS)
     even = s.n // TILE % 2 == 0
+    hint = WEIGHT_HINT if per_sm > 3 else ""
     if per_sm <= 2:
         cfg = MmaConfig(16, 1, 3, 1, True)
     elif per_sm <= 3:
@@ -113,8 +114,8 @@ def for_shape(s: BSRShape, m: int, pdl: bool) -> MmaConfig:
     elif per_sm <= 14 and even:
         cfg = MmaConfig(4, 1, 1, 2, True)
     else:
-        return MmaConfig(8, 2, 1, 1, True, pdl=pdl, hint=WEIGHT_HINT)
-    return replace(cfg, pdl=pdl, early=pdl, hint=WEIGHT_HINT if per_sm > 3 else "")
+        return MmaConfig(8, 2, 1, 1, True, pdl=pdl, hint=hint)
+    return replace(cfg, pdl=pdl, early=pdl, hint=hint)
 
 
 def slice_groups(s: BSRShape, cfg: MmaConfig) -> int:

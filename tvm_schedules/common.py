@@ -20,7 +20,8 @@ WEIGHT_HINT = "n"  # the decode GEMVs' weight loads skip L1 (H100, tags "cache h
 def weight_load(hint: str = ""):
     """``ld.global.nc`` (add ``.v2.b32`` etc.) for weights, which every call reads once: with ``hint`` "n" not kept
     in L1 (``.L1::no_allocate``), "f" evicted from L1 first (``.L1::evict_first``), "p" fetched into L2 256 bytes at
-    a time (``.L2::256B``, the prefetch-size hint)."""
+    a time (``.L2::256B``, the prefetch-size hint); "n" and "f" are one PTX slot, so not both."""
+    assert set(hint) <= set("nfp") and not {"n", "f"} <= set(hint), hint
     op = T.ptx.ld.global_.nc
     if "n" in hint:
         op = op.L1__no_allocate
