@@ -168,14 +168,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
             for m in (128, 129, 256, 512, 4096):  # R = 16: the tiled plan (skips pruned blocks) or wgmma
                 add("bsr_prefill", n, k, m, 16, tag="plan sm90a r16")
                 add("bsr_prefill_sm90a", n, k, m, 16, tag="plan sm90a r16")
-        # the scratch stored with an L2 evict_last policy (WgmmaConfig.keep_scratch), so that one smaller than the
-        # L2 (4096 x 4096: 32 MB of 50) is still there when the GEMM reads it, beside the same launch without it
-        for n, k in [(4096, 4096), (6144, 4096), (4096, 11008), (12288, 4096)]:
-            for m in (512, 1024, 2048, 4096):
-                for base in [bsr_prefill_wgmma.BEST] + [bsr_prefill_wgmma.SMALL] * (m == 512):
-                    for keep in (False, True):
-                        add("bsr_prefill_wgmma", n, k, m, 1, tag="wgmma keep scratch",
-                            cfg=replace(base, keep_scratch=keep))
+        # (tag "wgmma keep scratch": the scratch stored with an L2 evict_last policy, WgmmaConfig.keep_scratch, builds at
+        # commit 675958d, the only one with it; kernels_wgmma_keep_scratch_run{1,2}_h100.json: 0.986-1.026x)
         # SmolLM2-135M's matrices (the default model): sm_90a's plan beside the tiled plan alone
         for n, k in ((576, 576), (960, 576), (3072, 576), (576, 1536)):
             for m in (128, 129, 256, 512, 1024):

@@ -50,8 +50,6 @@ class WgmmaConfig:
     pdl: bool = True  # the GEMM a programmatic dependent launch of the dequantizing launch (tag "wgmma pdl")
     ablate: str = ""  # measurement only, wrong results: "store" leaves out the epilogue, "dequant" the
     # dequantizing launch (benchmarks/kernels.py times these unchecked, tag "wgmma ablation")
-    keep_scratch: bool = False  # the dequantizing launch stores the scratch with an L2 evict_last policy, so
-    # that a scratch smaller than the L2 is still there when the GEMM reads it
 
     @property
     def tokens(self) -> int:
@@ -62,7 +60,7 @@ class WgmmaConfig:
         # "twsdm": token tiles first, a producer warp, swizzled tiles, activations straight from x, results out by
         # TMA: the letters of the variants this kernel kept, so keys read the same as in earlier results
         return (f"wg{self.rows}x{self.tokens}p{self.stages}twsdm" + ("g" if self.pdl else "")
-                + ("k" if self.keep_scratch else "") + (f"_no_{self.ablate}" if self.ablate else ""))
+                + (f"_no_{self.ablate}" if self.ablate else ""))
 
 
 # H100 (docs/perf.md): 256 x 128 tiles with 4 stages were fastest at M = 512 .. 4096; the dependent launch
@@ -124,7 +122,7 @@ def _dequant_piece(dd, word, z, scl):
         T.ptx.mul.rn.f16x2(dd[t], dd[t], scl * T.uint32(0x10001))
 
 
-def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False, keep: bool = False):
+def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False):
     """The first launch: a warp per weight row marks in shared memory which block of its block row holds each
     column group, then writes the row's fp16 tiles a 16-byte piece (8 columns, zeros for a pruned group) per
     lane, lanes 8c .. 8c + 7 chunk c's pieces: each store instruction writes four whole 128-byte lines. Each lane
@@ -151,9 +149,6 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False, k
                     zz = T.alloc_buffer((batch,), "uint32", scope="local")
                     ss = T.alloc_buffer((batch,), "uint32", scope="local")
                     dd = T.alloc_buffer((4,), "uint32", scope="local")
-                    policy = T.alloc_buffer((1,), "uint64", scope="local")
-                    if keep:
-                        T.ptx.createpolicy.fractional.L2__evict_last.b64(policy[0])
                     r = bi * wpb + wy
                     if trigger:
                         T.ptx.griddepcontrol.launch_dependents()
@@ -184,16 +179,10 @@ def _dequant_pass(s: BSRShape, br: int, batch: int = 4, trigger: bool = False, k
                                     else:
                                         for v in T.unroll(4):
                                             dd[v] = T.uint32(0)
-                                    if keep:
-                                        T.ptx.st.global_.L2__cache_hint.v4.b32(wd2.ptr_to([(
-                                            (r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * th
-                                            + offset(r % br, ((t * batch + u) * 32 + lx) % ppc * 8)) // 2]),
-                                            dd[0], dd[1], dd[2], dd[3], policy[0])
-                                    else:
-                                        for v in T.vectorized(4):
-                                            wd2[((r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * th
-                                                 + offset(r % br, ((t * batch + u) * 32 + lx) % ppc * 8)) // 2
-                                                + v] = dd[v]
+                                    for v in T.vectorized(4):
+                                        wd2[((r // br * nch + ((t * batch + u) * 32 + lx) // ppc) * th
+                                             + offset(r % br, ((t * batch + u) * 32 + lx) % ppc * 8)) // 2
+                                            + v] = dd[v]
 
     return dequant_pass
 
@@ -212,7 +201,7 @@ def launch(s: BSRShape, cfg: WgmmaConfig):
     ymap = T.Var("y_tensormap", ty=T.handle("tensormap").ty)
     ring = ring_bytes(cfg) // 2
     row_tiles = (n + br - 1) // br
-    prepass = _dequant_pass(s, br, trigger=cfg.pdl, keep=cfg.keep_scratch)
+    prepass = _dequant_pass(s, br, trigger=cfg.pdl)
 
     def mma_async(acc, da, db):
         return getattr(T.ptx.wgmma.mma_async.sync.aligned, f"m64n{br}k16").f32.f16.f16(
