@@ -622,8 +622,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="cache hints 2", packed=True,
                             cfg=replace(bsr_decode.for_shape(shape, m, pdl), hint=hint))
-                if bsr_decode_stream.supports(shape, 1) and (n > bsr_decode_stream.BIG_ROWS
-                                                             or k >= bsr_decode_stream.WIDE[pdl]):
+                if bsr_decode_stream.pays_on_shape(shape, pdl):
                     add("bsr_decode_stream", n, k, 1, 1, alloc="layer", tag="cache hints 2", packed=True,
                         cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=hint))
             for m in (2, 4, 8) if launch.supported(archs) and n >= 12288 else ():

@@ -90,8 +90,12 @@ def pays(s: BSRShape, indptr, pdl: bool) -> bool:
     columns with PDL 1.09-1.11x, plain 0.99x, of 14336 columns 1.12-1.13x and plain 1.05-1.07x. It lost on 4096 x
     4096 and 6144 x 4096, and on balanced rows but past 8448 rows with PDL. (Measured before ``one_boundary``,
     which then made unequal rows 1.02x faster on these shapes.)"""
-    return (supports(s, 1) and row_spread(indptr) >= UNEQUAL
-            and (s.block_rows > BIG_ROWS or s.k >= WIDE[pdl]))
+    return pays_on_shape(s, pdl) and row_spread(indptr) >= UNEQUAL
+
+
+def pays_on_shape(s: BSRShape, pdl: bool) -> bool:
+    """``pays`` without the rows: the shapes on which the stream kernel measured faster on unequal rows."""
+    return supports(s, 1) and (s.block_rows > BIG_ROWS or s.k >= WIDE[pdl])
 
 
 def bsr_decode_stream(s: BSRShape, m: int, cfg: StreamConfig = StreamConfig()):

@@ -52,7 +52,7 @@ def _flagged(func):
 @tvm.transform.module_pass(opt_level=0, name="gqsa.LaunchAttributes")
 def launch_attributes(mod, _ctx):
     """What each device kernel's body asks of its launch, from one read of its script (2.6 ms for the 4096 x 4096
-    decode kernel here; two passes read it twice):
+    decode kernel here; under PIPELINE_ALL wait_on_grid_everywhere reads it once more):
     - the PDL flag in its launch parameters where it calls griddepcontrol.wait, and only there;
     - __launch_bounds__' second argument where its body carries the attribute MIN_BLOCKS_HINT (a schedule's
       register budget: ptxas allots registers so that that many thread blocks fit an SM). The hint has to travel
