@@ -150,6 +150,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for splits in (1, 2, 4):
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k 256")
     wgmma = "sm_90a" in archs  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
+    current(add, shapes, archs)
     if wgmma:
         for n, k in shapes:
             for m in PREFILL_M:
@@ -653,6 +654,56 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
 
 
 # ----------------------------------------------------------------------------------------------- build
+CURRENT_PREFILL_M = (16, 128, 512, 1024, 2048, 4096)
+
+
+def current(add, shapes, archs) -> None:
+    """Tag "current", docs/perf.md's headline tables: every kernel as its module picks it today, the way
+    gqsa-compile stores the weights (interleaved codes; packed metadata where R = 1; the stream kernel's plan on
+    unequal rows where ``bsr_decode_stream.pays``). Decode: the row kernel at M = 1-8 (``bsr_decode.for_shape``),
+    plain (the default sm_87 + sm_90 build) and with PDL (every arch sm_90+), balanced and unequal rows; the
+    tensor-core GEMV at M = 2-8 (``bsr_decode_mma.for_shape``, benchmark only); 30% and 70% pruned; R = 4, 8, 16.
+    Prefill: the default build's tiled plan and the sm_90a build's plan (wgmma from 129 tokens), R = 1 and 16."""
+    from tvm_schedules import bsr_decode, bsr_decode_mma, bsr_decode_stream, launch
+    from tvm_schedules.common import WEIGHT_HINT, BSRShape
+
+    pdls = (False, True) if launch.supported(archs) else (False,)
+    for n, k in shapes:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in pdls:
+            for m in DECODE_M:
+                for alloc in ("row", "layer"):
+                    if m == 1 and alloc == "layer" and bsr_decode_stream.pays_on_shape(shape, pdl):
+                        add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="current", packed=True,
+                            cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=WEIGHT_HINT))
+                    else:
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="current", packed=True,
+                            cfg=bsr_decode.for_shape(shape, m, pdl))
+                    if m > 1:
+                        add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="current",
+                            cfg=bsr_decode_mma.for_shape(shape, m, pdl))
+            for sp in (0.3, 0.7):
+                add("bsr_decode", n, k, 1, 1, sparsity=sp, tag="current", packed=True,
+                    cfg=bsr_decode.for_shape(shape, 1, pdl))
+                add("bsr_decode_mma", n, k, 8, 1, sparsity=sp, tag="current",
+                    cfg=bsr_decode_mma.for_shape(shape, 8, pdl))
+        for rows in (4, 8, 16):
+            tall = BSRShape(n, k, BITS, GROUP, rows, interleaved=True)
+            for m in (1, 8):
+                add("bsr_decode", n, k, m, rows, tag="current", cfg=bsr_decode.for_shape(tall, m, pdls[-1]))
+        for rows in (1, 16):  # the default build's plan (tiled mma.sync GEMM), then sm_90a's
+            for m in CURRENT_PREFILL_M:
+                add("bsr_prefill", n, k, m, rows, tag="current", packed=rows == 1)
+        add("bsr_prefill", n, k, 512, 16, sparsity=0.3, tag="current")
+        add("bsr_prefill", n, k, 512, 16, sparsity=0.7, tag="current")
+        if "sm_90a" in archs:
+            for rows in (1, 4, 8, 16):
+                for m in CURRENT_PREFILL_M if rows in (1, 16) else (512,):
+                    add("bsr_prefill_sm90a", n, k, m, rows, tag="current", packed=rows == 1)
+            for sp in (0.3, 0.7):
+                add("bsr_prefill_sm90a", n, k, 512, 1, sparsity=sp, tag="current", packed=True)
+
+
 def dense_int4(n: int, k: int, m: int):
     """The MLC-LLM q4f16_1 layout: 8 codes per uint32, one fp16 scale per 32 weights, w = (q - 7) * s.
 
@@ -1319,6 +1370,92 @@ def _row_kernel_pdl(cfg: str) -> bool:
     return bool(re.search(r"g(te)?(a\d)?$", _unhinted(cfg)))
 
 
+def _pdl_launch(r: dict) -> bool:
+    """Whether a decode case of tag "current" is a PDL launch, from its key (the ``g`` of each family's key)."""
+    if r["family"] == "bsr_decode":
+        return _row_kernel_pdl(r["cfg"])
+    return bool(re.search(r"g(e)?(c[nfp]+)?$", r["cfg"]))
+
+
+def _current_tables(pick, gmean) -> list[str]:
+    """docs/perf.md's headline (tag "current"): decode and prefill as the kernels are picked today."""
+    def one(family, n, k, m, pdl, alloc="row", sparsity=0.5, rows=1, tag="current"):
+        fams = ("bsr_decode", "bsr_decode_stream") if family == "bsr_decode" else (family,)
+        q = [r for r in pick(tag=tag, n=n, k=k, m=m, alloc=alloc, sparsity=sparsity, rows=rows)
+             if r["family"] in fams and (r["kind"] == "prefill" or _pdl_launch(r) == pdl)]
+        return q[0] if q else None
+
+    def us(r, digits=1):
+        return f"{r['time_us']:.{digits}f}" if r else "-"
+
+    def loss(u, r):
+        return f"{u['time_us']:.1f} ({u['time_us'] / r['time_us'] - 1:+.0%})" if u and r else "-"
+
+    shapes = sorted({(r["n"], r["k"]) for r in pick(tag="current")}, key=lambda s: SHAPES.index(s))
+    out = ["", "Decode GEMV, R = 1, 50% of blocks kept. `row`: the kernel `gqsa-compile` builds (`bsr_decode.for_shape`; "
+           "unequal rows at M = 1 on the stream kernel where `bsr_decode_stream.pays`), `tensor`: the tensor-core GEMV "
+           "(`bsr_decode_mma.for_shape`, benchmark only). plain: the default sm_87 + sm_90 build; PDL: sm_90 builds "
+           "(programmatic dependent launch, timed back to back as a decode step's GEMVs run). Times in us; unequal "
+           "rows keep 0-100% of their blocks (loss against the balanced rows of the same line); same-byte copy: a "
+           "device-to-device copy of as many bytes, the ceiling at this size:", "",
+           "| shape N x K | M | kernel | plain | PDL | PDL GB/s (% of copy) | x cuBLAS fp16 plain / PDL "
+           "| x dlight int4 g32 (PDL) | unequal rows plain | unequal rows PDL | same-byte copy |",
+           "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, k in shapes:
+        for m in DECODE_M:
+            for fam, label in (("bsr_decode", "row"), ("bsr_decode_mma", "tensor")):
+                p, g = one(fam, n, k, m, False), one(fam, n, k, m, True)
+                if not (p or g):
+                    continue
+                b = g or p
+                cells = [f"{n} x {k}", str(m), label, us(p), us(g),
+                         f"{g['gbs']:.0f} ({g['pct_copy']:.0f}%)" if g else "-",
+                         " / ".join(f"{r['vs_fp16']:.2f}" if r else "-" for r in (p, g)),
+                         f"{b['vs_int4']:.2f}" if "vs_int4" in b else "-",
+                         loss(one(fam, n, k, m, False, "layer"), p), loss(one(fam, n, k, m, True, "layer"), g),
+                         f"{b['copy_same_us']:.1f}" if "copy_same_us" in b else "-"]
+                out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Time follows kept blocks (decode, PDL; us): the row kernel at M = 1, the tensor-core GEMV at M = 8:", "",
+            "| shape N x K | M = 1: 30% pruned | 50% | 70% | M = 8: 30% pruned | 50% | 70% |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, k in shapes:
+        cells = [us(one(fam, n, k, m, True, sparsity=sp)) for fam, m in (("bsr_decode", 1), ("bsr_decode_mma", 8))
+                 for sp in (0.3, 0.5, 0.7)]
+        out.append(f"| {n} x {k} | " + " | ".join(cells) + " |")
+    out += ["", "Prefill, 50% of blocks kept: time (us) and time / cuBLAS fp16's on the dense shape (the issue's bound at "
+            "M >= 512: 1.1 at R = 1, 0.7 at R = 16). default: the tiled mma.sync plan of the default build (R = 16: its "
+            "tiles skip pruned 16 x 16 blocks); sm_90a: `--arch sm_90a`'s plan (wgmma from 129 tokens, dense tiles):", "",
+            "| shape N x K | M | cuBLAS fp16 | default R = 1 | sm_90a R = 1 | default R = 16 | sm_90a R = 16 |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+    def vs(r):
+        return f"{r['time_us']:.0f} ({1 / r['vs_fp16']:.2f})" if r else "-"
+    for n, k in shapes:
+        for m in CURRENT_PREFILL_M:
+            cells = [one(fam, n, k, m, None, rows=rows) for rows in (1, 16)
+                     for fam in ("bsr_prefill", "bsr_prefill_sm90a")]
+            if any(cells):
+                ref = next(c for c in cells if c)
+                out.append(f"| {n} x {k} | {m} | {ref['fp16_us']:.0f} | " + " | ".join(map(vs, cells)) + " |")
+    out += ["", "Prefill time follows kept blocks (M = 512, us): sm_90a's R = 1 plan, the default build's R = 16 plan:", "",
+            "| shape N x K | sm_90a R = 1: 30% pruned | 50% | 70% | default R = 16: 30% pruned | 50% | 70% |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, k in shapes:
+        cells = [us(one(fam, n, k, 512, None, sparsity=sp, rows=rows), 0)
+                 for fam, rows in (("bsr_prefill_sm90a", 1), ("bsr_prefill", 16)) for sp in (0.3, 0.5, 0.7)]
+        out.append(f"| {n} x {k} | " + " | ".join(cells) + " |")
+    out += ["", "Speed versus block height R (50% pruned; geometric mean over the shapes): decode with PDL on the row "
+            "kernel, prefill at M = 512 on sm_90a's plan:", "",
+            "| R | decode M = 1 (us) | decode M = 8 (us) | prefill M = 512 (us) | prefill M = 512 / cuBLAS |",
+            "| ---: | ---: | ---: | ---: | ---: |"]
+    for rows in (1, 4, 8, 16):
+        d1, d8 = ([one("bsr_decode", n, k, m, True, rows=rows) for n, k in shapes] for m in (1, 8))
+        pf = [one("bsr_prefill_sm90a", n, k, 512, None, rows=rows) for n, k in shapes]
+        d1, d8, pf = ([r for r in x if r] for x in (d1, d8, pf))
+        out.append(f"| {rows} | {gmean(d1):.1f} | {gmean(d8):.1f} | {gmean(pf):.0f} | {gmean(pf, 'inv'):.2f} |")
+    return out
+
+
 def _rule_table(pick, tag: str, title: str) -> list[str]:
     """Tags "one wave rule" and "resident rule": per shape, the decode launch bsr_decode.for_shape picks (config
     ending ``a1``/``a2``, loading ahead) against the tuning before it, plain and PDL, balanced and unequal rows
@@ -1466,14 +1603,22 @@ def summary(doc: dict) -> str:
     same = all("copy_same_us" in r for r in pick(tag="main", kind="decode")) and pick(tag="main", kind="decode")
     out = [f"Device: {doc['device']}; device-to-device copy {doc['copy_gbs']:.0f} GB/s (read + write){floor}. "
            "W4 G16, fp16 activations; times are medians of 7 (us)."]
-    main = bool(pick(tag="main"))  # a run of some tags only (--only) has no main tables
+    import math
+
+    def gmean(rows, key="time_us"):
+        return math.exp(sum(math.log(x[key]) for x in rows) / len(rows)) if rows else float("nan")
+
+    current = bool(pick(tag="current"))  # the headline run: its tables replace the first day's (tag "main")
+    if current:
+        out += _current_tables(pick, gmean)
+    main = bool(pick(tag="main")) and not current  # a run of some tags only (--only) has no main tables
     out += ["", "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline"
            + ("; same-byte copy: a device-to-device copy that moves as many bytes, the ceiling at this size"
               if same else "") + ":", "",
            "| shape N x K | M | time | GB/s | % of copy | x cuBLAS fp16 | x dlight int4 g32 | unequal rows: time (loss) |"
            + (" same-byte copy: time (kernel's % of its speed) |" if same else ""),
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if same else "")] * main
-    for r in pick(tag="main", kind="decode"):
+    for r in pick(tag="main", kind="decode") if main else ():
         u = pick(tag="unequal rows", n=r["n"], k=r["k"], m=r["m"])
         loss = f"{u[0]['time_us']:.1f} ({u[0]['time_us'] / r['time_us'] - 1:+.0%})" if u else "-"
         out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['time_us']:.1f} | {r['gbs']:.0f} | {r['pct_copy']:.0f}% "
@@ -1495,7 +1640,7 @@ def summary(doc: dict) -> str:
                        + " | ".join(f"{q[0]['time_us']:.1f}" if q else "-" for q in cut.values()) + " |")
     out += ["", "Time follows kept blocks (decode, R = 1):", "",
             "| shape N x K | M | 30% pruned | 50% pruned | 70% pruned |", "| --- | ---: | ---: | ---: | ---: |"] * main
-    for r in pick(tag="main", kind="decode"):
+    for r in pick(tag="main", kind="decode") if main else ():
         if r["m"] in (1, 8):
             cells = []
             for sp in (0.3, 0.5, 0.7):
@@ -1507,7 +1652,7 @@ def summary(doc: dict) -> str:
             "dense shape (the issue's bound: <= 1.1 at R = 1, <= 0.7 at R = 16, M >= 512):", "",
             "| shape N x K | M | R = 1 time | R = 1 / cuBLAS | R = 16 time | R = 16 / cuBLAS | cuBLAS fp16 | R = 16 TFLOP/s (dense-equivalent) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"] * main
-    for r in pick(tag="main", kind="prefill", rows=1):
+    for r in pick(tag="main", kind="prefill", rows=1) if main else ():
         t = pick(tag="main", kind="prefill", rows=16, n=r["n"], k=r["k"], m=r["m"])
         t16 = t[0] if t else None
         out.append(f"| {r['n']} x {r['k']} | {r['m']} | {r['time_us']:.0f} | {1 / r['vs_fp16']:.1f} | "
@@ -1516,7 +1661,7 @@ def summary(doc: dict) -> str:
     out += ["", "Prefill time follows kept blocks at R = 16 (M = 512; the tiled GEMM skips pruned blocks' mma's, the "
             "per-warp kernel walks only kept blocks):", "",
             "| shape N x K | kernel | 30% pruned | 50% pruned | 70% pruned |", "| --- | --- | ---: | ---: | ---: |"] * main
-    for r in pick(tag="main", kind="prefill", rows=16, m=512):
+    for r in pick(tag="main", kind="prefill", rows=16, m=512) if main else ():
         for fam, label in (("bsr_prefill", "tiled (compiled)"), ("bsr_prefill_warp", "per-warp (before)")):
             cells = []
             for sp in (0.3, 0.5, 0.7):
@@ -1524,11 +1669,6 @@ def summary(doc: dict) -> str:
                      and x["rows"] == 16 and x["sparsity"] == sp and x["alloc"] == "row" and not x["cfg"]]
                 cells.append(f"{q[0]['time_us']:.0f}" if q else "-")
             out.append(f"| {r['n']} x {r['k']} | {label} | " + " | ".join(cells) + " |")
-    import math
-
-    def gmean(rows, key="time_us"):
-        return math.exp(sum(math.log(x[key]) for x in rows) / len(rows)) if rows else float("nan")
-
     ms = sorted({r["m"] for r in pick(tag="tiled")})
     if ms:
         out += ["", "Prefill R = 1 by M: time / cuBLAS fp16 time, geometric mean over the seven shapes, for the "

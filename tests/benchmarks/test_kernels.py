@@ -123,3 +123,48 @@ def test_report_puts_early_trigger_mma_launches_with_pdl(kernels):
     text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": hinted})
     assert "| 4096 x 4096 | 2 | PDL | 4.6 / 6.0 | 4.1 / 4.1 | mm_w16l1a3bgecn | 1.12x / 1.46x |" in text
     assert "| plain |" not in text
+
+
+def test_current_tag_times_what_gqsa_compile_builds(kernels):
+    """Tag "current" (docs/perf.md's headline) at M = 1: each case's launch is the one tvm_schedules.bsr_matmul
+    gives gqsa-compile for that build (plain or PDL; unequal rows on the stream kernel where it pays)."""
+    import tvm
+
+    import tvm_schedules
+    from tvm_schedules import bsr_decode_stream
+    from tvm_schedules.common import BSRShape
+
+    cases = [c for c in kernels.plan(archs=("sm_90a",))[1] if c["tag"] == "current"]
+    assert {(c["n"], c["k"]) for c in cases} == set(kernels.SHAPES)
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90a"})
+    for n, k in [(4096, 4096), (12288, 4096), (4096, 14336)]:
+        for pdl in (False, True):
+            s = BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True)
+            for alloc in ("row", "layer"):
+                streamed = alloc == "layer" and bsr_decode_stream.pays_on_shape(s, pdl)
+                built = BSRShape(n, k, 4, 16, 1, interleaved=True, packed=True,
+                                 stream=bsr_decode_stream.CTAS if streamed else 0)
+                want = str(tvm_schedules.bsr_matmul(built, 1, target, pdl=pdl).attrs["gqsa.config"])
+                got = [c for c in cases if kernels._pdl_launch(c) == pdl
+                       and (c["n"], c["k"], c["m"], c["rows"], c["alloc"], c["sparsity"]) == (n, k, 1, 1, alloc, 0.5)]
+                assert [c["cfg"] for c in got] == [want], (n, k, pdl, alloc)
+                assert got[0]["family"] == ("bsr_decode_stream" if streamed else "bsr_decode")
+
+
+def test_report_headline_tables_from_the_current_tag(kernels):
+    """A run of tag "current": the headline tables replace the first day's, every cell filled."""
+    cases = [c for c in kernels.plan(archs=("sm_90a",))[1] if c["tag"] == "current"]
+    results = []
+    for i, c in enumerate(cases):
+        t = 5.0 + i % 7 + (1.0 if c["alloc"] == "layer" else 0.0)
+        r = dict(c, time_us=t, gbs=1500.0, pct_copy=50.0, vs_fp16=20.0 / t, fp16_us=20.0, tflops=1.0)
+        if c["kind"] == "decode":
+            r.update(vs_int4=1.5, copy_same_us=6.0)
+        results.append(r)
+    text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": results})
+    assert "per row (row-balanced)" not in text  # the first day's tables (tag "main") give way
+    for want in ("| 4096 x 4096 | 1 | row |", "| 4096 x 4096 | 8 | tensor |", "| 28672 x 4096 | 2 | row |",
+                 "| 4096 x 14336 | 4096 | 20 |", "| 16 |"):
+        assert want in text, want
+    assert "nan" not in text and "| - |" not in text
+    assert "| 4096 x 4096 | 1 | tensor |" not in text  # the tensor-core GEMV is timed at M = 2-8 only
