@@ -1611,6 +1611,7 @@ def summary(doc: dict) -> str:
     current = bool(pick(tag="current"))  # the headline run: its tables replace the first day's (tag "main")
     if current:
         out += _current_tables(pick, gmean)
+    headline = len(out)
     main = bool(pick(tag="main")) and not current  # a run of some tags only (--only) has no main tables
     out += ["", "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline"
            + ("; same-byte copy: a device-to-device copy that moves as many bytes, the ceiling at this size"
@@ -1723,6 +1724,9 @@ def summary(doc: dict) -> str:
              and r["sparsity"] == 0.5 and r["tag"] in ("main", "block height")]
         ratio = math.exp(sum(math.log(1 / r["vs_fp16"]) for r in p) / len(p)) if p else float("nan")
         out.append(f"| {rows} | {gmean(d1):.1f} | {gmean(d8):.1f} | {gmean(p):.0f} | {ratio:.2f} |")
+    if current and len(out) > headline:
+        out[headline:headline] = ["", "The tables below come from earlier runs: each compares variants of a kernel as "
+                                  "it was built then (the headline above is what runs now)."]
     return "\n".join(out)
 
 
