@@ -639,6 +639,41 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                       dict(ahead=1), dict(unroll=1)):
                 for alloc in ("row", "layer"):
                     add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="hint sweep", packed=True, cfg=replace(base, **v))
+    # the M = 1 launch of the 4096-row shapes and 6144 x 4096 (the two short of the targets at M = 1) beside variants
+    # of it with the weight loads past L1: both trips of a row in flight at once (ahead = 3, measured before at
+    # M = 2 only), one or four blocks a lane per trip, 16-warp thread blocks, no fence (plain and PDL, balanced and
+    # unequal rows); the stream kernel with other thread block counts and trips on 6144 x 4096's unequal rows, and
+    # the tensor-core GEMV at M = 1 for reference
+    for n, k in [(4096, 4096), (4096, 11008), (4096, 14336), (6144, 4096)]:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            base = bsr_decode.resident_launch(shape, 1, pdl)  # for_shape's launch before it left the fence out
+            for v in (dict(), dict(ahead=3), dict(ahead=3, unroll=1), dict(unroll=1), dict(unroll=4),
+                      dict(warps=base.warps // 2, ctas=base.ctas * 2), dict(fence=False)):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="m1 retune", packed=True, cfg=replace(base, **v))
+            if launch.supported(archs):
+                for alloc in ("row", "layer"):
+                    add("bsr_decode_mma", n, k, 1, 1, alloc=alloc, tag="m1 retune",
+                        cfg=bsr_decode_mma.for_shape(shape, 1, pdl))
+            if n == 6144:
+                for ctas, unroll in ((396, 2), (264, 2), (528, 2), (396, 4), (264, 4)):
+                    add("bsr_decode_stream", n, k, 1, 1, alloc="layer", tag="m1 retune", packed=True,
+                        cfg=bsr_decode_stream.StreamConfig(ctas=ctas, unroll=unroll, pdl=pdl, hint="n"))
+    # tag "m1 retune" found the fence (DecodeConfig.fence: a shared-memory store of every loaded word, so that
+    # ptxas keeps a trip's loads together) 1-2% slower than none on those shapes with the weight loads past L1:
+    # the row kernel as for_shape launched it beside the same launch without the fence, at every M, on LLaMA's and
+    # SmolLM2's shapes (plain and PDL, balanced and unequal rows). kernels_fence_run{1,2}_h100.json: at M = 1 on
+    # the LLaMA shapes 1.003-1.077x faster without, but for 12288 x 4096 with PDL (0.86x); so for_shape leaves it
+    # out there (bsr_decode.NO_FENCE_K)
+    for n, k in shapes + [(960, 576), (576, 576), (3072, 576), (576, 1536)]:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for m in DECODE_M:
+                base = bsr_decode.resident_launch(shape, m, pdl)  # for_shape's launch before this tag
+                for cfg in (base, replace(base, fence=False)):
+                    for alloc in ("row", "layer"):
+                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="fence", packed=True, cfg=cfg)
     # (tag "mma staged", the thread block's tiles bulk-copied whole into shared memory before the grid wait,
     # MmaConfig.staged: builds at commit d48a138, the only one with it; kernels_mma_staged_h100.json: 0.79-0.98x
     # for_shape's launch on 4096-12288 rows, 1.00-1.04x on 22016 and 28672 rows at M = 1 and 2)

@@ -327,7 +327,10 @@ def test_resident_decode_grids_load_ahead():
     assert pick(8449, 4096) == pick(12672, 4096) == (8, 1) and grid(12288, 4096) == 6144  # two rows each
     assert {cfg(n, 4096).trigger for n in (4225, 6336, 8449, 12672)} == {"early"}
     tuned = lambda m, k=4096: replace(d.tuned(m, 1, k), hint=WEIGHT_HINT)  # noqa: E731  (and weights past L1)
-    assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == tuned(1)
+    # from 4096 columns at M = 1 without the fence (bsr_decode.NO_FENCE_K), but where one trip goes ahead
+    assert cfg(6337, 4096) == cfg(8448, 4096) == cfg(12673, 4096) == cfg(28672, 4096) == replace(tuned(1), fence=False)
+    assert cfg(12288, 4096).fence and cfg(576, 1536).fence and not cfg(4096, 4096, pdl=True).fence
+    assert all(cfg(4096, 4096, m).fence for m in (2, 4, 8))
     assert pick(576, 28672)[1] == pick(576, 576, bits=8)[1] == pick(576, 576, m=8)[1] == pick(576, 576, rows=4)[1] == 0
     # M = 2: thread blocks of 16 warps, 2 per SM loading two trips ahead, or 3 loading one
     assert pick(4224, 14336, m=2) == (16, 2) and pick(4225, 4096, m=2) == pick(6336, 4096, m=2) == (16, 1)
