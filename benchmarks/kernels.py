@@ -664,8 +664,8 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     # ptxas keeps a trip's loads together) 1-2% slower than none on those shapes with the weight loads past L1:
     # the row kernel as for_shape launched it beside the same launch without the fence, at every M, on LLaMA's and
     # SmolLM2's shapes (plain and PDL, balanced and unequal rows). kernels_fence_run{1,2}_h100.json: at M = 1 on
-    # the LLaMA shapes 1.003-1.077x faster without, but for 12288 x 4096 with PDL (0.86x); so for_shape leaves it
-    # out there (bsr_decode.NO_FENCE_K)
+    # the LLaMA shapes 0.999-1.077x the speed without it, but 12288 x 4096 with PDL (ahead = 1) 0.86x; so for_shape
+    # leaves it out there (bsr_decode.NO_FENCE_K)
     for n, k in shapes + [(960, 576), (576, 576), (3072, 576), (576, 1536)]:
         shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
         for pdl in (False, True) if launch.supported(archs) else (False,):
@@ -1413,12 +1413,13 @@ def _pdl_launch(r: dict) -> bool:
 
 
 def _current_tables(pick, gmean) -> list[str]:
-    """docs/perf.md's headline (tag "current"): decode and prefill as the kernels are picked today."""
+    """docs/perf.md's headline (tag "current"): decode and prefill as the kernels are picked today. Where runs
+    merged in order measured different launches of one line (a launch changed between them), the last run's."""
     def one(family, n, k, m, pdl, alloc="row", sparsity=0.5, rows=1, tag="current"):
         fams = ("bsr_decode", "bsr_decode_stream") if family == "bsr_decode" else (family,)
         q = [r for r in pick(tag=tag, n=n, k=k, m=m, alloc=alloc, sparsity=sparsity, rows=rows)
              if r["family"] in fams and (r["kind"] == "prefill" or _pdl_launch(r) == pdl)]
-        return q[0] if q else None
+        return q[-1] if q else None
 
     def us(r, digits=1):
         return f"{r['time_us']:.{digits}f}" if r else "-"

@@ -151,10 +151,10 @@ def for_shape(s: BSRShape, m: int, pdl: bool = False) -> DecodeConfig:
     """The launch ``resident_launch`` picks, without the fence at M = 1 on 4-bit R = 1 rows of NO_FENCE_K columns
     or more, unless it issues only the first trip ahead (``ahead = 1``). With the weight loads past L1, the fence's
     xor and shared-memory store of every loaded word cost more than keeping a trip's loads together gains there:
-    H100, tag "fence" (kernels_fence_run{1,2}_h100.json), the seven LLaMA shapes at M = 1 without it 1.004-1.077x
-    faster plain, 1.003-1.043x with PDL, but 12288 x 4096's two rows per warp (``ahead = 1``) 0.86x. SmolLM2's
-    matrices (K = 576, 1536) keep it: 0.94-1.04x there (its down projection with unequal rows and PDL 0.94x); and
-    M >= 2, where it was 0.81-1.15x, shape by shape."""
+    H100, tag "fence" (kernels_fence_run{1,2}_h100.json, balanced and unequal rows), the LLaMA shapes at M = 1
+    where the rule applies 1.003-1.077x faster without it plain, 0.999-1.059x with PDL, but 12288 x 4096's two rows
+    per warp (``ahead = 1``) 0.86x with PDL. SmolLM2's matrices (K = 576, 1536) keep it: 0.94-1.04x there (its
+    down projection with unequal rows and PDL 0.94x); and M >= 2, where it was 0.81-1.15x, shape by shape."""
     cfg = resident_launch(s, m, pdl)
     if m == 1 and s.rows == 1 and s.bits == 4 and s.k >= NO_FENCE_K and cfg.ahead != 1:
         return replace(cfg, fence=False)

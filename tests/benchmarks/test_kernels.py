@@ -168,3 +168,9 @@ def test_report_headline_tables_from_the_current_tag(kernels):
         assert want in text, want
     assert "nan" not in text and "| - |" not in text
     assert "| 4096 x 4096 | 1 | tensor |" not in text  # the tensor-core GEMV is timed at M = 2-8 only
+    # a later run of another launch for the same line (a launch changed between runs) replaces the earlier one
+    first = next(r for r in results if r["family"] == "bsr_decode" and (r["n"], r["k"], r["m"], r["alloc"]) == (
+        4096, 4096, 1, "row") and r["sparsity"] == 0.5 and kernels._pdl_launch(r))
+    later = dict(first, kernel=first["kernel"] + "_later", time_us=3.3)
+    text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": kernels.merge([results, [later]])})
+    assert "| 4096 x 4096 | 1 | row | " in text and " | 3.3 | " in text
