@@ -46,7 +46,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     """(kernels to build: name -> spec, cases to run: list of dicts); wgmma variants only for sm_90a."""
     from tvm_schedules import (bsr_decode, bsr_decode_mma, bsr_decode_stream, bsr_prefill, bsr_prefill_tiled,
                                bsr_prefill_wgmma, launch)
-    from tvm_schedules.common import BSRShape
+    from tvm_schedules.common import WEIGHT_HINT, BSRShape
 
     kernels, cases = {}, []
     shapes = SHAPES[:2] if quick else SHAPES
@@ -674,6 +674,17 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for cfg in (base, replace(base, fence=False)):
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="fence", packed=True, cfg=cfg)
+    # 4096 x 4096's unequal rows at M = 1, +10.2% on the row kernel once its balanced rows lost the fence: the stream
+    # kernel there (which pays_on_shape leaves out: it lost before the weight loads went past L1) at several thread
+    # block counts, beside the row kernel as for_shape launches it (plain and PDL)
+    shape = BSRShape(4096, 4096, BITS, GROUP, 1, interleaved=True, packed=True)
+    for pdl in (False, True) if launch.supported(archs) else (False,):
+        for alloc in ("row", "layer"):
+            add("bsr_decode", 4096, 4096, 1, 1, alloc=alloc, tag="stream 4096", packed=True,
+                cfg=bsr_decode.for_shape(shape, 1, pdl))
+        for ctas, unroll in ((396, 2), (264, 2), (132, 2), (264, 1), (396, 1)):
+            add("bsr_decode_stream", 4096, 4096, 1, 1, alloc="layer", tag="stream 4096", packed=True,
+                cfg=bsr_decode_stream.StreamConfig(ctas=ctas, unroll=unroll, pdl=pdl, hint=WEIGHT_HINT))
     # (tag "mma staged", the thread block's tiles bulk-copied whole into shared memory before the grid wait,
     # MmaConfig.staged: builds at commit d48a138, the only one with it; kernels_mma_staged_h100.json: 0.79-0.98x
     # for_shape's launch on 4096-12288 rows, 1.00-1.04x on 22016 and 28672 rows at M = 1 and 2)
