@@ -674,6 +674,17 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                 for cfg in (base, replace(base, fence=False)):
                     for alloc in ("row", "layer"):
                         add("bsr_decode", n, k, m, 1, alloc=alloc, tag="fence", packed=True, cfg=cfg)
+    # the tall shapes' M = 1 launch retuned without the fence (28672 x 4096 is at 83% of the copy bandwidth with PDL):
+    # more or fewer blocks a lane, thread blocks and warps, loads ahead (balanced rows: unequal ones take the stream
+    # kernel there; plain and PDL)
+    for n, k in [(28672, 4096), (22016, 4096), (12288, 4096)]:
+        shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            base = replace(bsr_decode.for_shape(shape, 1, pdl), fence=False)
+            for v in (dict(), dict(unroll=4), dict(unroll=1), dict(ctas=base.ctas // 2), dict(ctas=base.ctas * 2),
+                      dict(warps=base.warps * 2, ctas=base.ctas // 2), dict(warps=base.warps // 2, ctas=base.ctas * 2),
+                      dict(ahead=1), dict(ahead=2)):
+                add("bsr_decode", n, k, 1, 1, tag="tall sweep", packed=True, cfg=replace(base, **v))
     # 4096 x 4096's unequal rows at M = 1, +10.2% on the row kernel once its balanced rows lost the fence: the stream
     # kernel there (which pays_on_shape leaves out: it lost before the weight loads went past L1) at several thread
     # block counts, beside the row kernel as for_shape launches it (plain and PDL)
