@@ -710,7 +710,6 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     return kernels, cases
 
 
-# ----------------------------------------------------------------------------------------------- build
 CURRENT_PREFILL_M = (16, 128, 512, 1024, 2048, 4096)
 
 
@@ -761,6 +760,7 @@ def current(add, shapes, archs) -> None:
                 add("bsr_prefill_sm90a", n, k, 512, 1, sparsity=sp, tag="current", packed=True)
 
 
+# ----------------------------------------------------------------------------------------------- build
 def dense_int4(n: int, k: int, m: int):
     """The MLC-LLM q4f16_1 layout: 8 codes per uint32, one fp16 scale per 32 weights, w = (q - 7) * s.
 
@@ -1437,9 +1437,9 @@ def _pdl_launch(r: dict) -> bool:
 def _current_tables(pick, gmean) -> list[str]:
     """docs/perf.md's headline (tag "current"): decode and prefill as the kernels are picked today. Where runs
     merged in order measured different launches of one line (a launch changed between them), the last run's."""
-    def one(family, n, k, m, pdl, alloc="row", sparsity=0.5, rows=1, tag="current"):
+    def one(family, n, k, m, pdl, alloc="row", sparsity=0.5, rows=1):
         fams = ("bsr_decode", "bsr_decode_stream") if family == "bsr_decode" else (family,)
-        q = [r for r in pick(tag=tag, n=n, k=k, m=m, alloc=alloc, sparsity=sparsity, rows=rows)
+        q = [r for r in pick(tag="current", n=n, k=k, m=m, alloc=alloc, sparsity=sparsity, rows=rows)
              if r["family"] in fams and (r["kind"] == "prefill" or _pdl_launch(r) == pdl)]
         return q[-1] if q else None
 
