@@ -52,7 +52,9 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
     shapes = SHAPES[:2] if quick else SHAPES
 
     def add(fam, n, k, m, rows, sparsity=0.5, alloc="row", cfg=None, tag="main", bits=BITS, group=GROUP,
-            packed=False):
+            packed=False, listed=True):
+        """Register the kernel and return its case, appended to the run's cases unless ``listed`` is False (a
+        member of a chain case)."""
         kind = "prefill" if fam.startswith("bsr_prefill") else "decode"
         key = cfg.key if cfg else ""
         name = kernel_name(fam, n, k, m if kind == "decode" else None, rows, key) + (
@@ -60,9 +62,11 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
         kernels[name] = {"family": fam, "n": n, "k": k, "m": m if kind == "decode" else None, "rows": rows,
                          "cfg": cfg.__dict__ if cfg else None, "interleaved": True, "bits": bits, "group": group,
                          "packed": packed}
-        cases.append({"kind": kind, "tag": tag, "kernel": name, "n": n, "k": k, "m": m, "rows": rows,
-                      "sparsity": sparsity, "alloc": alloc, "cfg": key, "family": fam, "bits": bits,
-                      "group": group})
+        case = {"kind": kind, "tag": tag, "kernel": name, "n": n, "k": k, "m": m, "rows": rows, "sparsity": sparsity,
+                "alloc": alloc, "cfg": key, "family": fam, "bits": bits, "group": group}
+        if listed:
+            cases.append(case)
+        return case
 
     for n, k in shapes:
         for m in DECODE_M:
@@ -151,6 +155,7 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
                     add("bsr_prefill_tiled", n, k, m, 1, cfg=replace(base, splits=splits), tag="split-k 256")
     wgmma = "sm_90a" in archs  # Hopper's wgmma: operands straight from shared memory (sm_90a code only)
     current(add, shapes, archs)
+    layers(add, cases, archs)
     if wgmma:
         for n, k in shapes:
             for m in PREFILL_M:
@@ -760,6 +765,38 @@ def current(add, shapes, archs) -> None:
                 add("bsr_prefill_sm90a", n, k, 512, 1, sparsity=sp, tag="current", packed=True)
 
 
+LAYERS = {"LLaMA-2-7B": [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)],  # qkv, o, gate/up, down
+          "LLaMA-3-8B": [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)],
+          "SmolLM2-135M": [(960, 576), (576, 576), (3072, 576), (576, 1536)]}
+
+
+def layers(add, cases, archs) -> None:
+    """Tag "layer": a decoder layer's four GEMVs at M = 1 (q/k/v and gate/up stacked, as gqsa-compile fuses them),
+    launched back to back as a decode step runs them, each the kernel tag "current" times alone (the row kernel, or
+    the stream kernel on unequal rows where it pays), plain and PDL, against torch fp16 doing the same four. A chain
+    case carries its members' cases; the run checks each member's output before it times the chain."""
+    from tvm_schedules import bsr_decode, bsr_decode_stream, launch
+    from tvm_schedules.common import WEIGHT_HINT, BSRShape
+
+    for model, mats in LAYERS.items():
+        for pdl in (False, True) if launch.supported(archs) else (False,):
+            for alloc in ("row", "layer"):
+                members = []
+                for n, k in mats:
+                    shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+                    if alloc == "layer" and bsr_decode_stream.pays_on_shape(shape, pdl):
+                        c = add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="layer", packed=True,
+                                cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=WEIGHT_HINT), listed=False)
+                    else:
+                        c = add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="layer", packed=True,
+                                cfg=bsr_decode.for_shape(shape, 1, pdl), listed=False)
+                    members.append(c)
+                cases.append({"kind": "chain", "tag": "layer", "kernel": f"layer_{model}_{'pdl' if pdl else 'plain'}",
+                              "n": sum(n for n, _ in mats), "k": mats[0][1], "m": 1, "rows": 1, "sparsity": 0.5,
+                              "alloc": alloc, "cfg": model, "family": "chain", "bits": BITS, "group": GROUP,
+                              "members": members})
+
+
 # ----------------------------------------------------------------------------------------------- build
 def dense_int4(n: int, k: int, m: int):
     """The MLC-LLM q4f16_1 layout: 8 codes per uint32, one fp16 scale per 32 weights, w = (q - 7) * s.
@@ -829,7 +866,8 @@ def build(out: str, archs: list[str], quick: bool, only: str | None = None, ms: 
     kernels, cases = plan(quick, archs)
     if only or ms:
         cases = [c for c in cases if (not only or selected(c, only)) and (not ms or c["m"] in ms)]
-        wanted = {c["kernel"] for c in cases} | {kernel_name("dense_int4", c["n"], c["k"], c["m"], 1) for c in cases}
+        wanted = ({c["kernel"] for c in cases} | {q["kernel"] for c in cases for q in c.get("members", ())}
+                  | {kernel_name("dense_int4", c["n"], c["k"], c["m"], 1) for c in cases})
         kernels = {name: spec for name, spec in kernels.items() if name in wanted}
         if not cases:
             raise UsageError(" and ".join(([f"--only {only!r}"] if only else []) + (
@@ -899,7 +937,9 @@ class Bench:
     def __init__(self, torch):
         self.torch = torch
 
-    def time_us(self, calls: list, target_ms: float = 8.0, samples: int = 7) -> float:
+    def time_us(self, calls: list, target_ms: float = 8.0, samples: int = 7, launches: int = 1) -> float:
+        """Median time per call; ``launches``: kernels each call issues (the spin lasts 20 us per kernel queued,
+        so that the host has queued every call before the first runs, and the GPU's time is what is measured)."""
         torch = self.torch
         for c in calls:
             c()
@@ -914,7 +954,7 @@ class Bench:
         reps = int(min(400, max(len(calls), target_ms / max(est, 1e-4))))
         out = []
         for _ in range(samples):
-            torch.cuda._sleep(int(2e6 * (1 + reps * 0.02)))  # ~1 ms + 20 us per queued call
+            torch.cuda._sleep(int(2e6 * (1 + reps * launches * 0.02)))  # ~1 ms + 20 us per queued kernel
             s.record()
             for i in range(reps):
                 calls[i % len(calls)]()
@@ -1025,24 +1065,19 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
     for i, c in enumerate(cases):
         if out_json and i % 50 == 49:  # a run cut short (time limit, crash) keeps what it measured
             _write_json(out_json, doc)
+        if c["kind"] == "chain":
+            row = _run_chain(c, p, lib, T, torch, bench, layout, warp_plan, copy_gbs)
+            row["gpu"] = gpu
+            results.append(row)
+            if "time_us" not in row:
+                failures.append(c["kernel"])
+                print(f"FAIL {c['kernel']} ({c['tag']}): rel err {row['rel_err']:.2e}", flush=True)
+            else:
+                print(f"[{i + 1}/{len(cases)}] chain {c['cfg']} {c['alloc']}: {row['time_us']:.1f} us, "
+                      f"{row['vs_fp16']:.2f}x fp16", flush=True)
+            continue
         n, k, m, rows = c["n"], c["k"], c["m"], c["rows"]
-        rng = np.random.default_rng(zlib.crc32(c["kernel"].encode() + repr(c).encode()))
-        bits, group = c.get("bits", BITS), c.get("group", GROUP)
-        w = make_bsr(rng, n, k, rows, c["sparsity"], c["alloc"], bits, group)
-        x = rng.standard_normal((m, k)).astype(np.float16)
-        arrays = [w[f] for f in ("indptr", "indices", "qweight", "scales", "zeros")]
-        spec = p["kernels"][c["kernel"]]
-        if spec.get("column_tiles"):  # 16-row tiles by column group (layout.column_tiles), checkpoint code order
-            arrays = layout.column_tiles(*arrays, k)
-        else:
-            if spec.get("interleaved") and bits == 4:
-                arrays[2] = layout.interleave_codes(arrays[2])
-            if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
-                arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
-            if spec.get("stream_plan"):  # rows to thread blocks by kept blocks, appended to indptr
-                arrays[0] = warp_plan.stream(arrays[0], spec["stream_plan"])
-            if spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
-                arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
+        w, x, arrays = _case_data(c, p["kernels"][c["kernel"]], layout, warp_plan)
         wbytes = sum(a.nbytes for a in arrays)
         copies = max(2, -(-3 * L2_BYTES // wbytes))
         fn = lib[c["kernel"]]
@@ -1050,8 +1085,7 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
         dev_w = [[T(a) for a in arrays] for _ in range(copies)]
         y = T(np.full((m, n), np.nan, np.float16))
         fn(xs, *dev_w[0], y)
-        ref = torch.from_numpy(x).cuda().float() @ dense_reference(torch, w, n, k, rows, bits, group).T
-        err = rel_err(torch, y, ref)
+        err = rel_err(torch, y, _reference(torch, c, w, x))
         row = dict(c, rel_err=err, gpu=gpu)
         if "_no_" in c["cfg"]:
             row["unchecked"] = True  # a stage left out on purpose: only its time means anything
@@ -1086,6 +1120,70 @@ def run(bundle: str, out_json: str | None, only: str | None, ms: list[int] | Non
         _write_json(out_json, doc)
     print_table(doc)
     return 1 if failures else 0
+
+
+def _case_data(c: dict, spec: dict, layout, warp_plan):
+    """A case's random weights (``make_bsr``, seeded by the case), activations, and the arrays its kernel takes,
+    laid out as gqsa-compile stores them for that kernel."""
+    import numpy as np
+
+    rng = np.random.default_rng(zlib.crc32(c["kernel"].encode() + repr(c).encode()))
+    bits, group, k = c.get("bits", BITS), c.get("group", GROUP), c["k"]
+    w = make_bsr(rng, c["n"], k, c["rows"], c["sparsity"], c["alloc"], bits, group)
+    x = rng.standard_normal((c["m"], k)).astype(np.float16)
+    arrays = [w[f] for f in ("indptr", "indices", "qweight", "scales", "zeros")]
+    if spec.get("column_tiles"):  # 16-row tiles by column group (layout.column_tiles), checkpoint code order
+        return w, x, layout.column_tiles(*arrays, k)
+    if spec.get("interleaved") and bits == 4:
+        arrays[2] = layout.interleave_codes(arrays[2])
+    if spec.get("warp_plan"):  # rows to warps, longest first, appended to indptr
+        arrays[0] = warp_plan.lpt(arrays[0], **spec["warp_plan"])
+    if spec.get("stream_plan"):  # rows to thread blocks by kept blocks, appended to indptr
+        arrays[0] = warp_plan.stream(arrays[0], spec["stream_plan"])
+    if spec.get("packed"):  # as gqsa-compile stores them: one word per block, no scales, no zeros
+        arrays = [arrays[0], layout.pack_metadata(arrays[1], arrays[3], arrays[4]), arrays[2]]
+    return w, x, arrays
+
+
+def _reference(torch, c: dict, w: dict, x):
+    """The fp32 product the kernel's output is checked against."""
+    return torch.from_numpy(x).cuda().float() @ dense_reference(
+        torch, w, c["n"], c["k"], c["rows"], c.get("bits", BITS), c.get("group", GROUP)).T
+
+
+def _run_chain(c: dict, p: dict, lib, T, torch, bench, layout, warp_plan, copy_gbs: float) -> dict:
+    """A chain case (tag "layer"): each member's output checked, then the members launched back to back, one
+    chain per call over rotated weight copies, beside torch fp16 ``F.linear`` doing the same chain."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    members, errs, moved = [], [], 0
+    for q in c["members"]:
+        w, x, arrays = _case_data(q, p["kernels"][q["kernel"]], layout, warp_plan)
+        fn, xs, y = lib[q["kernel"]], T(x), T(np.full((q["m"], q["n"]), np.nan, np.float16))
+        fn(xs, *[T(a) for a in arrays], y)
+        errs.append(rel_err(torch, y, _reference(torch, q, w, x)))
+        members.append((fn, xs, y, arrays, x))
+        moved += sum(a.nbytes for a in arrays) + x.nbytes + q["m"] * q["n"] * 2
+    row = {key: v for key, v in c.items() if key != "members"}
+    row.update(members=[q["cfg"] for q in c["members"]], rel_err=max(errs))
+    if not max(errs) < 2e-3:
+        return row
+    copies = max(2, -(-3 * L2_BYTES // moved))
+    sets = [[[T(a) for a in arrays] for _, _, _, arrays, _ in members] for _ in range(copies)]
+    t = bench.time_us([lambda ws=ws: [fn(xs, *a, y) for (fn, xs, y, _, _), a in zip(members, ws)] for ws in sets],
+                      launches=len(members))
+    del sets
+    xt = [torch.from_numpy(x).cuda() for *_, x in members]
+    dense = [[torch.randn(q["n"], q["k"], device="cuda", dtype=torch.float16) for q in c["members"]]
+             for _ in range(max(2, -(-3 * L2_BYTES // sum(q["n"] * q["k"] * 2 for q in c["members"]))))]
+    fp16 = bench.time_us([lambda ws=ws: [F.linear(x, w) for x, w in zip(xt, ws)] for ws in dense],
+                         launches=len(members))
+    del dense
+    flops = sum(2 * q["m"] * q["n"] * q["k"] for q in c["members"])
+    row.update(time_us=t, bytes=moved, gbs=moved / t / 1e3, pct_copy=100 * moved / t / 1e3 / copy_gbs,
+               tflops=flops / t / 1e6, fp16_us=fp16, vs_fp16=fp16 / t)
+    return row
 
 
 def _write_json(path: str, doc: dict) -> None:
@@ -1514,6 +1612,30 @@ def _current_tables(pick, gmean) -> list[str]:
     return out
 
 
+def _layer_table(pick) -> list[str]:
+    """Tag "layer": a decoder layer's four GEMVs at M = 1 back to back, plain and PDL, against cuBLAS fp16's four."""
+    rows = pick(tag="layer")
+    if not rows:
+        return []
+    out = ["", "A decoder layer's four GEMVs at M = 1 (q/k/v and gate/up stacked), launched back to back as a decode "
+           "step runs them, each the kernel of the headline (unequal rows on the stream kernel where it pays), against "
+           "torch fp16 `F.linear` doing the same four; time (us) per layer:", "",
+           "| layer | rows | plain | PDL | cuBLAS fp16 | x cuBLAS plain / PDL | PDL GB/s (% of copy) |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for model in LAYERS:
+        for alloc, label in (("row", "balanced"), ("layer", "unequal")):
+            p, g = ([r for r in rows if r["cfg"] == model and r["alloc"] == alloc and r["kernel"].endswith(end)]
+                    for end in ("_plain", "_pdl"))
+            p, g = p[-1] if p else None, g[-1] if g else None
+            if not (p or g):
+                continue
+            out.append(f"| {model} | {label} | " + " | ".join(f"{r['time_us']:.1f}" if r else "-" for r in (p, g))
+                       + f" | {(g or p)['fp16_us']:.1f} | "
+                       + " / ".join(f"{r['vs_fp16']:.2f}" if r else "-" for r in (p, g))
+                       + (f" | {g['gbs']:.0f} ({g['pct_copy']:.0f}%) |" if g else " | - |"))
+    return out
+
+
 def _rule_table(pick, tag: str, title: str) -> list[str]:
     """Tags "one wave rule" and "resident rule": per shape, the decode launch bsr_decode.for_shape picks (config
     ending ``a1``/``a2``, loading ahead) against the tuning before it, plain and PDL, balanced and unequal rows
@@ -1641,7 +1763,7 @@ def print_table(doc: dict) -> str:
         if "time_us" not in r:
             lines.append(f"{head} FAILED rel err {r['rel_err']:.1e} |")
             continue
-        speed = f"{r['vs_fp16']:.2f}" if r["kind"] == "decode" else f"{1 / r['vs_fp16']:.2f} (time)"
+        speed = f"{r['vs_fp16']:.2f}" if r["kind"] != "prefill" else f"{1 / r['vs_fp16']:.2f} (time)"
         int4 = f"{r['vs_int4']:.2f}" if "vs_int4" in r else "-"
         lines.append(f"{head} {r['sparsity']:.0%} | {r['alloc']} | {r['cfg'] or 'default'} | {r['time_us']:.1f} "
                      f"| {r['gbs']:.0f} | {r['pct_copy']:.0f}% | {speed} | {int4} | {r['tflops']:.1f} |")
@@ -1669,6 +1791,7 @@ def summary(doc: dict) -> str:
     current = bool(pick(tag="current"))  # the headline run: its tables replace the first day's (tag "main")
     if current:
         out += _current_tables(pick, gmean)
+    out += _layer_table(pick)
     headline = len(out)
     main = bool(pick(tag="main")) and not current  # a run of some tags only (--only) has no main tables
     out += ["", "Decode GEMV, R = 1, 50% of blocks kept per row (row-balanced); x = speed-up over the baseline"

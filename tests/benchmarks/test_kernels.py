@@ -18,7 +18,9 @@ def kernels():
 
 def test_plan_covers_the_issue_and_every_case_has_its_kernel(kernels):
     specs, cases = kernels.plan()
-    assert {c["kernel"] for c in cases} <= set(specs)
+    # every case's kernel is built; a chain case (tag "layer") is no kernel, its members are
+    assert {c["kernel"] for c in cases if c["kind"] != "chain"} <= set(specs)
+    assert {q["kernel"] for c in cases for q in c.get("members", ())} <= set(specs)
     shapes = {(c["n"], c["k"]) for c in cases if c["tag"] == "main"}
     assert shapes == set(kernels.SHAPES)
     decode = {(c["n"], c["k"], c["m"]) for c in cases if c["tag"] == "main" and c["kind"] == "decode"}
@@ -174,3 +176,27 @@ def test_report_headline_tables_from_the_current_tag(kernels):
     later = dict(first, kernel=first["kernel"] + "_later", time_us=3.3)
     text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": kernels.merge([results, [later]])})
     assert "| 4096 x 4096 | 1 | row | " in text and " | 3.3 | " in text
+
+
+def test_layer_chains_carry_their_members_and_report_per_layer(kernels):
+    """Tag "layer": each chain case names the four GEMVs of a LLaMA layer at M = 1, each the launch tag "current"
+    times alone, every member's kernel is built; the report gives a line per layer, rows and launch."""
+    specs, cases = kernels.plan(archs=("sm_90a",))
+    chains = [c for c in cases if c["tag"] == "layer"]
+    assert len(chains) == 2 * 2 * len(kernels.LAYERS) and all(c["kind"] == "chain" for c in chains)
+    current = {(c["n"], c["k"], c["alloc"], kernels._pdl_launch(c)): c["kernel"] for c in cases
+               if c["tag"] == "current" and c["m"] == 1 and c["rows"] == 1 and c["sparsity"] == 0.5}
+    for c in chains:
+        assert [(q["n"], q["k"]) for q in c["members"]] == kernels.LAYERS[c["cfg"]]
+        for q in c["members"]:
+            assert q["kernel"] in specs
+            if (q["n"], q["k"]) in kernels.SHAPES:  # the LLaMA matrices: the headline's launch
+                assert current[q["n"], q["k"], c["alloc"], c["kernel"].endswith("_pdl")] == q["kernel"]
+    assert not any(c["tag"] == "layer" and c["kind"] != "chain" for c in cases)  # members are not cases of their own
+    results = [{key: v for key, v in c.items() if key != "members"} | {
+        "time_us": 40.0 if c["kernel"].endswith("_pdl") else 50.0, "fp16_us": 180.0, "vs_fp16": 180.0 / (
+            40.0 if c["kernel"].endswith("_pdl") else 50.0), "gbs": 2000.0, "pct_copy": 66.0} for c in chains]
+    text = kernels.summary({"device": "GPU", "copy_gbs": 3000.0, "results": results})
+    assert "| LLaMA-2-7B | balanced | 50.0 | 40.0 | 180.0 | 3.60 / 4.50 | 2000 (66%) |" in text
+    assert "| LLaMA-3-8B | unequal |" in text
+    kernels.print_table({"device": "GPU", "copy_gbs": 3000.0, "results": [dict(r, tflops=1.0) for r in results]})
