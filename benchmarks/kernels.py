@@ -718,6 +718,21 @@ def plan(quick: bool = False, archs=("sm_90",)) -> tuple[dict, list]:
 CURRENT_PREFILL_M = (16, 128, 512, 1024, 2048, 4096)
 
 
+def add_compiled_decode(add, n: int, k: int, m: int, alloc: str, pdl: bool, tag: str, listed: bool = True) -> dict:
+    """The decode GEMV gqsa-compile builds for an n x k matrix (tvm_schedules.bsr_matmul; 4-bit G16 R1, packed
+    metadata): at M = 1 on unequal rows the stream kernel where ``bsr_decode_stream.pays_on_shape``, else the row
+    kernel as ``bsr_decode.for_shape`` launches it. ``add``: plan()'s; returns the case."""
+    from tvm_schedules import bsr_decode, bsr_decode_stream
+    from tvm_schedules.common import WEIGHT_HINT, BSRShape
+
+    shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
+    if m == 1 and alloc == "layer" and bsr_decode_stream.pays_on_shape(shape, pdl):
+        return add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag=tag, packed=True, listed=listed,
+                   cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=WEIGHT_HINT))
+    return add("bsr_decode", n, k, m, 1, alloc=alloc, tag=tag, packed=True, listed=listed,
+               cfg=bsr_decode.for_shape(shape, m, pdl))
+
+
 def current(add, shapes, archs) -> None:
     """Tag "current", docs/perf.md's headline tables: every kernel as its module picks it today, the way
     gqsa-compile stores the weights (interleaved codes; packed metadata where R = 1; the stream kernel's plan on
@@ -725,8 +740,8 @@ def current(add, shapes, archs) -> None:
     plain (the default sm_87 + sm_90 build) and with PDL (every arch sm_90+), balanced and unequal rows; the
     tensor-core GEMV at M = 2-8 (``bsr_decode_mma.for_shape``, benchmark only); 30% and 70% pruned; R = 4, 8, 16.
     Prefill: the default build's tiled plan and the sm_90a build's plan (wgmma from 129 tokens), R = 1 and 16."""
-    from tvm_schedules import bsr_decode, bsr_decode_mma, bsr_decode_stream, launch
-    from tvm_schedules.common import WEIGHT_HINT, BSRShape
+    from tvm_schedules import bsr_decode, bsr_decode_mma, launch
+    from tvm_schedules.common import BSRShape
 
     pdls = (False, True) if launch.supported(archs) else (False,)
     for n, k in shapes:
@@ -734,12 +749,7 @@ def current(add, shapes, archs) -> None:
         for pdl in pdls:
             for m in DECODE_M:
                 for alloc in ("row", "layer"):
-                    if m == 1 and alloc == "layer" and bsr_decode_stream.pays_on_shape(shape, pdl):
-                        add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="current", packed=True,
-                            cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=WEIGHT_HINT))
-                    else:
-                        add("bsr_decode", n, k, m, 1, alloc=alloc, tag="current", packed=True,
-                            cfg=bsr_decode.for_shape(shape, m, pdl))
+                    add_compiled_decode(add, n, k, m, alloc, pdl, "current")
                     if m > 1:
                         add("bsr_decode_mma", n, k, m, 1, alloc=alloc, tag="current",
                             cfg=bsr_decode_mma.for_shape(shape, m, pdl))
@@ -775,22 +785,12 @@ def layers(add, cases, archs) -> None:
     launched back to back as a decode step runs them, each the kernel tag "current" times alone (the row kernel, or
     the stream kernel on unequal rows where it pays), plain and PDL, against torch fp16 doing the same four. A chain
     case carries its members' cases; the run checks each member's output before it times the chain."""
-    from tvm_schedules import bsr_decode, bsr_decode_stream, launch
-    from tvm_schedules.common import WEIGHT_HINT, BSRShape
+    from tvm_schedules import launch
 
     for model, mats in LAYERS.items():
         for pdl in (False, True) if launch.supported(archs) else (False,):
             for alloc in ("row", "layer"):
-                members = []
-                for n, k in mats:
-                    shape = BSRShape(n, k, BITS, GROUP, 1, interleaved=True, packed=True)
-                    if alloc == "layer" and bsr_decode_stream.pays_on_shape(shape, pdl):
-                        c = add("bsr_decode_stream", n, k, 1, 1, alloc=alloc, tag="layer", packed=True,
-                                cfg=bsr_decode_stream.StreamConfig(pdl=pdl, hint=WEIGHT_HINT), listed=False)
-                    else:
-                        c = add("bsr_decode", n, k, 1, 1, alloc=alloc, tag="layer", packed=True,
-                                cfg=bsr_decode.for_shape(shape, 1, pdl), listed=False)
-                    members.append(c)
+                members = [add_compiled_decode(add, n, k, 1, alloc, pdl, "layer", listed=False) for n, k in mats]
                 cases.append({"kind": "chain", "tag": "layer", "kernel": f"layer_{model}_{'pdl' if pdl else 'plain'}",
                               "n": sum(n for n, _ in mats), "k": mats[0][1], "m": 1, "rows": 1, "sparsity": 0.5,
                               "alloc": alloc, "cfg": model, "family": "chain", "bits": BITS, "group": GROUP,
